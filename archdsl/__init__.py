@@ -1,0 +1,7 @@
+"""archdsl: a declarative architecture language for conv/attention vision backbones."""
+
+from archdsl.api import count_flops, create_model, load_spec, lower_spec
+from archdsl.errors import CheckpointError, SpecError
+
+__all__ = ["load_spec", "create_model", "count_flops", "lower_spec", "SpecError", "CheckpointError"]
+__version__ = "0.1.0"

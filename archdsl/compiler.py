@@ -1,0 +1,52 @@
+"""Compile: an ArchGraph -> ArchNet. Each node's ops build their own modules; this file only
+assembles them, so adding an op never touches it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from archdsl.blocks.norms import make_norm
+from archdsl.graph import ArchGraph, Node
+from archdsl.network import ArchNet, Block, Interaction, Mixer, Stage
+
+
+def _build_block(node: Node, drop_path: float) -> Block:
+    plan = node.block
+    width = node.in_shape.channels
+    mixer = Mixer(
+        candidates=[placed.op.build(placed.site) for placed in plan.candidates],
+        fusion=plan.fusion.op.build(plan.fusion.site),
+        interactions=[Interaction(p.op.build(p.site), p.op.source, p.op.target, p.op.applies_to) for p in plan.interactions],
+        order=plan.order,
+        emits=[getattr(p.op, "emits", None) for p in plan.candidates],
+        consumes=[getattr(p.op, "consumes", None) for p in plan.candidates],
+    )
+    ffn = plan.ffn.op.build(plan.ffn.site) if plan.ffn else None
+    return Block(make_norm(plan.norm, width), mixer, make_norm(plan.norm, width) if ffn else None, ffn, drop_path)
+
+
+def build_node(node: Node, drop_path: float = 0.0) -> nn.Module:
+    if node.kind == "block":
+        return _build_block(node, drop_path)
+    return node.op.op.build(node.op.site)
+
+
+def compile_graph(graph: ArchGraph) -> ArchNet:
+    spec = graph.spec
+    blocks = [node for node in graph.nodes() if node.kind == "block"]
+    rates = torch.linspace(0, spec.drop_path_rate, len(blocks)).tolist() if blocks else []
+    rate_of = {node.name: rate for node, rate in zip(blocks, rates)}
+    stages = []
+    for stage_index in range(graph.num_stages):
+        nodes = graph.stage_nodes(stage_index)
+        downsample = next((build_node(n) for n in nodes if n.kind == "downsample"), None)
+        stages.append(Stage(downsample, [build_node(n, rate_of[n.name]) for n in nodes if n.kind == "block"]))
+    return ArchNet(build_node(graph.node("stem")), stages, build_node(graph.node("head")), spec=spec)
+
+
+def count_node_params(node: Node) -> int:
+    """Trainable parameters of one node, from its module built on the meta device (no memory)."""
+    with torch.device("meta"):
+        module = build_node(node)
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,220 @@
+"""Lowering: a validated Spec -> an ArchGraph (networkx) whose nodes know their shapes and cost.
+
+One node per instantiated op group: the stem, each downsample, each block, the head. Edges
+carry every tensor that flows: the main path, and side channels between blocks (attribute
+`channel`). Every shape, FLOP count and graph-level check is done here from the ops' own rules,
+before any module exists; a spec that lowers builds and runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from archdsl.errors import Problem, SpecError
+from archdsl.loading import SourceMap
+from archdsl.ops import FeatureShape, Op, OpCheckError, Site
+
+
+@dataclass(frozen=True)
+class Placed:
+    """An op at a site, with the YAML path it was written at."""
+
+    op: Op
+    site: Site
+    path: tuple
+
+    @property
+    def out_shape(self) -> FeatureShape:
+        return self.op.output_shape(self.site)
+
+    @property
+    def flops(self) -> int:
+        return self.op.flops(self.site)
+
+
+@dataclass
+class BlockPlan:
+    norm: str
+    candidates: list[Placed]
+    fusion: Placed
+    interactions: list[Placed]
+    order: list[int]
+    ffn: Placed | None
+
+
+@dataclass
+class Node:
+    name: str  # the module path in the compiled network: stem, stages.1.blocks.0, head
+    kind: str  # stem | downsample | block | head
+    stage: int | None
+    path: tuple  # YAML path of what it was lowered from
+    in_shape: FeatureShape
+    out_shape: FeatureShape
+    flops: int
+    op: Placed | None = None  # stem, downsample, head
+    block: BlockPlan | None = None
+    side_inputs: list[str] = field(default_factory=list)
+    side_outputs: list[str] = field(default_factory=list)
+
+
+class ArchGraph:
+    """The lowered network: nodes in execution order in a networkx DiGraph."""
+
+    def __init__(self, spec, image_size: tuple[int, int]):
+        self.spec = spec
+        self.image_size = image_size
+        self.graph = nx.DiGraph()
+        self._order: list[str] = []
+
+    def add(self, node: Node, after: str | None) -> None:
+        self.graph.add_node(node.name, node=node)
+        if after is not None:
+            self.graph.add_edge(after, node.name, channel=None, shape=node.in_shape)
+        self._order.append(node.name)
+
+    def nodes(self) -> list[Node]:
+        return [self.graph.nodes[name]["node"] for name in self._order]
+
+    def node(self, name: str) -> Node:
+        return self.graph.nodes[name]["node"]
+
+    @property
+    def flops(self) -> int:
+        return sum(node.flops for node in self.nodes())
+
+    def stage_nodes(self, stage: int) -> list[Node]:
+        return [node for node in self.nodes() if node.stage == stage]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.spec.stages)
+
+
+def _check(placed: Placed, sources: SourceMap | None) -> None:
+    try:
+        placed.op.check(placed.site)
+    except OpCheckError as error:
+        path = placed.path + ((error.field,) if error.field else ())
+        raise SpecError(Problem(str(error), path, sources.locate(path) if sources else None)) from None
+
+
+def _place(op: Op, site: Site, path: tuple, sources: SourceMap | None) -> Placed:
+    placed = Placed(op, site, path)
+    _check(placed, sources)
+    shape = placed.out_shape
+    if min(shape) < 1:
+        raise SpecError(Problem(f"this {op.role} leaves an empty {shape} map; use a larger input size", path,
+                                sources.locate(path) if sources else None))
+    return placed
+
+
+def _candidate_order(interactions: list[Placed], count: int, path: tuple, sources: SourceMap | None) -> list[int]:
+    """Candidates in an order where a values-gate's source runs before its target."""
+    dependencies = nx.DiGraph()
+    dependencies.add_nodes_from(range(count))
+    for placed in interactions:
+        op = placed.op
+        for end in ("source", "target"):
+            index = getattr(op, end)
+            if not 0 <= index < count:
+                raise SpecError(Problem(f"{end} {index} is not a candidate of this mixer (0..{count - 1})",
+                                        placed.path + (end,), sources.locate(placed.path + (end,)) if sources else None))
+        if op.applies_to == "values":
+            dependencies.add_edge(op.source, op.target)
+    try:
+        return list(nx.lexicographical_topological_sort(dependencies))
+    except nx.NetworkXUnfeasible:
+        raise SpecError(Problem("interactions gate each other's values in a cycle; no candidate can run first",
+                                path + ("interactions",), sources.locate(path + ("interactions",)) if sources else None)) from None
+
+
+def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, sources: SourceMap | None,
+                 absorbed: bool, produced: dict[str, str]) -> Node:
+    from archdsl.blocks.norms import norm_flops
+
+    pattern_index = block_index % len(spec.stages[stage_index].blocks)
+    path = ("stages", stage_index, "blocks", pattern_index)
+    block = spec.stages[stage_index].blocks[pattern_index]
+    image_size = spec.image_size
+    name = f"stages.{stage_index}.blocks.{block_index}"
+
+    candidates = []
+    side_inputs, side_outputs = [], []
+    for index, op in enumerate(block.mixer.candidates):
+        site = Site(shape, op.channels or shape.channels, image_size, stage_index)
+        cand_path = path + ("mixer", "candidates", index)
+        placed = _place(op, site, cand_path, sources)
+        consumed = getattr(op, "consumes", None)
+        if consumed is not None:
+            if consumed not in produced:
+                where = cand_path + ("consumes",)
+                raise SpecError(Problem(
+                    f"side channel {consumed!r} is consumed by block {block_index} of stage {stage_index}, but no earlier block "
+                    f"of this stage emits it; put a block whose candidate has `emits: {consumed}` before it",
+                    where, sources.locate(where) if sources else None))
+            side_inputs.append(consumed)
+        emitted = getattr(op, "emits", None)
+        if emitted is not None:
+            side_outputs.append(emitted)
+        candidates.append(placed)
+
+    parts = tuple(placed.out_shape.channels for placed in candidates)
+    fusion = _place(block.mixer.fusion, Site(shape, shape.channels, image_size, stage_index, parts), path + ("mixer", "fusion"), sources)
+    interactions = []
+    for index, op in enumerate(block.mixer.interactions):
+        source = candidates[op.source].out_shape if 0 <= op.source < len(candidates) else shape
+        target_channels = parts[op.target] if 0 <= op.target < len(parts) else shape.channels
+        interactions.append(Placed(op, Site(source, target_channels, image_size, stage_index, parts), path + ("mixer", "interactions", index)))
+    order = _candidate_order(interactions, len(candidates), path + ("mixer",), sources)
+    for placed in interactions:
+        _check(placed, sources)
+
+    ffn = None
+    if block.ffn is not None and not absorbed:
+        ffn = _place(block.ffn, Site(shape, shape.channels, image_size, stage_index), path + ("ffn",), sources)
+    flops = (norm_flops(block.norm, shape) + sum(p.flops for p in candidates) + fusion.flops + sum(p.flops for p in interactions)
+             + (norm_flops(block.norm, shape) + ffn.flops if ffn else 0))
+    plan = BlockPlan(block.norm, candidates, fusion, interactions, order, ffn)
+    return Node(name, "block", stage_index, path, shape, shape, flops, block=plan, side_inputs=side_inputs, side_outputs=side_outputs)
+
+
+def lower(spec, sources: SourceMap | None = None) -> ArchGraph:
+    """Lower a validated spec; raise a located SpecError for anything that cannot run."""
+    image_size = spec.image_size
+    graph = ArchGraph(spec, image_size)
+    shape = FeatureShape(spec.input.channels, *image_size)
+
+    stem = _place(spec.stem, Site(shape, spec.stages[0].width, image_size, 0), ("stem",), sources)
+    graph.add(Node("stem", "stem", None, ("stem",), shape, stem.out_shape, stem.flops, op=stem), None)
+    previous, shape = "stem", stem.out_shape
+
+    for stage_index, stage in enumerate(spec.stages):
+        produced: dict[str, str] = {}  # side channels emitted so far in this stage -> producing node
+        if stage.downsample is not None:
+            path = ("stages", stage_index, "downsample")
+            placed = _place(stage.downsample, Site(shape, stage.width, image_size, stage_index), path, sources)
+            name = f"stages.{stage_index}.downsample"
+            graph.add(Node(name, "downsample", stage_index, path, shape, placed.out_shape, placed.flops, op=placed), previous)
+            previous, shape = name, placed.out_shape
+        elif shape.channels != stage.width:
+            path = ("stages", stage_index, "width")
+            raise SpecError(Problem(
+                f"stage {stage_index} has width {stage.width} but receives {shape.channels} channels and has no downsample to "
+                f"change them; add a `downsample:` or set width: {shape.channels}", path, sources.locate(path) if sources else None))
+        next_stage = spec.stages[stage_index + 1] if stage_index + 1 < len(spec.stages) else None
+        next_absorbs = next_stage is not None and next_stage.downsample is not None and next_stage.downsample.replaces_previous_ffn
+        for block_index in range(stage.depth):
+            absorbed = next_absorbs and block_index == stage.depth - 1
+            node = _lower_block(spec, stage_index, block_index, shape, sources, absorbed, produced)
+            graph.add(node, previous)
+            for channel in node.side_inputs:
+                graph.graph.add_edge(produced[channel], node.name, channel=channel)
+            for channel in node.side_outputs:
+                produced[channel] = node.name
+            previous = node.name
+
+    head = _place(spec.head, Site(shape, spec.head.classes, image_size, len(spec.stages) - 1), ("head",), sources)
+    graph.add(Node("head", "head", None, ("head",), shape, head.out_shape, head.flops, op=head), previous)
+    return graph

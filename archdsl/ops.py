@@ -1,0 +1,150 @@
+"""What an op is, and the registry that makes the language's vocabulary.
+
+An op is one pydantic model holding four things side by side:
+
+* its **parameters**: the model's fields, validated from YAML (`op:` picks the class);
+* its **shape rule**: `output_shape(site)`;
+* its **FLOP rule**: `flops(site)`, in fvcore's convention (one multiply-add = one FLOP);
+* its **module**: `build(site)` returns the `nn.Module`.
+
+Plus `check(site)` for what can only be judged once shapes are known (a window larger than
+its map, heads that do not divide the channels). Registering an op (`@register`) adds it to
+the schema, the graph and the compiler; none of those name any op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
+
+ROLES = ("stem", "downsample", "candidate", "interaction", "fusion", "ffn", "head")
+
+
+class FeatureShape(NamedTuple):
+    """A feature map's shape without the batch dimension (NCHW layout between nodes)."""
+
+    channels: int
+    height: int
+    width: int
+
+    @property
+    def tokens(self) -> int:
+        return self.height * self.width
+
+    @property
+    def numel(self) -> int:
+        return self.channels * self.height * self.width
+
+    def with_channels(self, channels: int) -> "FeatureShape":
+        return FeatureShape(channels, self.height, self.width)
+
+    def __str__(self) -> str:
+        return f"{self.channels}x{self.height}x{self.width}"
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where an op is instantiated: what flows in, what must flow out, and its context."""
+
+    in_shape: FeatureShape
+    out_channels: int
+    image_size: tuple[int, int]
+    stage: int = 0
+    # channels of each candidate, for a fusion rule; empty for every other role
+    parts: tuple[int, ...] = ()
+
+
+class OpCheckError(ValueError):
+    """Raised by `Op.check`: the message says what is wrong and what would work; `field`
+    names the op's parameter at fault so the error points at its YAML line."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class Op(BaseModel):
+    """Base of every op. Subclasses set `op: Literal["name"] = "name"` and `role`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: ClassVar[str]
+    # Side channels: the kind of map an op can emit or consume (SG-Former's significance).
+    emits_kind: ClassVar[str | None] = None
+    consumes_kind: ClassVar[str | None] = None
+
+    def output_shape(self, site: Site) -> FeatureShape:
+        return site.in_shape.with_channels(site.out_channels)
+
+    def check(self, site: Site) -> None:
+        """Raise `OpCheckError` if this op cannot run at `site`."""
+
+    def flops(self, site: Site) -> int:
+        raise NotImplementedError(f"op {self.op!r} has no FLOP rule")
+
+    def build(self, site: Site):
+        raise NotImplementedError(f"op {self.op!r} has no module")
+
+
+class CandidateOp(Op):
+    """A context candidate: reads the block's whole input, writes `channels` (its share of the
+    block width; the whole width when omitted)."""
+
+    role: ClassVar[str] = "candidate"
+    channels: PositiveInt | None = None
+
+
+class DownsampleOp(Op):
+    role: ClassVar[str] = "downsample"
+    # True for a downsample that is the previous block's FFN run with a stride (CloFormer):
+    # that block then has no FFN of its own.
+    replaces_previous_ffn: ClassVar[bool] = False
+
+
+class InteractionOp(Op):
+    """A gate from candidate `source` onto candidate `target` of the same mixer: onto its
+    values (the target's module takes `value_gate=`) or onto its output."""
+
+    role: ClassVar[str] = "interaction"
+    applies_to: ClassVar[Literal["values", "output"]] = "output"
+    source: NonNegativeInt
+    target: NonNegativeInt
+
+
+_REGISTRY: dict[str, dict[str, type[Op]]] = {role: {} for role in ROLES}
+_listeners: list[Callable[[], None]] = []
+
+
+def register(cls: type[Op]) -> type[Op]:
+    """Class decorator: add an op to the language under its `op` name and `role`."""
+    role = cls.role
+    if role not in _REGISTRY:
+        raise ValueError(f"{cls.__name__}: role must be one of {ROLES}, not {role!r}")
+    name = cls.model_fields["op"].default
+    if not isinstance(name, str):
+        raise ValueError(f"{cls.__name__}: declare `op: Literal['name'] = 'name'`")
+    existing = _REGISTRY[role].get(name)
+    if existing is not None and existing.__qualname__ != cls.__qualname__:
+        raise ValueError(f"op {name!r} ({role}) is already registered by {existing.__module__}.{existing.__qualname__}")
+    _REGISTRY[role][name] = cls
+    for listener in _listeners:
+        listener()
+    return cls
+
+
+def unregister(role: str, name: str) -> None:
+    _REGISTRY[role].pop(name, None)
+    for listener in _listeners:
+        listener()
+
+
+def ops_for(role: str) -> dict[str, type[Op]]:
+    import archdsl.blocks  # noqa: F401  (registers the bundled ops)
+
+    return dict(_REGISTRY[role])
+
+
+def on_registry_change(listener: Callable[[], None]) -> None:
+    _listeners.append(listener)

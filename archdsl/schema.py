@@ -1,0 +1,215 @@
+"""The spec language as pydantic models, and pydantic errors turned into located `SpecError`s.
+
+Structure (stem, stages, blocks, mixer) is fixed here; what may fill each slot is whatever ops
+are registered for its role, chosen by the `op:` field (a discriminated union). A bare string
+is shorthand for an op with default parameters: `norm: group_norm` == `norm: {op: group_norm}`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import types
+import typing
+from typing import Annotated, Any, Union
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError
+
+from archdsl.errors import Problem, SpecError
+from archdsl.loading import LoadedSpec, SourceMap
+from archdsl.blocks.norms import NormName
+from archdsl.ops import Op, on_registry_change, ops_for
+
+
+def _shorthand(value: Any) -> Any:
+    return {"op": value} if isinstance(value, str) else value
+
+
+def op_slot(role: str):
+    """The annotation of a field that holds one op of `role`."""
+    classes = tuple(ops_for(role).values())
+    if not classes:
+        return Annotated[dict, AfterValidator(functools.partial(_none_registered, role))]
+    if len(classes) == 1:
+        return Annotated[classes[0], BeforeValidator(_shorthand)]
+    return Annotated[Union[classes], BeforeValidator(_shorthand), Field(discriminator="op")]  # noqa: UP007
+
+
+def _none_registered(role: str, value: Any) -> Any:
+    raise ValueError(f"no {role} ops are registered")
+
+
+def default_op(name: str):
+    return Field(name, validate_default=True)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@functools.cache
+def spec_models() -> types.SimpleNamespace:
+    """Build the language's models from the ops registered now (rebuilt when that changes)."""
+
+    class Input(Strict):
+        channels: PositiveInt = 3
+        size: PositiveInt | tuple[PositiveInt, PositiveInt] = 224
+
+        @property
+        def hw(self) -> tuple[int, int]:
+            return (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)
+
+    class Mixer(Strict):
+        """The token mixer: context candidates, each reading the block's input; one fusion rule."""
+
+        candidates: Annotated[list[op_slot("candidate")], Field(min_length=1)]
+        fusion: op_slot("fusion") = default_op("sum")
+        interactions: list[op_slot("interaction")] = []
+
+    class Block(Strict):
+        """x + mixer(norm(x)), then x + ffn(norm(x)): pre-norm residuals."""
+
+        mixer: Mixer
+        ffn: op_slot("ffn") | None = None
+        norm: NormName = "layer_norm"
+
+    class Stage(Strict):
+        width: PositiveInt
+        depth: PositiveInt
+        downsample: op_slot("downsample") | None = None
+        blocks: Annotated[list[Block], Field(min_length=1, description="block pattern, repeated to fill `depth`")]
+
+    class Spec(Strict):
+        name: str | None = None
+        family: str | None = Field(None, description="selects the weight converter for the authors' checkpoints")
+        description: str | None = None
+        input: Input = Input()
+        stem: op_slot("stem")
+        stages: Annotated[list[Stage], Field(min_length=1)]
+        head: op_slot("head")
+        drop_path_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+        # where each value was written, so that errors found after validation point at YAML lines
+        _sources: SourceMap | None = PrivateAttr(None)
+
+        @property
+        def image_size(self) -> tuple[int, int]:
+            return self.input.hw
+
+        def block_at(self, stage: int, index: int) -> Block:
+            pattern = self.stages[stage].blocks
+            return pattern[index % len(pattern)]
+
+    return types.SimpleNamespace(Spec=Spec, Stage=Stage, Block=Block, Mixer=Mixer, Input=Input)
+
+
+on_registry_change(spec_models.cache_clear)
+
+
+def json_schema() -> dict:
+    return spec_models().Spec.model_json_schema()
+
+
+# --- pydantic errors -> located problems ------------------------------------------------------
+
+
+def _strip_tags(loc: tuple, data: Any) -> tuple:
+    """Pydantic's error locations include union branch names; keep only real YAML keys."""
+    path: list = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            path.append(part)
+    return tuple(path)
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The model classes an annotation can hold (through Optional, list, Annotated, Union)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (list, tuple, Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _unwrap(arg)]
+    return [annotation] if isinstance(annotation, type) and issubclass(annotation, BaseModel) else []
+
+
+def model_at(path: tuple, data: Any) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at `path`."""
+    model: type[BaseModel] | None = spec_models().Spec
+    node = data
+    for part in path:
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
+            continue
+        if model is None or part not in model.model_fields:
+            return None
+        candidates = _unwrap(model.model_fields[part].annotation)
+        node = node.get(part) if isinstance(node, dict) else None
+        model = _pick(candidates, node)
+    return model
+
+
+def _pick(candidates: list, node: Any) -> type[BaseModel] | None:
+    if isinstance(node, list):
+        node = node[0] if node else None
+    node = _shorthand(node)
+    if len(candidates) == 1:
+        return candidates[0]
+    if isinstance(node, dict):
+        for model in candidates:
+            if issubclass(model, Op) and model.model_fields["op"].default == node.get("op"):
+                return model
+    return None
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(word), choices, n=2, cutoff=0.5)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _problem_from(error: dict, loaded: LoadedSpec) -> Problem:
+    path = _strip_tags(error["loc"], loaded.data)
+    kind = error["type"]
+    ctx = error.get("ctx", {})
+    if kind == "extra_forbidden":
+        key = error["loc"][-1]
+        parent = model_at(path[:-1], loaded.data)
+        valid = [name for name in parent.model_fields if name != "op"] if parent else []
+        valid_text = f" Valid keys here: {', '.join(valid)}." if valid else ""
+        message = f"unknown key {key!r}.{_did_you_mean(key, valid)}{valid_text}"
+        path = path if path and path[-1] == key else path + (key,)
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        names = [name.strip().strip("'") for name in str(ctx.get("expected_tags", "")).split(",")]
+        if kind == "union_tag_invalid":
+            message = f"unknown op {ctx.get('tag')!r}.{_did_you_mean(ctx.get('tag'), names)} Valid ops here: {', '.join(names)}."
+            path = path + ("op",)
+        else:
+            message = f"missing `op:`; valid ops here: {', '.join(names)}."
+    elif kind == "missing":
+        message = f"required key {error['loc'][-1]!r} is missing"
+        path = path + (error["loc"][-1],)
+    else:
+        found = error.get("input")
+        message = f"{error['msg'][0].lower()}{error['msg'][1:]}; found {found!r}"
+    return Problem(message, path, loaded.sources.locate(path))
+
+
+def validate(loaded: LoadedSpec):
+    """Validate loaded data into a `Spec`, or raise a `SpecError` naming every problem's line."""
+    try:
+        spec = spec_models().Spec.model_validate(loaded.data)
+    except ValidationError as error:
+        problems: list[Problem] = []
+        seen: set[tuple] = set()
+        for item in error.errors(include_url=False):
+            problem = _problem_from(item, loaded)
+            # a union of int / pair reports once per branch: one problem per path is enough
+            if problem.path not in seen:
+                seen.add(problem.path)
+                problems.append(problem)
+        raise SpecError(problems) from None
+    spec._sources = loaded.sources
+    return spec

@@ -1,0 +1,108 @@
+"""Checkpoints: this project's own (spec + weights), and the authors' released ones.
+
+An authors' checkpoint is read into a name -> tensor mapping, renamed by the converter its
+family registers beside its blocks (`@register_converter("cloformer")` in blocks/cloformer.py),
+and loaded strictly: any missing, unexpected or misshapen key rejects the whole file, listed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from archdsl.errors import CheckpointError, Location, Problem
+
+Converter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
+_CONVERTERS: dict[str, Converter] = {}
+ARCHDSL_FORMAT = "archdsl-checkpoint-v1"
+
+
+def register_converter(family: str) -> Callable[[Converter], Converter]:
+    def decorator(function: Converter) -> Converter:
+        _CONVERTERS[family] = function
+        return function
+
+    return decorator
+
+
+def _refuse(path: Path, message: str) -> CheckpointError:
+    return CheckpointError(Problem(message, (), Location(str(path))))
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw object stored in a checkpoint file (never executing pickled code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise _refuse(path, "checkpoint file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a bad or unsafe pickle
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise _refuse(path, f"cannot read as a torch checkpoint (only tensors and plain containers are accepted): {first_line}") from None
+
+
+def state_dict_of(stored: dict, path: Path) -> dict[str, torch.Tensor]:
+    """The weights inside a checkpoint: plain, or nested under "model" / "state_dict"."""
+    if isinstance(stored, dict) and stored.get("format") == ARCHDSL_FORMAT:
+        return stored["state_dict"]
+    for key in ("state_dict", "model"):
+        if isinstance(stored, dict) and isinstance(stored.get(key), dict):
+            return stored[key]
+    if isinstance(stored, dict) and all(isinstance(v, torch.Tensor) for v in stored.values()):
+        return stored
+    raise _refuse(path, "no state_dict found: expected a mapping of names to tensors, or one nested under 'model' or 'state_dict'")
+
+
+def _mismatches(state: dict[str, torch.Tensor], model: nn.Module) -> list[str]:
+    expected = model.state_dict()
+    lines = []
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    misshapen = [key for key in state if key in expected and tuple(state[key].shape) != tuple(expected[key].shape)]
+    for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            shown = ", ".join(keys[:12]) + (f", ... ({len(keys) - 12} more)" if len(keys) > 12 else "")
+            lines.append(f"{len(keys)} {label}: {shown}")
+    if misshapen:
+        shown = ", ".join(f"{key} {list(state[key].shape)} (model: {list(expected[key].shape)})" for key in misshapen[:8])
+        lines.append(f"{len(misshapen)} misshapen: {shown}" + (f", ... ({len(misshapen) - 8} more)" if len(misshapen) > 8 else ""))
+    return lines
+
+
+def load_weights(model: nn.Module, path: str | Path, stored: dict | None = None) -> None:
+    """Load a checkpoint file into `model` (converting an authors' checkpoint), strictly."""
+    path = Path(path)
+    stored = read_checkpoint(path) if stored is None else stored
+    state = state_dict_of(stored, path)
+    expected = model.state_dict()
+    if not set(state) <= set(expected) or not set(expected) <= set(state):
+        family = getattr(getattr(model, "spec", None), "family", None)
+        converter = _CONVERTERS.get(family) if family else None
+        if converter is not None:
+            state = converter(dict(state), model)
+    problems = _mismatches(state, model)
+    if problems:
+        spec = getattr(model, "spec", None)
+        name = getattr(spec, "name", None) or "this spec"
+        raise _refuse(path, f"checkpoint does not fit {name}: " + "; ".join(problems)
+                      + ". Is it a checkpoint of another family or variant?")
+    converted = {key: value.to(expected[key].dtype) for key, value in state.items()}
+    model.load_state_dict(converted, strict=True)
+
+
+def save_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Write the resolved spec and the weights; `create_model(path)` rebuilds the model from it.
+    Written to a temporary file and renamed, so a failed save leaves nothing half-written."""
+    path = Path(path)
+    spec = model.spec
+    payload = {"format": ARCHDSL_FORMAT, "spec": spec.model_dump(mode="json"), "state_dict": model.state_dict()}
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(payload, temporary)
+    temporary.replace(path)
+
+
+def is_archdsl_checkpoint(stored) -> bool:
+    return isinstance(stored, dict) and stored.get("format") == ARCHDSL_FORMAT

@@ -1,0 +1,221 @@
+"""CloFormer (Fan et al., "Rethinking Local Perception in Lightweight Vision Transformer").
+
+Ops: the 4-conv stem, AttnConv (the local context candidate), and the strided ConvFFN that
+downsamples between stages. The global branch is the shared `pooled_attention`; the fusion is
+the shared `concat_projection`; the FFN is the shared `conv_ffn`. Numerics follow the released
+code (qhfan/CloFormer @9181f69, see shared/reference/official_notes/cloformer.md).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import torch
+from pydantic import PositiveInt
+from torch import nn
+
+from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
+from archdsl.weights import register_converter
+from archdsl.blocks.attention import AttentionCandidate, PooledAttentionModule
+from archdsl.blocks.ffn import ConvFFNModule, conv_ffn_flops
+from archdsl.blocks.layers import Swish, conv_flops, strided_size
+from archdsl.blocks.norms import NormName, make_norm, norm_flops
+
+
+# --- stem ---------------------------------------------------------------------------------------
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride, 1), nn.BatchNorm2d(out_channels), nn.ReLU())
+
+
+class CloFormerStemModule(nn.Module):
+    def __init__(self, in_channels: int, channels: int):
+        super().__init__()
+        half = channels // 2
+        self.layers = nn.Sequential(
+            _conv_bn_relu(in_channels, half, 2),
+            _conv_bn_relu(half, channels, 2),
+            _conv_bn_relu(channels, channels, 1),
+            _conv_bn_relu(channels, channels, 1),
+            nn.Conv2d(channels, channels, 1),
+        )
+        self.norm = nn.GroupNorm(1, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.layers(x))
+
+
+@register
+class CloFormerStem(Op):
+    """3x3 convs with strides 2, 2, 1, 1 (BatchNorm + ReLU after each), a 1x1 conv, GroupNorm(1)."""
+
+    role = "stem"
+    op: Literal["cloformer_stem"] = "cloformer_stem"
+
+    def output_shape(self, site: Site) -> FeatureShape:
+        height, width = (strided_size(strided_size(s, 3, 2, 1), 3, 2, 1) for s in site.in_shape[1:])
+        return FeatureShape(site.out_channels, height, width)
+
+    def flops(self, site: Site) -> int:
+        c_in, height, width = site.in_shape
+        channels, half = site.out_channels, site.out_channels // 2
+        half_hw = (strided_size(height, 3, 2, 1), strided_size(width, 3, 2, 1))
+        out = self.output_shape(site)
+        out_hw = (out.height, out.width)
+        convs = (conv_flops(c_in, half, 3, half_hw) + conv_flops(half, channels, 3, out_hw)
+                 + 2 * conv_flops(channels, channels, 3, out_hw) + conv_flops(channels, channels, 1, out_hw))
+        batch_norms = norm_flops("batch_norm", FeatureShape(half, *half_hw)) + 3 * norm_flops("batch_norm", out)
+        return convs + batch_norms + norm_flops("group_norm", out)
+
+    def build(self, site: Site) -> nn.Module:
+        return CloFormerStemModule(site.in_shape.channels, site.out_channels)
+
+
+# --- AttnConv: the local context candidate -------------------------------------------------------
+
+
+class AttnConvModule(nn.Module):
+    def __init__(self, in_channels: int, channels: int, heads: int, kernel: int):
+        super().__init__()
+        self.qkv = nn.Conv2d(in_channels, 3 * channels, 1)
+        # one depthwise conv over Q, K and V together equals three separate ones
+        self.depthwise = nn.Conv2d(3 * channels, 3 * channels, kernel, 1, kernel // 2, groups=3 * channels)
+        self.gate = nn.Sequential(nn.Conv2d(channels, channels, 1), Swish(), nn.Conv2d(channels, channels, 1))
+        # the released code scales by the per-head dimension, not the branch width
+        self.scale = (channels // heads) ** -0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        query, key, value = self.depthwise(self.qkv(x)).chunk(3, dim=1)
+        weights = torch.tanh(self.scale * self.gate(query * key))
+        return weights * value
+
+
+@register
+class AttnConv(AttentionCandidate):
+    """Local context by convolution with attention-style gating: Q, K, V from a 1x1 conv and a
+    depthwise kxk conv; context weights tanh(d^-1/2 · FC(Swish(FC(Q ⊙ K)))) multiply V."""
+
+    op: Literal["attn_conv"] = "attn_conv"
+    kernel: PositiveInt = 3
+
+    def check(self, site: Site) -> None:
+        super().check(site)
+        if self.kernel % 2 == 0:
+            raise OpCheckError(f"kernel {self.kernel} is even; AttnConv keeps the map size with padding k//2, so use an odd kernel such as {self.kernel + 1}", field="kernel")
+
+    def flops(self, site: Site) -> int:
+        c_in, height, width = site.in_shape
+        channels, hw = site.out_channels, (height, width)
+        return (conv_flops(c_in, 3 * channels, 1, hw) + conv_flops(3 * channels, 3 * channels, self.kernel, hw, groups=3 * channels)
+                + 2 * conv_flops(channels, channels, 1, hw))
+
+    def build(self, site: Site) -> nn.Module:
+        return AttnConvModule(site.in_shape.channels, site.out_channels, self.heads, self.kernel)
+
+
+# --- the downsampling ConvFFN ------------------------------------------------------------------
+
+
+class StridedConvFFNModule(nn.Module):
+    """shortcut(x) + ConvFFN_stride2(norm(x)); the shortcut is a dense kxk stride-2 conv, BN, 1x1 conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, ratio: int, kernel: int, norm: NormName):
+        super().__init__()
+        self.norm = make_norm(norm, in_channels)
+        self.ffn = ConvFFNModule(in_channels, in_channels * ratio, out_channels, kernel, stride=2)
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(in_channels, in_channels, kernel, 2, kernel // 2),
+            nn.BatchNorm2d(in_channels),
+            nn.Conv2d(in_channels, out_channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.ffn(self.norm(x))
+
+
+@register
+class StridedConvFFN(DownsampleOp):
+    """CloFormer's downsampling: the last block of the previous stage runs its ConvFFN with
+    stride 2 and widens, with a strided shortcut beside it. It replaces that block's FFN."""
+
+    op: Literal["strided_conv_ffn"] = "strided_conv_ffn"
+    replaces_previous_ffn = True
+    ratio: PositiveInt = 4
+    kernel: PositiveInt = 5
+    norm: NormName = "group_norm"
+
+    def output_shape(self, site: Site) -> FeatureShape:
+        _, height, width = site.in_shape
+        pad = self.kernel // 2
+        return FeatureShape(site.out_channels, strided_size(height, self.kernel, 2, pad), strided_size(width, self.kernel, 2, pad))
+
+    def flops(self, site: Site) -> int:
+        c_in = site.in_shape.channels
+        out = self.output_shape(site)
+        out_hw = (out.height, out.width)
+        shortcut = (conv_flops(c_in, c_in, self.kernel, out_hw) + norm_flops("batch_norm", FeatureShape(c_in, *out_hw))
+                    + conv_flops(c_in, site.out_channels, 1, out_hw))
+        return norm_flops(self.norm, site.in_shape) + conv_ffn_flops(site, self.ratio, self.kernel, stride=2) + shortcut
+
+    def build(self, site: Site) -> nn.Module:
+        return StridedConvFFNModule(site.in_shape.channels, site.out_channels, self.ratio, self.kernel, self.norm)
+
+
+# --- the authors' checkpoints ------------------------------------------------------------------
+
+
+@register_converter("cloformer")
+def convert_cloformer(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
+    """Official names (layers.{s}.blocks.{b}.attn.qkvs.0, ...) -> this project's module names."""
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        renamed[_rename(key, net)] = value
+    return renamed
+
+
+def _candidate_index(net: nn.Module, stage: int, block: int, kind: type) -> int:
+    candidates = net.stages[stage].blocks[block].mixer.candidates
+    for index, module in enumerate(candidates):
+        if isinstance(module, kind):
+            return index
+    return -1  # no such branch in this spec: the key is reported as unexpected
+
+
+def _rename(key: str, net: nn.Module) -> str:
+    if match := re.fullmatch(r"patch_embed\.conv(\d)\.conv\.(\d)\.(.+)", key):
+        return f"stem.layers.{int(match[1]) - 1}.{match[2]}.{match[3]}"
+    if match := re.fullmatch(r"patch_embed\.conv5\.(.+)", key):
+        return f"stem.layers.4.{match[1]}"
+    if match := re.fullmatch(r"patch_embed\.layernorm\.(.+)", key):
+        return f"stem.norm.{match[1]}"
+    if match := re.fullmatch(r"norm\.(.+)", key):
+        return f"head.norm.{match[1]}"
+    if match := re.fullmatch(r"head\.(.+)", key):
+        return f"head.fc.{match[1]}"
+    match = re.fullmatch(r"layers\.(\d+)\.blocks\.(\d+)\.(.+)", key)
+    if not match or int(match[1]) >= len(net.stages) or int(match[2]) >= len(net.stages[int(match[1])].blocks):
+        return key
+    stage, block, rest = int(match[1]), int(match[2]), match[3]
+    prefix = f"stages.{stage}.blocks.{block}"
+    if match := re.fullmatch(r"attn\.(global_q|global_kv)\.(.+)", rest):
+        index = _candidate_index(net, stage, block, PooledAttentionModule)
+        name = {"global_q": "query", "global_kv": "key_value"}[match[1]]
+        return f"{prefix}.mixer.candidates.{index}.{name}.{match[2]}"
+    if match := re.fullmatch(r"attn\.(convs\.0|act_blocks\.0\.act_block\.(\d)|qkvs\.0)\.(.+)", rest):
+        index = _candidate_index(net, stage, block, AttnConvModule)
+        name = "depthwise" if match[1] == "convs.0" else "qkv" if match[1] == "qkvs.0" else f"gate.{match[2]}"
+        return f"{prefix}.mixer.candidates.{index}.{name}.{match[3]}"
+    if match := re.fullmatch(r"attn\.proj\.(.+)", rest):
+        return f"{prefix}.mixer.fusion.projection.{match[1]}"
+    # the block whose FFN downsamples is, in this project, the next stage's downsample
+    downsamples = net.stages[stage].blocks[block].ffn is None and stage + 1 < len(net.stages)
+    owner = f"stages.{stage + 1}.downsample" if downsamples else prefix
+    if match := re.fullmatch(r"norm2\.(.+)", rest):
+        return f"{owner}.{'norm' if downsamples else 'norm2'}.{match[1]}"
+    if match := re.fullmatch(r"mlp\.(fc1|dwconv|fc2)\.(.+)", rest):
+        return f"{owner}.ffn.{match[1]}.{match[2]}"
+    if match := re.fullmatch(r"downsample\.(\d)\.(.+)", rest):
+        return f"{owner}.shortcut.{match[1]}.{match[2]}"
+    return f"{prefix}.{rest}"

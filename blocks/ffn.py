@@ -1,0 +1,54 @@
+"""Feed-forward networks: the second half of every block."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import PositiveInt
+from torch import nn
+
+from archdsl.ops import Op, Site, register
+from archdsl.blocks.layers import conv_flops, strided_size
+
+
+class FFNOp(Op):
+    role: ClassVar[str] = "ffn"
+
+
+class ConvFFNModule(nn.Module):
+    """1x1 conv, GELU, depthwise kxk conv (optionally strided), 1x1 conv; no norm inside."""
+
+    def __init__(self, in_channels: int, hidden: int, out_channels: int, kernel: int, stride: int = 1):
+        super().__init__()
+        self.fc1 = nn.Conv2d(in_channels, hidden, 1)
+        self.act = nn.GELU()
+        self.dwconv = nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden)
+        self.fc2 = nn.Conv2d(hidden, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dwconv(self.act(self.fc1(x))))
+
+
+def conv_ffn_flops(site: Site, ratio: int, kernel: int, stride: int = 1) -> int:
+    c_in, height, width = site.in_shape
+    hidden = c_in * ratio
+    out_hw = (strided_size(height, kernel, stride, kernel // 2), strided_size(width, kernel, stride, kernel // 2))
+    return (conv_flops(c_in, hidden, 1, (height, width))
+            + conv_flops(hidden, hidden, kernel, out_hw, groups=hidden)
+            + conv_flops(hidden, site.out_channels, 1, out_hw))
+
+
+@register
+class ConvFFN(FFNOp):
+    """CloFormer's ConvFFN: the MLP with a depthwise conv between its two layers."""
+
+    op: Literal["conv_ffn"] = "conv_ffn"
+    ratio: PositiveInt = 4
+    kernel: PositiveInt = 5
+
+    def flops(self, site: Site) -> int:
+        return conv_ffn_flops(site, self.ratio, self.kernel)
+
+    def build(self, site: Site) -> nn.Module:
+        return ConvFFNModule(site.in_shape.channels, site.in_shape.channels * self.ratio, site.out_channels, self.kernel)

@@ -1,0 +1,70 @@
+"""Shared primitives: small modules every family uses, each beside its FLOP formula.
+
+FLOP formulas follow fvcore's rules exactly (one multiply-add = one FLOP, biases free), so the
+analytic count from the graph and fvcore's count on the built module agree.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_flops(in_channels: int, out_channels: int, kernel: int | tuple[int, int], out_hw: tuple[int, int], groups: int = 1) -> int:
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    return out_channels * out_hw[0] * out_hw[1] * (in_channels // groups) * kh * kw
+
+
+def linear_flops(in_features: int, out_features: int, tokens: int = 1) -> int:
+    return in_features * out_features * tokens
+
+
+def attention_flops(heads: int, queries: int, keys: int, head_dim: int, value_dim: int | None = None) -> int:
+    """q @ kᵀ and attn @ v: the two matmuls of softmax attention."""
+    return heads * queries * keys * (head_dim + (value_dim if value_dim is not None else head_dim))
+
+
+def strided_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(scale · q kᵀ + bias) v over (..., tokens, dim) tensors.
+
+    Runs fused `scaled_dot_product_attention` in eager mode and under torch.compile. Under
+    tracing (fvcore, torch.jit.trace, ONNX export) it emits the explicit matmul → softmax →
+    matmul, which every tracer-based tool understands: fvcore then counts attention the way it
+    counts the authors' code. The two paths agree to ~1e-6 (tests/test_attention.py).
+    """
+    if torch.jit.is_tracing():
+        scores = (query * scale) @ key.transpose(-2, -1)
+        if bias is not None:
+            scores = scores + bias
+        return scores.softmax(dim=-1) @ value
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale)
+
+
+class Swish(nn.Module):
+    """x · sigmoid(x), written out: nn.SiLU differs in the last ulp from the released code."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity in eval)."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
