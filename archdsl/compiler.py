@@ -21,6 +21,7 @@ def _build_block(node: Node, drop_path: float) -> Block:
         order=plan.order,
         emits=[getattr(p.op, "emits", None) for p in plan.candidates],
         consumes=[getattr(p.op, "consumes", None) for p in plan.candidates],
+        pad_multiple=plan.pad_multiple,
     )
     ffn = plan.ffn.op.build(plan.ffn.site) if plan.ffn else None
     return Block(make_norm(plan.norm, width), mixer, make_norm(plan.norm, width) if ffn else None, ffn, drop_path)

@@ -42,6 +42,7 @@ class BlockPlan:
     interactions: list[Placed]
     order: list[int]
     ffn: Placed | None
+    pad_multiple: int | None = None
 
 
 @dataclass
@@ -142,8 +143,10 @@ def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, 
 
     candidates = []
     side_inputs, side_outputs = [], []
+    pad = block.mixer.pad_multiple
+    mixed = shape if not pad else FeatureShape(shape.channels, -(-shape.height // pad) * pad, -(-shape.width // pad) * pad)
     for index, op in enumerate(block.mixer.candidates):
-        site = Site(shape, op.channels or shape.channels, image_size, stage_index)
+        site = Site(mixed, op.channels or shape.channels, image_size, stage_index)
         cand_path = path + ("mixer", "candidates", index)
         placed = _place(op, site, cand_path, sources)
         consumed = getattr(op, "consumes", None)
@@ -161,14 +164,14 @@ def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, 
         candidates.append(placed)
 
     parts = tuple(placed.out_shape.channels for placed in candidates)
-    fusion = _place(block.mixer.fusion, Site(shape, shape.channels, image_size, stage_index, parts), path + ("mixer", "fusion"), sources)
+    fusion = _place(block.mixer.fusion, Site(mixed, shape.channels, image_size, stage_index, parts), path + ("mixer", "fusion"), sources)
     interactions = []
     for index, op in enumerate(block.mixer.interactions):
-        source = candidates[op.source].out_shape if 0 <= op.source < len(candidates) else shape
+        source = candidates[op.source].op.feature_shape(candidates[op.source].site) if 0 <= op.source < len(candidates) else mixed
         target_channels = parts[op.target] if 0 <= op.target < len(parts) else shape.channels
         interactions.append(Placed(op, Site(source, target_channels, image_size, stage_index, parts), path + ("mixer", "interactions", index)))
     order = _candidate_order(interactions, len(candidates), path + ("mixer",), sources)
-    for placed in interactions:
+    for placed in interactions:  # only now are their source and target known to exist
         _check(placed, sources)
 
     ffn = None
@@ -176,7 +179,7 @@ def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, 
         ffn = _place(block.ffn, Site(shape, shape.channels, image_size, stage_index), path + ("ffn",), sources)
     flops = (norm_flops(block.norm, shape) + sum(p.flops for p in candidates) + fusion.flops + sum(p.flops for p in interactions)
              + (norm_flops(block.norm, shape) + ffn.flops if ffn else 0))
-    plan = BlockPlan(block.norm, candidates, fusion, interactions, order, ffn)
+    plan = BlockPlan(block.norm, candidates, fusion, interactions, order, ffn, pad)
     return Node(name, "block", stage_index, path, shape, shape, flops, block=plan, side_inputs=side_inputs, side_outputs=side_outputs)
 
 

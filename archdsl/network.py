@@ -8,56 +8,82 @@ data flow stays explicit and traceable.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from archdsl.blocks.layers import DropPath
 
 
 class Interaction(nn.Module):
-    """A gate computed from one candidate's output and applied to another candidate:
-    to its values (given to its forward as `value_gate`) or to its output."""
+    """A gate computed from one candidate's features and applied to another candidate:
+    to its values (its forward receives `value_gate=`) or to its output (see `Mixer`)."""
 
     def __init__(self, module: nn.Module, source: int, target: int, applies_to: str):
         super().__init__()
         self.module, self.source, self.target, self.applies_to = module, source, target, applies_to
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.module(features)
 
 
 class Mixer(nn.Module):
-    """Runs the context candidates on the same input and fuses their outputs."""
+    """Runs the context candidates on the same input and fuses their outputs.
+
+    A candidate module's forward(x, **inputs) returns its *features*; `inputs` holds
+    `value_gate` when an interaction gates its values and `context` when it consumes a side
+    channel, and a candidate that emits a side channel returns (features, map). If the module
+    has `finish(features, output_gate)`, that makes its output (so a gate can act before a
+    final norm, as MixFormer's spatial interaction does); otherwise the output is the features,
+    times the output gate if any. Interactions always read their source's features.
+    """
 
     def __init__(self, candidates: list[nn.Module], fusion: nn.Module, interactions: list[Interaction],
-                 order: list[int], emits: list[str | None], consumes: list[str | None]):
+                 order: list[int], emits: list[str | None], consumes: list[str | None], pad_multiple: int | None = None):
         super().__init__()
         self.candidates = nn.ModuleList(candidates)
         self.fusion = fusion
         self.interactions = nn.ModuleList(interactions)
-        self.order = order  # candidates whose values another gates run after that one
+        self.order = order  # a values-gate's source runs before its target
         self.emits = emits
         self.consumes = consumes
+        self.pad_multiple = pad_multiple
 
     def forward(self, x: torch.Tensor, side: dict[str, torch.Tensor]) -> torch.Tensor:
-        outputs: list[torch.Tensor | None] = [None] * len(self.candidates)
+        height, width = x.shape[-2:]
+        if self.pad_multiple:
+            # zero-pad the normalised map on the bottom and right; every candidate sees the padding
+            x = F.pad(x, (0, (-width) % self.pad_multiple, 0, (-height) % self.pad_multiple))
+        features: list[torch.Tensor] = [x] * len(self.candidates)
         value_gates: dict[int, torch.Tensor] = {}
         for index in self.order:
-            kwargs: dict[str, torch.Tensor] = {}
+            inputs: dict[str, torch.Tensor] = {}
             if index in value_gates:
-                kwargs["value_gate"] = value_gates[index]
-            if self.consumes[index] is not None:
-                kwargs["context"] = side[self.consumes[index]]
-            out = self.candidates[index](x, **kwargs)
-            if self.emits[index] is not None:
-                out, side[self.emits[index]] = out
-            outputs[index] = out
+                inputs["value_gate"] = value_gates[index]
+            consumed = self.consumes[index]
+            if consumed is not None:
+                inputs["context"] = side[consumed]
+            result = self.candidates[index](x, **inputs)
+            emitted = self.emits[index]
+            if emitted is not None:
+                result, side[emitted] = result
+            features[index] = result
             for interaction in self.interactions:
                 if interaction.source == index and interaction.applies_to == "values":
-                    value_gates[interaction.target] = interaction(out)
-        for interaction in self.interactions:
-            if interaction.applies_to == "output":
-                outputs[interaction.target] = outputs[interaction.target] * interaction(outputs[interaction.source])
-        return self.fusion(outputs)
+                    value_gates[interaction.target] = interaction(result)
+        outputs = []
+        for index, candidate in enumerate(self.candidates):
+            gate = None
+            for interaction in self.interactions:
+                if interaction.target == index and interaction.applies_to == "output":
+                    gate = interaction(features[interaction.source]) if gate is None else gate * interaction(features[interaction.source])
+            if hasattr(candidate, "finish"):
+                outputs.append(candidate.finish(features[index], gate))
+            else:
+                outputs.append(features[index] if gate is None else features[index] * gate)
+        out = self.fusion(outputs)
+        if self.pad_multiple:
+            out = out[:, :, :height, :width]
+        return out
 
 
 class Block(nn.Module):

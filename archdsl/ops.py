@@ -95,6 +95,11 @@ class CandidateOp(Op):
     role: ClassVar[str] = "candidate"
     channels: PositiveInt | None = None
 
+    def feature_shape(self, site: Site) -> FeatureShape:
+        """What interactions whose source is this candidate read (its output, unless its
+        module has a `finish` step after the features)."""
+        return self.output_shape(site)
+
 
 class DownsampleOp(Op):
     role: ClassVar[str] = "downsample"

@@ -65,6 +65,8 @@ def spec_models() -> types.SimpleNamespace:
         candidates: Annotated[list[op_slot("candidate")], Field(min_length=1)]
         fusion: op_slot("fusion") = default_op("sum")
         interactions: list[op_slot("interaction")] = []
+        pad_multiple: PositiveInt | None = Field(
+            None, description="zero-pad the normalised map (bottom, right) to a multiple of this before the candidates run; crop after")
 
     class Block(Strict):
         """x + mixer(norm(x)), then x + ffn(norm(x)): pre-norm residuals."""
