@@ -38,7 +38,8 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.location}: " if self.location else ""
-        return f"{where}{format_path(self.path)}: {self.message}"
+        what = f"{format_path(self.path)}: " if self.path else ""
+        return f"{where}{what}{self.message}"
 
 
 class SpecError(ValueError):

@@ -62,8 +62,18 @@ def _mark(mark: yaml.Mark | None, file: str) -> Location:
     return Location(file, mark.line + 1, mark.column + 1)
 
 
+_PLAIN_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
+def _refuse_tag(node: yaml.Node, path: tuple, file: str) -> SpecError:
+    return SpecError(Problem(f"YAML tag {node.tag!r} is not allowed: specs are plain YAML (mappings, lists, numbers, strings)",
+                             path, _mark(node.start_mark, file)))
+
+
 def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, sources: SourceMap, file: str) -> Any:
     sources.locations[path] = _mark(node.start_mark, file)
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_COLLECTION_TAGS:
+        raise _refuse_tag(node, path, file)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # YAML merge keys (`<<: *anchor`)
         result: dict = {}
@@ -77,7 +87,10 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, sources: S
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_construct(loader, item, path + (index,), sources, file) for index, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.constructor.ConstructorError:
+        raise _refuse_tag(node, path, file) from None
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
@@ -90,8 +103,6 @@ def parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         what = error.problem or "is not valid YAML"
-        if "could not determine a constructor" in str(error.problem):
-            what = f"tag {getattr(error, 'problem', '')!s} is not allowed: specs are plain YAML (mappings, lists, numbers, strings)"
         raise SpecError(Problem(f"cannot parse YAML: {what}", (), _mark(mark, file))) from None
     except yaml.YAMLError as error:
         raise SpecError(Problem(f"cannot parse YAML: {error}", (), Location(file))) from None
@@ -158,9 +169,6 @@ def _graft_subtree(sources: SourceMap, child_sources: SourceMap, prefix: tuple) 
 def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[dict, SourceMap]:
     path = path.resolve()
     file = str(path)
-    if path in chain:
-        cycle = " -> ".join(str(p) for p in chain + (path,))
-        raise SpecError(Problem(f"`extends` forms a cycle: {cycle}", ("extends",), Location(str(chain[-1]))))
     try:
         text = path.read_text()
     except OSError as error:
@@ -180,9 +188,12 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[dict, SourceMap]:
         at = ("extends", index) if isinstance(bases, list) else ("extends",)
         if not isinstance(base, str):
             raise SpecError(Problem(f"`extends` takes a file path or a list of them, found {base!r}", at, sources.locate(at)))
-        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        base_path = (path.parent / base).resolve()
         if not base_path.is_file():
             raise SpecError(Problem(f"base spec {base!r} not found (looked for {base_path}); paths are relative to {path.parent}", at, sources.locate(at)))
+        if base_path in chain + (path,):
+            cycle = " -> ".join(str(p) for p in chain + (path, base_path))
+            raise SpecError(Problem(f"`extends` forms a cycle: {cycle}; a spec cannot extend itself, directly or through its bases", at, sources.locate(at)))
         base_data, base_sources = _load_file(base_path, chain + (path,))
         merged_sources.graft(base_sources)
         merged = _merge(merged, base_data, (), merged_sources, base_sources) if merged else base_data

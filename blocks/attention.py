@@ -60,8 +60,9 @@ class PooledAttention(AttentionCandidate):
         height, width = site.in_shape.height, site.in_shape.width
         if height % self.pool or width % self.pool:
             fits = [p for p in range(1, min(height, width) + 1) if height % p == 0 and width % p == 0]
+            problem = "is larger than" if self.pool > min(height, width) else "does not divide"
             raise OpCheckError(
-                f"pool {self.pool} does not divide the {height}x{width} map of stage {site.stage}; "
+                f"pool {self.pool} {problem} the {height}x{width} map of stage {site.stage}; "
                 f"pools that do: {fits}, or an input size that makes this map a multiple of {self.pool}",
                 field="pool")
 

@@ -1,0 +1,52 @@
+"""A built model's summary: per-stage blocks, output shape, parameters and FLOPs, plus totals
+(what `archdsl build` prints, as a table or as JSON)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from archdsl.cost import count_params, fvcore_counts
+from archdsl.graph import ArchGraph
+from archdsl.network import ArchNet
+
+
+@dataclass
+class PartSummary:
+    part: str  # stem | stage N | head
+    blocks: int
+    out_shape: list[int]
+    params: int
+    flops: int
+
+
+@dataclass
+class ModelSummary:
+    name: str | None
+    img_size: list[int]
+    params: int
+    trainable_params: int
+    flops: int
+    flops_fvcore_raw: int
+    flops_analytic: int
+    stages: list[PartSummary]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def summarize(model: ArchNet, graph: ArchGraph) -> ModelSummary:
+    spec = graph.spec
+    parts = [PartSummary("stem", 0, list(graph.node("stem").out_shape), _params(model.stem), graph.node("stem").flops)]
+    for index, stage in enumerate(model.stages):
+        nodes = graph.stage_nodes(index)
+        parts.append(PartSummary(f"stage {index}", sum(n.kind == "block" for n in nodes), list(nodes[-1].out_shape),
+                                 _params(stage), sum(n.flops for n in nodes)))
+    head = graph.node("head")
+    parts.append(PartSummary("head", 0, list(head.out_shape[:1]), _params(model.head), head.flops))
+    trainable, total = count_params(model)
+    flops, raw = fvcore_counts(model, spec.image_size, spec.input.channels)
+    return ModelSummary(spec.name, list(spec.image_size), total, trainable, flops, raw, graph.flops, parts)

@@ -1,0 +1,107 @@
+"""The `archdsl` command: a thin typer app over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from archdsl.errors import SpecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="A declarative architecture language for conv/attention vision backbones.")
+out = Console()
+err = Console(stderr=True)
+
+SpecArgument = typer.Argument(..., help="A spec file, or a bundled spec name such as cloformer_xxs.")
+SetOption = typer.Option(None, "--set", help="Override a value by dotted path, e.g. --set stages.2.depth=8 (repeatable).")
+ImgSizeOption = typer.Option(None, "--img-size", help="Input size: N or HxW (e.g. 224 or 224x288).")
+
+
+def fail(error: Exception) -> None:
+    err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _human(number: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(number) >= scale:
+            return f"{number / scale:.3f}{unit}"
+    return str(number)
+
+
+@app.command()
+def build(
+    spec: str = SpecArgument,
+    img_size: Optional[str] = ImgSizeOption,
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classifier outputs."),
+    set_: Optional[List[str]] = SetOption,
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Weights to load (archdsl or the authors' checkpoint)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write a checkpoint (resolved spec + weights)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+) -> None:
+    """Validate, lower and compile a spec; print its per-stage summary (shapes, params, FLOPs)."""
+    from archdsl.api import create_model, lower_spec
+    from archdsl.summary import summarize
+    from archdsl.weights import save_checkpoint
+
+    try:
+        model = create_model(spec, pretrained=pretrained, num_classes=num_classes, img_size=img_size, overrides=set_ or None)
+        summary = summarize(model, lower_spec(model.spec))
+        if output is not None:
+            save_checkpoint(model, output)
+    except SpecError as error:
+        fail(error)
+    if as_json:
+        typer.echo(json.dumps(summary.as_dict()))
+        return
+    table = Table(title=f"{summary.name or spec} at {'x'.join(map(str, summary.img_size))}")
+    for column in ("part", "blocks", "output", "params", "FLOPs"):
+        table.add_column(column, justify="left" if column in ("part", "output") else "right")
+    for part in summary.stages:
+        table.add_row(part.part, str(part.blocks or ""), "x".join(map(str, part.out_shape)), f"{part.params:,}", _human(part.flops))
+    table.add_section()
+    table.add_row("total", "", "", f"{summary.params:,}", _human(summary.flops_analytic))
+    out.print(table)
+    out.print(f"params {summary.params:,} (trainable {summary.trainable_params:,})   "
+              f"FLOPs {_human(summary.flops)} (fvcore raw {_human(summary.flops_fvcore_raw)}, analytic {_human(summary.flops_analytic)})")
+    if output is not None:
+        out.print(f"wrote {output}")
+
+
+@app.command()
+def validate(spec: str = SpecArgument, img_size: Optional[str] = ImgSizeOption, set_: Optional[List[str]] = SetOption) -> None:
+    """Check a spec (schema and graph: shapes, heads, channel shares, side channels) without building it."""
+    from archdsl.api import load_spec, lower_spec
+
+    try:
+        graph = lower_spec(load_spec(spec, set_ or None, img_size=img_size))
+    except SpecError as error:
+        fail(error)
+    out.print(f"ok: {graph.spec.name or spec} is valid at {'x'.join(map(str, graph.image_size))}, {_human(graph.flops)} FLOPs (analytic)")
+
+
+@app.command()
+def schema() -> None:
+    """Print the language's JSON Schema (for YAML completion in editors)."""
+    from archdsl.schema import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command(name="list")
+def list_specs() -> None:
+    """List the bundled specs (usable by name anywhere a spec path is accepted)."""
+    from archdsl.loading import bundled_spec_names
+
+    for name in bundled_spec_names():
+        typer.echo(name)
+
+
+if __name__ == "__main__":
+    sys.exit(app())
