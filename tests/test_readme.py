@@ -1,0 +1,43 @@
+"""The README's examples run as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+import archdsl
+from archdsl.ops import unregister
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_the_add_an_op_example_works():
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "@register" in b)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec", dont_inherit=True), namespace)
+    try:
+        spec = archdsl.load_spec("cloformer_xxs", {
+            "stages.0.blocks.0.mixer.candidates": [{"op": "depthwise_blur", "kernel": 5}],
+            "stages.0.blocks.0.mixer.fusion": "sum"})
+        model = archdsl.create_model(spec).eval()
+        flops = archdsl.count_flops(model)
+        assert flops.analytic == flops.flops
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+        with_blur_channels = archdsl.load_spec(spec, {"stages.0.blocks.0.mixer.candidates.0.channels": 16})
+        try:
+            archdsl.lower_spec(with_blur_channels)
+        except archdsl.SpecError as error:
+            assert "stages[0].blocks[0].mixer.candidates[0].channels: a depthwise conv keeps the channel count" in str(error)
+        else:
+            raise AssertionError("the op's check did not run")
+    finally:
+        unregister("candidate", "depthwise_blur")
+
+
+def test_the_spec_example_names_real_fields():
+    spec = archdsl.load_spec("cloformer_xxs")
+    assert spec.drop_path_rate == 0.0 and spec.stages[0].blocks[0].mixer.pad_multiple is None
+    assert spec.stages[0].blocks[0].mixer.interactions == []
