@@ -57,7 +57,8 @@ def load_spec(source, overrides: Overrides = None, *, img_size: ImageSize = None
     if isinstance(source, spec_models().Spec):
         if not overrides:
             return source
-        source = source.model_dump(mode="json", exclude_unset=True)
+        # keep where every value was written, so later errors still point at the YAML
+        return validate(load_data(source.model_dump(mode="json"), overrides, source._sources))
     if isinstance(source, Path):
         source = str(source)
     return validate(load_data(source, overrides))

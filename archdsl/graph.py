@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
+from archdsl.blocks.norms import norm_flops
 from archdsl.errors import Problem, SpecError
 from archdsl.loading import SourceMap
 from archdsl.ops import FeatureShape, Op, OpCheckError, Site
@@ -133,8 +134,6 @@ def _candidate_order(interactions: list[Placed], count: int, path: tuple, source
 
 def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, sources: SourceMap | None,
                  absorbed: bool, produced: dict[str, str]) -> Node:
-    from archdsl.blocks.norms import norm_flops
-
     pattern_index = block_index % len(spec.stages[stage_index].blocks)
     path = ("stages", stage_index, "blocks", pattern_index)
     block = spec.stages[stage_index].blocks[pattern_index]

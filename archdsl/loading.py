@@ -230,12 +230,14 @@ def apply_override(data: dict, sources: SourceMap, path: tuple, value: Any, orig
     sources.locations[path] = Location(origin)
 
 
-def load_data(source: str | Path | Mapping, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> LoadedSpec:
-    """Read a spec file, bundled name or mapping into data + source map, with extends and overrides applied."""
+def load_data(source: str | Path | Mapping, overrides: Iterable[str] | Mapping[str, Any] | None = None,
+              sources: SourceMap | None = None) -> LoadedSpec:
+    """Read a spec file, bundled name or mapping into data + source map, with extends and
+    overrides applied. A mapping may bring the source map it was read with."""
     if isinstance(source, Mapping):
         data = copy.deepcopy(dict(source))
-        sources = SourceMap(default=Location("<dict>"))
-        origin = "<dict>"
+        sources = copy.deepcopy(sources) if sources is not None else SourceMap(default=Location("<dict>"))
+        origin = str(sources.default or "<dict>")
     else:
         path = resolve_spec_path(source)
         data, sources = _load_file(path, ())
