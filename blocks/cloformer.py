@@ -183,39 +183,48 @@ def _candidate_index(net: nn.Module, stage: int, block: int, kind: type) -> int:
     return -1  # no such branch in this spec: the key is reported as unexpected
 
 
+# official name pattern -> this project's name, outside the blocks
+_NETWORK_NAMES = (
+    (r"patch_embed\.conv([1-4])\.conv\.(\d)\.(.+)", lambda m: f"stem.layers.{int(m[1]) - 1}.{m[2]}.{m[3]}"),
+    (r"patch_embed\.conv5\.(.+)", lambda m: f"stem.layers.4.{m[1]}"),
+    (r"patch_embed\.layernorm\.(.+)", lambda m: f"stem.norm.{m[1]}"),
+    (r"norm\.(.+)", lambda m: f"head.norm.{m[1]}"),
+    (r"head\.(.+)", lambda m: f"head.fc.{m[1]}"),
+)
+# inside a block's `attn`: official prefix -> (the candidate module it belongs to, its name there)
+_CANDIDATE_NAMES = {
+    "global_q": (PooledAttentionModule, "query"),
+    "global_kv": (PooledAttentionModule, "key_value"),
+    "convs.0": (AttnConvModule, "depthwise"),
+    "act_blocks.0.act_block": (AttnConvModule, "gate"),
+    "qkvs.0": (AttnConvModule, "qkv"),
+}
+# the FFN half of a block: official prefix -> (name in a block, name in a downsample)
+_FFN_NAMES = {"norm2": ("norm2", "norm"), "mlp": ("ffn", "ffn"), "downsample": (None, "shortcut")}
+
+
 def _rename(key: str, net: nn.Module) -> str:
-    if match := re.fullmatch(r"patch_embed\.conv(\d)\.conv\.(\d)\.(.+)", key):
-        return f"stem.layers.{int(match[1]) - 1}.{match[2]}.{match[3]}"
-    if match := re.fullmatch(r"patch_embed\.conv5\.(.+)", key):
-        return f"stem.layers.4.{match[1]}"
-    if match := re.fullmatch(r"patch_embed\.layernorm\.(.+)", key):
-        return f"stem.norm.{match[1]}"
-    if match := re.fullmatch(r"norm\.(.+)", key):
-        return f"head.norm.{match[1]}"
-    if match := re.fullmatch(r"head\.(.+)", key):
-        return f"head.fc.{match[1]}"
-    match = re.fullmatch(r"layers\.(\d+)\.blocks\.(\d+)\.(.+)", key)
+    for pattern, rename in _NETWORK_NAMES:
+        if match := re.fullmatch(pattern, key):
+            return rename(match)
+    match = re.fullmatch(r"layers\.(\d+)\.blocks\.(\d+)\.(\w+)\.(.+)", key)
     if not match or int(match[1]) >= len(net.stages) or int(match[2]) >= len(net.stages[int(match[1])].blocks):
         return key
-    stage, block, rest = int(match[1]), int(match[2]), match[3]
+    stage, block, module, rest = int(match[1]), int(match[2]), match[3], match[4]
     prefix = f"stages.{stage}.blocks.{block}"
-    if match := re.fullmatch(r"attn\.(global_q|global_kv)\.(.+)", rest):
-        index = _candidate_index(net, stage, block, PooledAttentionModule)
-        name = {"global_q": "query", "global_kv": "key_value"}[match[1]]
-        return f"{prefix}.mixer.candidates.{index}.{name}.{match[2]}"
-    if match := re.fullmatch(r"attn\.(convs\.0|act_blocks\.0\.act_block\.(\d)|qkvs\.0)\.(.+)", rest):
-        index = _candidate_index(net, stage, block, AttnConvModule)
-        name = "depthwise" if match[1] == "convs.0" else "qkv" if match[1] == "qkvs.0" else f"gate.{match[2]}"
-        return f"{prefix}.mixer.candidates.{index}.{name}.{match[3]}"
-    if match := re.fullmatch(r"attn\.proj\.(.+)", rest):
-        return f"{prefix}.mixer.fusion.projection.{match[1]}"
-    # the block whose FFN downsamples is, in this project, the next stage's downsample
-    downsamples = net.stages[stage].blocks[block].ffn is None and stage + 1 < len(net.stages)
-    owner = f"stages.{stage + 1}.downsample" if downsamples else prefix
-    if match := re.fullmatch(r"norm2\.(.+)", rest):
-        return f"{owner}.{'norm' if downsamples else 'norm2'}.{match[1]}"
-    if match := re.fullmatch(r"mlp\.(fc1|dwconv|fc2)\.(.+)", rest):
-        return f"{owner}.ffn.{match[1]}.{match[2]}"
-    if match := re.fullmatch(r"downsample\.(\d)\.(.+)", rest):
-        return f"{owner}.shortcut.{match[1]}.{match[2]}"
-    return f"{prefix}.{rest}"
+    if module == "attn":
+        if rest.startswith("proj."):
+            return f"{prefix}.mixer.fusion.projection.{rest[len('proj.'):]}"
+        for official, (kind, name) in _CANDIDATE_NAMES.items():
+            if rest.startswith(official + "."):
+                index = _candidate_index(net, stage, block, kind)
+                return f"{prefix}.mixer.candidates.{index}.{name}.{rest[len(official) + 1:]}"
+    if module in ("norm2", "mlp", "downsample"):
+        # the block whose FFN downsamples is, in this project, the next stage's downsample
+        downsamples = net.stages[stage].blocks[block].ffn is None and stage + 1 < len(net.stages)
+        in_block, in_downsample = _FFN_NAMES[module]
+        if downsamples:
+            return f"stages.{stage + 1}.downsample.{in_downsample}.{rest}"
+        if in_block is not None:
+            return f"{prefix}.{in_block}.{rest}"
+    return f"{prefix}.{module}.{rest}"
