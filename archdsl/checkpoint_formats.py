@@ -24,28 +24,45 @@ class UnsafeCheckpoint(ValueError):
 
 
 def _numeric_dtype(obj: Any, align: bool = False, copy: bool = False) -> np.dtype:
+    if not isinstance(obj, (str, bytes, np.dtype)):
+        raise UnsafeCheckpoint(f"a dtype is described by a {type(obj).__name__}, not a type code")
     dtype = np.dtype(obj)
     if dtype.hasobject or dtype.kind not in "biufc":
         raise UnsafeCheckpoint(f"dtype {dtype} is not a plain numeric type")
     return dtype
 
 
+class _ArrayType:
+    """Stands for `numpy.ndarray` in the pickle: `_reconstruct` needs it as an argument, but
+    nothing may call numpy.ndarray's constructor with arguments from the file."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        raise UnsafeCheckpoint("the pickle calls numpy.ndarray directly, which an array's pickle never does")
+
+
+_ARRAY_TYPE = _ArrayType()
+
+
 def _reconstruct(cls: Any, shape: Any, dtype_code: Any) -> np.ndarray:
-    if cls is not np.ndarray:
-        raise UnsafeCheckpoint(f"array subclass {cls!r} is not a plain numpy array")
-    return np.ndarray.__new__(np.ndarray, shape, dtype_code)
+    # numpy pickles an array as _reconstruct(ndarray, (0,), b"b") and then sets its state
+    # (shape, dtype, bytes); the dtype in that state comes from _numeric_dtype too
+    if cls is not _ARRAY_TYPE or tuple(shape) != (0,):
+        raise UnsafeCheckpoint("an array is rebuilt in a way numpy's own pickles never do")
+    return np.ndarray.__new__(np.ndarray, (0,), _numeric_dtype(dtype_code))
 
 
-def _frombuffer(buffer: Any, dtype: np.dtype, shape: Any, order: str) -> np.ndarray:
-    # numpy's pickle protocol 5 form of an array; dtype was already checked by _numeric_dtype
-    array = np.frombuffer(bytes(buffer), dtype=dtype)
-    return array.reshape(shape, order=order).copy()
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: str) -> np.ndarray:
+    # numpy's pickle-protocol-5 form of an array
+    array = np.frombuffer(bytes(buffer), dtype=_numeric_dtype(dtype))
+    return array.reshape(shape, order="F" if order == "F" else "C").copy()
 
 
-def _scalar(dtype: np.dtype, data: Any) -> Any:
+def _scalar(dtype: Any, data: Any) -> Any:
     if not isinstance(data, bytes):
         raise UnsafeCheckpoint("a numpy scalar holds something other than raw bytes")
-    return np.frombuffer(data, dtype=dtype)[0]
+    return np.frombuffer(data, dtype=_numeric_dtype(dtype))[0]
 
 
 def _latin1_bytes(text: Any, encoding: str = "latin1") -> bytes:
@@ -60,7 +77,7 @@ _ADMITTED: dict[tuple[str, str], Callable] = {
     **{(module, "_reconstruct"): _reconstruct for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
     **{(module, "scalar"): _scalar for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
     **{(module, "_frombuffer"): _frombuffer for module in ("numpy.core.numeric", "numpy._core.numeric")},
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _ARRAY_TYPE,
     ("numpy", "dtype"): _numeric_dtype,
     ("_codecs", "encode"): _latin1_bytes,
     ("collections", "OrderedDict"): OrderedDict,

@@ -116,7 +116,8 @@ class NormStridedConv(DownsampleOp):
         if height % self.kernel or width % self.kernel:
             raise OpCheckError(
                 f"the {height}x{width} map entering stage {site.stage} is not a multiple of the stride {self.kernel} "
-                f"(the released code asserts this); use an input size whose stage maps stay divisible", field="kernel")
+                f"(the released MixFormer code asserts this); use an input size that keeps every stage map divisible: "
+                f"with a stride-4 stem and three such downsamples, sides that are multiples of 32", field="kernel")
 
     def flops(self, site: Site) -> int:
         out = self.output_shape(site)
