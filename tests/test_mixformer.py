@@ -195,7 +195,8 @@ def test_padding_is_of_the_normalised_map_and_cropped(reference):
 
 
 def test_window_that_does_not_divide_asks_for_padding():
-    data = yaml.safe_load(open(spec_path("mixformer_b0")))
+    with open(spec_path("mixformer_b0")) as file:
+        data = yaml.safe_load(file)
     for stage in data["stages"]:
         del stage["blocks"][0]["mixer"]["pad_multiple"]
     with pytest.raises(SpecError, match=r"window 7 does not divide the 64x64 map.*pad_multiple: 7"):
