@@ -15,7 +15,7 @@ import networkx as nx
 from archdsl.blocks.norms import norm_flops
 from archdsl.errors import Problem, SpecError
 from archdsl.loading import SourceMap
-from archdsl.ops import FeatureShape, Op, OpCheckError, Site
+from archdsl.ops import FeatureShape, Op, OpCheckError, Site, ops_for
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,14 @@ def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, 
         target_channels = parts[op.target] if 0 <= op.target < len(parts) else shape.channels
         interactions.append(Placed(op, Site(source, target_channels, image_size, stage_index, parts), path + ("mixer", "interactions", index)))
     order = _candidate_order(interactions, len(candidates), path + ("mixer",), sources)
+    for placed in interactions:
+        target = candidates[placed.op.target].op
+        if placed.op.applies_to == "values" and not target.accepts_value_gate:
+            takers = sorted(name for name, cls in ops_for("candidate").items() if cls.accepts_value_gate)
+            where = placed.path + ("target",)
+            raise SpecError(Problem(
+                f"{placed.op.op} gates its target's values, but candidate {placed.op.target} ({target.op}) has none to gate; "
+                f"target a candidate that does ({', '.join(takers)})", where, sources.locate(where) if sources else None))
     for placed in interactions:  # only now are their source and target known to exist
         _check(placed, sources)
 

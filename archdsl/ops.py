@@ -93,6 +93,9 @@ class CandidateOp(Op):
     block width; the whole width when omitted)."""
 
     role: ClassVar[str] = "candidate"
+    # True when the module's forward takes `value_gate=`: a (B, channels, 1, 1) gate that an
+    # interaction with applies_to "values" multiplies onto the candidate's values
+    accepts_value_gate: ClassVar[bool] = False
     channels: PositiveInt | None = None
 
     def feature_shape(self, site: Site) -> FeatureShape:

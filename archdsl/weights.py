@@ -1,8 +1,9 @@
 """Checkpoints: this project's own (spec + weights), and the authors' released ones.
 
-An authors' checkpoint is read into a name -> tensor mapping, renamed by the converter its
-family registers beside its blocks (`@register_converter("cloformer")` in blocks/cloformer.py),
-and loaded strictly: any missing, unexpected or misshapen key rejects the whole file, listed.
+An authors' checkpoint (a torch file, Paddle's `.pdparams` or a numpy `.npz`: see `READERS`) is
+read into a name -> tensor mapping, renamed by the converter its family registers beside its
+blocks (`@register_converter("cloformer")` in blocks/cloformer.py), and loaded strictly: any
+missing, unexpected or misshapen key rejects the whole file, listed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from archdsl.checkpoint_formats import read_npz, read_pdparams
 from archdsl.errors import CheckpointError, Location, Problem
 
 Converter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
@@ -32,16 +34,30 @@ def _refuse(path: Path, message: str) -> CheckpointError:
     return CheckpointError(Problem(message, (), Location(str(path))))
 
 
+def read_torch(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# how each kind of file is read, by suffix; anything else is read as a torch file. Each reader
+# returns the stored object and never executes code from the file.
+READERS: dict[str, Callable[[Path], dict]] = {
+    ".pdparams": read_pdparams,
+    ".npz": read_npz,
+}
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """The raw object stored in a checkpoint file (never executing pickled code)."""
     path = Path(path)
     if not path.is_file():
         raise _refuse(path, "checkpoint file not found")
+    reader = READERS.get(path.suffix.lower(), read_torch)
+    kind = "a torch checkpoint" if reader is read_torch else f"a {path.suffix} checkpoint"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for a bad or unsafe pickle
+        return reader(path)
+    except Exception as error:  # readers raise several types for a bad or unsafe file
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise _refuse(path, f"cannot read as a torch checkpoint (only tensors and plain containers are accepted): {first_line}") from None
+        raise _refuse(path, f"cannot read as {kind} (only tensors and plain containers are accepted): {first_line}") from None
 
 
 def state_dict_of(stored: dict, path: Path) -> dict[str, torch.Tensor]:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import CandidateOp, OpCheckError, Site, register
-from archdsl.blocks.layers import attend, attention_flops, conv_flops
+from archdsl.blocks.layers import attend, attention_flops, conv_flops, linear_flops
+from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
 
 class AttentionCandidate(CandidateOp):
@@ -35,7 +36,7 @@ class PooledAttentionModule(nn.Module):
         self.key_value = nn.Conv2d(in_channels, 2 * channels, 1)
         self.pool = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None) -> torch.Tensor:
         batch, _, height, width = x.shape
         query = self.query(x).reshape(batch, self.heads, self.head_dim, height * width).transpose(-1, -2)
         # the input is pooled before the K/V projection: equal to pooling K and V (the
@@ -43,6 +44,8 @@ class PooledAttentionModule(nn.Module):
         key_value = self.key_value(self.pool(x))
         key_value = key_value.reshape(batch, 2, self.heads, self.head_dim, -1).transpose(-1, -2)
         key, value = key_value.unbind(1)
+        if value_gate is not None:
+            value = value * value_gate.reshape(batch, self.heads, 1, self.head_dim)
         out = attend(query, key, value, self.scale)
         return out.transpose(-1, -2).reshape(batch, self.heads * self.head_dim, height, width)
 
@@ -50,9 +53,11 @@ class PooledAttentionModule(nn.Module):
 @register
 class PooledAttention(AttentionCandidate):
     """Global attention whose keys and values come from an average-pooled map (CloFormer's
-    global branch; PVT-style spatial reduction by pooling). `pool: 1` is plain global attention."""
+    global branch; PVT-style spatial reduction by pooling). `pool: 1` is plain global attention.
+    Its values can be gated per channel (`value_gate`, channels ordered head by head)."""
 
     op: Literal["pooled_attention"] = "pooled_attention"
+    accepts_value_gate = True
     pool: PositiveInt = 1
 
     def check(self, site: Site) -> None:
@@ -77,3 +82,126 @@ class PooledAttention(AttentionCandidate):
 
     def build(self, site: Site) -> nn.Module:
         return PooledAttentionModule(site.in_shape.channels, site.out_channels, self.heads, self.pool)
+
+
+# --- window attention --------------------------------------------------------------------------
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B·nW, window², C): windows image by image, row-major; tokens row-major."""
+    batch, height, width, channels = x.shape
+    x = x.reshape(batch, height // window, window, width // window, window, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, channels)
+
+
+def window_merge(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
+    """The exact inverse of `window_partition`: (B·nW, window², C) -> (B, H, W, C)."""
+    channels = windows.shape[-1]
+    x = windows.reshape(-1, height // window, width // window, window, window, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+
+
+def relative_position_index(window: int) -> torch.Tensor:
+    """(window², window²) int64: for tokens i = (yi, xi) and j = (yj, xj), the bias-table row
+    (yi - yj + window - 1) · (2·window - 1) + (xi - xj + window - 1), as in Swin."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+    relative = (coords[:, :, None] - coords[:, None, :]) + (window - 1)
+    return relative[0] * (2 * window - 1) + relative[1]
+
+
+class WindowAttentionModule(nn.Module):
+    """Multi-head self-attention inside non-overlapping windows, with a learned relative
+    position bias; no shift and no mask. Works channel-last inside, NCHW at its boundary."""
+
+    def __init__(self, in_channels: int, channels: int, heads: int, window: int, input_projection: bool,
+                 output_projection: bool, output_norm: NormName | None):
+        super().__init__()
+        self.heads, self.window = heads, window
+        self.head_dim = channels // heads
+        self.scale = self.head_dim ** -0.5
+        # MixFormer: the attention branch's own Linear + LayerNorm from the block width to its share
+        self.input_projection = nn.Linear(in_channels, channels) if input_projection else None
+        self.input_norm = nn.LayerNorm(channels, eps=1e-5) if input_projection else None
+        self.qkv = nn.Linear(channels if input_projection else in_channels, 3 * channels)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        # persistent: the released checkpoints carry it
+        self.register_buffer("relative_position_index", relative_position_index(window), persistent=True)
+        self.projection = nn.Linear(channels, channels) if output_projection else None
+        self.output_norm = make_norm(output_norm, channels) if output_norm else None
+
+    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        x = x.permute(0, 2, 3, 1)
+        if self.input_projection is not None:
+            x = self.input_norm(self.input_projection(x))
+        windows = window_partition(x, self.window)
+        count, tokens, _ = windows.shape
+        qkv = self.qkv(windows).reshape(count, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv.unbind(0)
+        if value_gate is not None:
+            # one gate per image and value channel, shared by all of the image's windows
+            gate = value_gate.reshape(batch, 1, self.heads, 1, self.head_dim)
+            value = (value.reshape(batch, count // batch, self.heads, tokens, self.head_dim) * gate).flatten(0, 1)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = bias.view(tokens, tokens, self.heads).permute(2, 0, 1)
+        out = attend(query, key, value, self.scale, bias)
+        out = out.transpose(1, 2).reshape(count, tokens, self.heads * self.head_dim)
+        if self.projection is not None:
+            out = self.projection(out)
+        return window_merge(out, self.window, height, width).permute(0, 3, 1, 2)
+
+    def finish(self, features: torch.Tensor, output_gate: torch.Tensor | None) -> torch.Tensor:
+        # the output norm comes after the features that interactions read (MixFormer's spatial
+        # interaction reads the attention output before its LayerNorm)
+        if output_gate is not None:
+            features = features * output_gate
+        return self.output_norm(features) if self.output_norm is not None else features
+
+
+@register
+class WindowAttention(AttentionCandidate):
+    """Swin-style attention in non-overlapping `window`×`window` windows with a relative
+    position bias (no shift, no mask). The map must be a multiple of the window: give the
+    mixer `pad_multiple` to zero-pad maps it does not divide.
+
+    `input_projection`: first a Linear to `channels` and a LayerNorm (MixFormer's attention
+    branch), else qkv reads the input directly (NomMer, Swin). `output_projection`: a Linear
+    after the heads are merged (NomMer, Swin). `output_norm`: a norm on the output, applied
+    after interactions have read the features (MixFormer's `attn_norm`). Its values can be
+    gated per channel (`value_gate`, one gate per image shared by its windows)."""
+
+    op: Literal["window_attention"] = "window_attention"
+    accepts_value_gate = True
+    window: PositiveInt = 7
+    input_projection: bool = False
+    output_projection: bool = True
+    output_norm: NormName | None = None
+
+    def check(self, site: Site) -> None:
+        super().check(site)
+        _, height, width = site.in_shape
+        if height % self.window or width % self.window:
+            fits = [w for w in range(1, min(height, width) + 1) if height % w == 0 and width % w == 0]
+            raise OpCheckError(
+                f"window {self.window} does not divide the {height}x{width} map of stage {site.stage}; give the mixer "
+                f"`pad_multiple: {self.window}` to zero-pad it, or use a window that divides it: {fits}", field="window")
+
+    def flops(self, site: Site) -> int:
+        c_in, height, width = site.in_shape
+        channels, tokens = site.out_channels, height * width
+        flops = 0
+        if self.input_projection:
+            flops += linear_flops(c_in, channels, tokens) + norm_flops("layer_norm", site.in_shape.with_channels(channels))
+        flops += linear_flops(channels if self.input_projection else c_in, 3 * channels, tokens)
+        windows = tokens // self.window ** 2
+        flops += windows * attention_flops(self.heads, self.window ** 2, self.window ** 2, channels // self.heads)
+        if self.output_projection:
+            flops += linear_flops(channels, channels, tokens)
+        if self.output_norm:
+            flops += norm_flops(self.output_norm, site.in_shape.with_channels(channels))
+        return flops
+
+    def build(self, site: Site) -> nn.Module:
+        return WindowAttentionModule(site.in_shape.channels, site.out_channels, self.heads, self.window,
+                                     self.input_projection, self.output_projection, self.output_norm)

@@ -52,3 +52,32 @@ class ConvFFN(FFNOp):
 
     def build(self, site: Site) -> nn.Module:
         return ConvFFNModule(site.in_shape.channels, site.in_shape.channels * self.ratio, site.out_channels, self.kernel)
+
+
+class MLPModule(nn.Module):
+    """Linear, GELU, Linear per pixel (channel-last inside, NCHW at its boundary)."""
+
+    def __init__(self, in_channels: int, hidden: int, out_channels: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_channels, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+
+
+@register
+class MLP(FFNOp):
+    """The transformer MLP: Linear to `ratio` × width, GELU (exact), Linear back."""
+
+    op: Literal["mlp"] = "mlp"
+    ratio: PositiveInt = 4
+
+    def flops(self, site: Site) -> int:
+        c_in, height, width = site.in_shape
+        hidden = c_in * self.ratio
+        return (c_in + site.out_channels) * hidden * height * width
+
+    def build(self, site: Site) -> nn.Module:
+        return MLPModule(site.in_shape.channels, site.in_shape.channels * self.ratio, site.out_channels)

@@ -37,6 +37,8 @@ def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: f
     matmul, which every tracer-based tool understands: fvcore then counts attention the way it
     counts the authors' code. The two paths agree to ~1e-6 (tests/test_attention.py).
     """
+    if bias is not None:
+        bias = bias.to(query.dtype)  # a float32 bias table under autocast: SDPA wants the query's dtype
     if torch.jit.is_tracing():
         scores = (query * scale) @ key.transpose(-2, -1)
         if bias is not None:
