@@ -11,9 +11,9 @@ import difflib
 import functools
 import types
 import typing
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError
 
 from archdsl.errors import Problem, SpecError
 from archdsl.loading import LoadedSpec, SourceMap
@@ -25,18 +25,20 @@ def _shorthand(value: Any) -> Any:
     return {"op": value} if isinstance(value, str) else value
 
 
-def op_slot(role: str):
-    """The annotation of a field that holds one op of `role`."""
+def op_slot(role: str, optional: bool = False):
+    """The annotation of a field that holds one op of `role` (or null, if `optional`).
+
+    The shorthand validator wraps the whole union, None included: outside it, pydantic would
+    try `None` first and never see a bare op name."""
     classes = tuple(ops_for(role).values())
     if not classes:
-        return Annotated[dict, AfterValidator(functools.partial(_none_registered, role))]
+        raise RuntimeError(f"no ops are registered for role {role!r}")
+    union = Union[classes] if len(classes) > 1 else classes[0]  # noqa: UP007  (built at run time)
+    if optional:
+        union = Optional[union]  # noqa: UP007
     if len(classes) == 1:
-        return Annotated[classes[0], BeforeValidator(_shorthand)]
-    return Annotated[Union[classes], BeforeValidator(_shorthand), Field(discriminator="op")]  # noqa: UP007
-
-
-def _none_registered(role: str, value: Any) -> Any:
-    raise ValueError(f"no {role} ops are registered")
+        return Annotated[union, BeforeValidator(_shorthand)]
+    return Annotated[union, BeforeValidator(_shorthand), Field(discriminator="op")]
 
 
 def default_op(name: str):
@@ -72,13 +74,13 @@ def spec_models() -> types.SimpleNamespace:
         """x + mixer(norm(x)), then x + ffn(norm(x)): pre-norm residuals."""
 
         mixer: Mixer
-        ffn: op_slot("ffn") | None = None
+        ffn: op_slot("ffn", optional=True) = None
         norm: NormName = "layer_norm"
 
     class Stage(Strict):
         width: PositiveInt
         depth: PositiveInt
-        downsample: op_slot("downsample") | None = None
+        downsample: op_slot("downsample", optional=True) = None
         blocks: Annotated[list[Block], Field(min_length=1, description="block pattern, repeated to fill `depth`")]
 
     class Spec(Strict):
