@@ -36,7 +36,8 @@ def build_node(node: Node, drop_path: float = 0.0) -> nn.Module:
 def compile_graph(graph: ArchGraph) -> ArchNet:
     spec = graph.spec
     blocks = [node for node in graph.nodes() if node.kind == "block"]
-    rates = torch.linspace(0, spec.drop_path_rate, len(blocks), device="cpu").tolist() if blocks else []  # cpu: also under a meta-device build
+    # on the CPU even under `with torch.device("meta")`, so a whole network can be built there
+    rates = torch.linspace(0, spec.drop_path_rate, len(blocks), device="cpu").tolist() if blocks else []
     rate_of = {node.name: rate for node, rate in zip(blocks, rates)}
     stages = []
     for stage_index in range(graph.num_stages):

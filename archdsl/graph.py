@@ -154,8 +154,8 @@ def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, 
             if consumed not in produced:
                 where = cand_path + ("consumes",)
                 raise SpecError(Problem(
-                    f"side channel {consumed!r} (a {mixed.height}x{mixed.width} map here) is consumed by block {block_index} of "
-                    f"stage {stage_index}, but no earlier block of this stage emits it (side channels do not cross stages); "
+                    f"side channel {consumed!r} is consumed by block {block_index} of stage {stage_index}, but no earlier block "
+                    f"of this stage emits it (a {mixed.height}x{mixed.width} map here; side channels do not cross stages); "
                     f"put a block whose candidate has `emits: {consumed}` before it in the stage's `blocks:` pattern",
                     where, sources.locate(where) if sources else None))
             side_inputs.append(consumed)

@@ -291,7 +291,7 @@ class HybridScaleAttentionModule(nn.Module):
         merged = self.coarse_merge(x)
         grid = merged.shape[-2:]
         merged = self.coarse_act(self.coarse_norm(merged.flatten(2).transpose(1, 2)))
-        key, value = self.coarse_key_value(merged).reshape(batch, -1, 2, heads, dim).permute(2, 0, 3, 1, 4)
+        key, value = self.coarse_key_value(merged).reshape(batch, -1, 2, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)
         if self.emit:  # the map needs the probabilities themselves
             coarse_probs = ((query @ key.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # B h N Ng
             coarse = coarse_probs @ value  # B h N d
@@ -304,7 +304,7 @@ class HybridScaleAttentionModule(nn.Module):
         query = self.window_query(tokens).reshape(batch, rows, wh, cols, ww, heads, dim)
         query = query.permute(0, 5, 1, 3, 2, 4, 6).reshape(batch, heads, rows * cols, wh * ww, dim)
         key_value = self.window_key_value(tokens).reshape(batch, rows, wh, cols, ww, 2, heads, dim)
-        key, value = key_value.permute(5, 0, 6, 1, 3, 2, 4, 7).reshape(2, batch, heads, rows * cols, wh * ww, dim)
+        key, value = key_value.permute(5, 0, 6, 1, 3, 2, 4, 7).reshape(2, batch, heads, rows * cols, wh * ww, dim).unbind(0)
         if self.emit:
             window_probs = ((query @ key.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # B h windows L L
             fine = window_probs @ value
@@ -412,6 +412,17 @@ class RankAggregation(nn.Module):
         return bags.view(count, batch, self.runs, channels) + self.bias[self.run_part].to(tokens.dtype).unsqueeze(-1)
 
 
+def significance_orders(significance: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) map -> (2, B, H*W) token ids in ascending significance: of the row-major
+    flattening, and of the column-major one (as the code sorts both). Stable sorts: ties keep
+    their flattening order, so a given input always gives the same output."""
+    batch, height, width = significance.shape
+    row_order = torch.argsort(significance.reshape(batch, -1), dim=1, stable=True)
+    column_rank = torch.argsort(significance.transpose(1, 2).reshape(batch, -1), dim=1, stable=True)
+    column_order = (column_rank % height) * width + column_rank // height  # column-major position -> token
+    return torch.stack([row_order, column_order])
+
+
 class SelfGuidedAttentionModule(nn.Module):
     """All heads query every token; keys and values come from the significance-sorted,
     aggregated tokens: heads 0..h/2-1 from the row-major sort (kv1), h/2..h-1 from the
@@ -430,16 +441,11 @@ class SelfGuidedAttentionModule(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape
         tokens = x.flatten(2).transpose(1, 2)
-        significance = context.detach()
-        # stable sorts: ties keep token order, so a given input always gives the same output
-        row_order = torch.argsort(significance.reshape(batch, -1), dim=1, stable=True)
-        column_rank = torch.argsort(significance.transpose(1, 2).reshape(batch, -1), dim=1, stable=True)
-        column_order = (column_rank % height) * width + column_rank // height  # column-major position -> token
-        row_runs, column_runs = self.aggregate(tokens, torch.stack([row_order, column_order]))
+        row_runs, column_runs = self.aggregate(tokens, significance_orders(context.detach())).unbind(0)
         half = self.heads // 2
         row_kv = self.row_key_value(row_runs).reshape(batch, -1, 2, half, self.head_dim)
         column_kv = self.column_key_value(column_runs).reshape(batch, -1, 2, half, self.head_dim)
-        key, value = torch.cat([row_kv, column_kv], dim=3).permute(2, 0, 3, 1, 4)
+        key, value = torch.cat([row_kv, column_kv], dim=3).permute(2, 0, 3, 1, 4).unbind(0)
         query = self.query(tokens).reshape(batch, -1, self.heads, self.head_dim).transpose(1, 2)
         out = attend(query, key, value, self.scale)
         return out.transpose(-1, -2).reshape(batch, -1, height, width)
@@ -501,14 +507,15 @@ class SelfGuidedAttention(AttentionCandidate):
 
 def resize_position_embedding(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(1, g*g, C) from a square g x g grid -> (1, gh*gw, C), bicubic with antialiasing, in
-    float32, as timm's `resample_abs_pos_embed` does."""
+    float32, as timm's `resample_abs_pos_embed` does (the result stays float32, so an fp16
+    checkpoint is not rounded twice)."""
     side = math.isqrt(table.shape[1])
     if side * side != table.shape[1]:
         raise ValueError(f"position embedding of {table.shape[1]} rows is not a square grid")
     channels = table.shape[-1]
     image = table.float().reshape(1, side, side, channels).permute(0, 3, 1, 2)
     image = F.interpolate(image, size=grid, mode="bicubic", antialias=True, align_corners=False)
-    return image.permute(0, 2, 3, 1).reshape(1, -1, channels).to(table.dtype)
+    return image.permute(0, 2, 3, 1).reshape(1, -1, channels)
 
 
 def resample_rank_weights(weight: torch.Tensor, rate: int) -> torch.Tensor:
