@@ -74,8 +74,8 @@ def _conv_norm(in_channels: int, out_channels: int, kernel: int, stride: int = 1
 
 def sincos_position_embedding(height: int, width: int, channels: int) -> torch.Tensor:
     """(height*width, channels): token i*width + j gets sin(j w), cos(j w), sin(i w), cos(i w),
-    w_k = 10000^(-k/(channels/4)): the column index first, as the code's helper does; float64,
-    rounded to float32 (bit-exact with the code at 224)."""
+    w_k = 10000^(-k/(channels/4)): the column index first, as the code's helper does; computed
+    in float64 and rounded to float32, as the code does."""
     quarter = channels // 4
     omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)
     rows, cols = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
@@ -334,7 +334,7 @@ class HybridScaleAttention(AttentionCandidate):
     significance map (side channel `emits`) for a later self-guided block of the same stage."""
 
     op: Literal["hybrid_scale_attention"] = "hybrid_scale_attention"
-    scale: int = Field(ge=2, description="merge stride of the coarse half's keys and values (the code's sr_ratio)")
+    scale: PositiveInt = Field(description="merge stride of the coarse half's keys and values (the code's sr_ratio; 1: global attention)")
     window: PositiveInt = Field(7, description="preferred window side of the fine half; per side, the nearest divisor of the map side is used")
     emits: str | None = "significance"
 
@@ -505,13 +505,15 @@ class SelfGuidedAttention(AttentionCandidate):
 # --- the authors' checkpoints ------------------------------------------------------------------
 
 
+def _is_square(count: int) -> bool:
+    return math.isqrt(count) ** 2 == count
+
+
 def resize_position_embedding(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(1, g*g, C) from a square g x g grid -> (1, gh*gw, C), bicubic with antialiasing, in
     float32, as timm's `resample_abs_pos_embed` does (the result stays float32, so an fp16
     checkpoint is not rounded twice)."""
     side = math.isqrt(table.shape[1])
-    if side * side != table.shape[1]:
-        raise ValueError(f"position embedding of {table.shape[1]} rows is not a square grid")
     channels = table.shape[-1]
     image = table.float().reshape(1, side, side, channels).permute(0, 3, 1, 2)
     image = F.interpolate(image, size=grid, mode="bicubic", antialias=True, align_corners=False)
@@ -541,6 +543,14 @@ def _candidate(net: nn.Module, stage: int, block: int, kinds: tuple[type, ...]) 
         if isinstance(module, kinds):
             return index, module
     return -1, None  # no such branch in this spec: the key is reported as unexpected
+
+
+def _self_guided_candidate(net: nn.Module, stage: int, block: int) -> str | None:
+    """The module path of the self-guided candidate of stages.{stage}.blocks.{block}, if any."""
+    if not (0 <= stage < len(net.stages) and block < len(net.stages[stage].blocks)):
+        return None
+    index, module = _candidate(net, stage, block, (SelfGuidedAttentionModule,))
+    return f"stages.{stage}.blocks.{block}.mixer.candidates.{index}" if module is not None else None
 
 
 def _rename(key: str, net: nn.Module) -> str:
@@ -590,20 +600,20 @@ def convert_sgformer(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str
     converted: dict[str, torch.Tensor] = {}
     rank_layers: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
     for key, value in state.items():
-        if match := re.fullmatch(r"(block\d+\.\d+)\.attn\.f(\d)\.(weight|bias)", key):
-            renamed = _rename(f"{match[1]}.attn.q.weight", net)  # find the block's self-guided candidate
-            owner = renamed.rsplit(".query.weight", 1)[0] if renamed.endswith(".query.weight") else None
-            if owner is not None and f"{owner}.aggregate.weight" in expected:
-                rank_layers.setdefault(owner, {}).setdefault(int(match[2]), {})[match[3]] = value
-                continue
-            converted[key] = value
+        if match := re.fullmatch(r"block(\d+)\.(\d+)\.attn\.f(\d)\.(weight|bias)", key):
+            owner = _self_guided_candidate(net, int(match[1]) - 1, int(match[2]))
+            if owner is None:
+                converted[key] = value  # reported as unexpected
+            else:
+                rank_layers.setdefault(owner, {}).setdefault(int(match[3]), {})[match[4]] = value
             continue
         name = _rename(key, net)
         if name in expected and value.shape != expected[name].shape:
-            if name == "stem.pos_embed":
+            shape = tuple(expected[name].shape)
+            if name == "stem.pos_embed" and value.dim() == 3 and value.shape[-1] == shape[-1] and _is_square(value.shape[1]):
                 value = resize_position_embedding(value, net.stem.grid)
-            elif value.numel() == expected[name].numel():
-                value = value.reshape(expected[name].shape)  # Linear [out, in] -> 1x1 conv [out, in, 1, 1]
+            elif shape == tuple(value.shape) + (1, 1):
+                value = value.reshape(shape)  # Linear [out, in] -> 1x1 conv [out, in, 1, 1]
         converted[name] = value
     for owner, layers in rank_layers.items():
         module = net.get_submodule(f"{owner}.aggregate")

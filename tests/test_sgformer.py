@@ -15,7 +15,7 @@ from archdsl.blocks.sgformer import (HybridScaleAttentionModule, RankAggregation
                                      convert_sgformer, nearest_divisor, resize_position_embedding,
                                      significance_orders)
 from archdsl.compiler import compile_graph, count_node_params
-from archdsl.errors import SpecError
+from archdsl.errors import CheckpointError, SpecError
 
 VARIANTS = ["sgformer_s", "sgformer_m", "sgformer_b"]
 
@@ -110,11 +110,11 @@ def test_test_vector_logits_maps_and_stages(vector, checkpoints):
         assert (output.flatten(2).transpose(1, 2) - stored).abs().max().item() < 1e-3
 
 
-def test_plain_state_dict_loads_the_same(vector, checkpoints):
-    plain = create_model("sgformer_s", pretrained=checkpoints["plain"])
-    nested = create_model("sgformer_s", pretrained=checkpoints["nested"])
-    for (name, a), (_, b) in zip(plain.state_dict().items(), nested.state_dict().items()):
-        assert torch.equal(a, b), name
+def test_weights_of_another_depth_are_refused_with_the_keys_listed(checkpoints):
+    with pytest.raises(CheckpointError) as caught:
+        create_model("sgformer_s", overrides={"stages.2.depth": 14}, pretrained=checkpoints["nested"])
+    message = str(caught.value)
+    assert "54 unexpected: block3.14." in message and "missing" not in message  # blocks 3.14 and 3.15, 27 keys each
 
 
 @pytest.mark.parametrize("variant", ["sgformer_m", "sgformer_b"])
@@ -202,6 +202,11 @@ def test_derived_sizes_are_the_codes_at_multiples_of_224():
     assert [nearest_divisor(12544 // 4 * share, rate) for share, rate in ((1, 196), (2, 56), (1, 28))] == [196, 56, 28]
     assert nearest_divisor(56, 7) == nearest_divisor(112, 7) == 7
     assert nearest_divisor(96, 7) == 8 and nearest_divisor(12, 7) == 6  # 7/6 vs 8/7 on a log scale
+
+
+def test_position_embedding_starts_as_the_codes_sincos_table(vector):
+    table = create_model("sgformer_s").stem.pos_embed.detach()
+    assert torch.equal(table.half(), vector["state_dict"]["pos_embed"])  # the vector's is the code's init, in fp16
 
 
 def test_rank_aggregation_equals_one_linear_per_sub_region():
