@@ -7,6 +7,9 @@
     - `aten::scaled_dot_product_attention` (the two matmuls it fuses): fused attention is
       traced as explicit matmuls by `blocks.layers.attend`, but any op that calls SDPA directly
       would otherwise vanish from the count.
+    - `aten::embedding_bag` with per-sample weights (one multiply-add per gathered element):
+      a learned weighted sum over index runs, as SG-Former's significance-guided token
+      aggregation does it in one gather (the authors' code uses one Linear per run length).
   Softmax, activations and elementwise products stay uncounted: the papers count
   multiply-adds of convolutions, linear layers and matmuls (plus fvcore's norm rules).
 * `analytic`: summed from the ops' own FLOP rules over the lowered graph, no module needed.
@@ -36,9 +39,19 @@ def _sdpa_flops(inputs, outputs) -> int:
     return prod(query[:-1]) * key[-2] * (query[-1] + value[-1])
 
 
+def _weighted_bag_flops(inputs, outputs) -> int:
+    from fvcore.nn.jit_handles import get_shape
+
+    # aten::embedding_bag(weight, indices, offsets, scale_grad_by_freq, mode, sparse, per_sample_weights, ...)
+    if inputs[6].type().kind() == "NoneType":
+        return 0  # plain sums, uncounted like every other addition
+    return prod(get_shape(inputs[1])) * get_shape(inputs[0])[-1]
+
+
 EXTRA_HANDLES = {
     "aten::avg_pool2d": _input_elements,
     "aten::scaled_dot_product_attention": _sdpa_flops,
+    "aten::embedding_bag": _weighted_bag_flops,
 }
 
 

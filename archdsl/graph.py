@@ -154,7 +154,8 @@ def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, 
                 where = cand_path + ("consumes",)
                 raise SpecError(Problem(
                     f"side channel {consumed!r} is consumed by block {block_index} of stage {stage_index}, but no earlier block "
-                    f"of this stage emits it; put a block whose candidate has `emits: {consumed}` before it",
+                    f"of this stage emits it (a {mixed.height}x{mixed.width} map here; side channels do not cross stages); "
+                    f"put a block whose candidate has `emits: {consumed}` before it in the stage's `blocks:` pattern",
                     where, sources.locate(where) if sources else None))
             side_inputs.append(consumed)
         emitted = getattr(op, "emits", None)
@@ -188,6 +189,66 @@ def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, 
              + (norm_flops(block.norm, shape) + ffn.flops if ffn else 0))
     plan = BlockPlan(block.norm, candidates, fusion, interactions, order, ffn, pad)
     return Node(name, "block", stage_index, path, shape, shape, flops, block=plan, side_inputs=side_inputs, side_outputs=side_outputs)
+
+
+def _side_channel_fault(pattern: list[tuple[list[str], list[str]]], depth: int) -> tuple[str, int, str, int | None] | None:
+    """Replay a stage's block pattern (each entry: channels consumed, channels emitted) for
+    `depth` blocks. A map must be read by a later block of its stage before it is emitted again
+    or the stage ends. The first fault as (kind, producing block, channel, replacing block):
+    kind "unread" (the stage ends first) or "replaced"; "unproduced" for a consumer with
+    nothing before it (then the block index is the consumer's); None if all is well."""
+    pending: dict[str, int] = {}  # channel -> block that emitted it, not read yet
+    available: set[str] = set()
+    for index in range(depth):
+        consumed, emitted = pattern[index % len(pattern)]
+        for channel in consumed:
+            if channel not in available:
+                return "unproduced", index, channel, None
+            pending.pop(channel, None)
+        for channel in emitted:
+            if channel in pending:
+                return "replaced", pending[channel], channel, index
+            pending[channel] = index
+            available.add(channel)
+    for channel, index in pending.items():
+        return "unread", index, channel, None
+    return None
+
+
+def _depths_that_work(pattern: list[tuple[list[str], list[str]]], depth: int) -> list[int]:
+    """The nearest depths below and above `depth` whose blocks pair every map with a reader."""
+    below = next((d for d in range(depth - 1, 0, -1) if _side_channel_fault(pattern, d) is None), None)
+    above = next((d for d in range(depth + 1, depth + 4 * len(pattern) + 1) if _side_channel_fault(pattern, d) is None), None)
+    return [d for d in (below, above) if d is not None]
+
+
+def _check_side_channels(stage, stage_index: int, shape: FeatureShape, sources: SourceMap | None) -> None:
+    """Every map a block emits is read by a later block of the same stage: a map left unread
+    when the stage ends would leak into the next stage (located error otherwise)."""
+    pattern = []
+    for block in stage.blocks:
+        ops = block.mixer.candidates
+        pattern.append(([c for op in ops if (c := getattr(op, "consumes", None)) is not None],
+                        [c for op in ops if (c := getattr(op, "emits", None)) is not None]))
+    fault = _side_channel_fault(pattern, stage.depth) if any(emitted for _, emitted in pattern) else None
+    if fault is None or fault[0] == "unproduced":  # a consumer with no producer is reported at its own line
+        return
+    kind, block_index, channel, replacing = fault
+    entry = block_index % len(stage.blocks)
+    what = (f"block {block_index} of stage {stage_index} (pattern entry {entry}) emits side channel {channel!r}, "
+            f"a {shape.height}x{shape.width} map, ")
+    if kind == "replaced":
+        path = ("stages", stage_index, "blocks")
+        message = (what + f"but block {replacing} (pattern entry {replacing % len(stage.blocks)}) emits it again before any block "
+                   f"reads it; put a block that consumes {channel!r} between them, or set `emits: null` on the first")
+    else:
+        path = ("stages", stage_index, "depth")
+        depths = _depths_that_work(pattern, stage.depth)
+        fix = (f"depth {' or '.join(str(d) for d in depths)} would give every producer a consumer" if depths
+               else f"add a block that consumes {channel!r} after it")
+        message = (what + f"and no later block of the stage reads it: with depth {stage.depth} the {len(stage.blocks)}-block pattern "
+                   f"ends on a producer, and side channels do not cross into the next stage. {fix}, or set `emits: null` on that candidate")
+    raise SpecError(Problem(message, path, sources.locate(path) if sources else None))
 
 
 def lower(spec, sources: SourceMap | None = None) -> ArchGraph:
@@ -224,6 +285,7 @@ def lower(spec, sources: SourceMap | None = None) -> ArchGraph:
             for channel in node.side_outputs:
                 produced[channel] = node.name
             previous = node.name
+        _check_side_channels(stage, stage_index, shape, sources)
 
     head = _place(spec.head, Site(shape, spec.head.classes, image_size, len(spec.stages) - 1), ("head",), sources)
     graph.add(Node("head", "head", None, ("head",), shape, head.out_shape, head.flops, op=head), previous)

@@ -32,7 +32,7 @@ class Sum(FusionOp):
     def check(self, site: Site) -> None:
         if any(part != site.out_channels for part in site.parts):
             raise OpCheckError(
-                f"`sum` adds candidates of the block width {site.out_channels}, but they have {list(site.parts)} channels; "
+                f"`{self.op}` adds candidates of the block width {site.out_channels}, but they have {list(site.parts)} channels; "
                 f"give every candidate channels: {site.out_channels}, or fuse with concat_projection")
 
     def flops(self, site: Site) -> int:
@@ -69,3 +69,27 @@ class ConcatProjection(FusionOp):
 
     def build(self, site: Site) -> nn.Module:
         return ConcatProjectionModule(site.out_channels)
+
+
+class SumProjectionModule(SumModule):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.projection = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return self.projection(super().forward(parts))
+
+
+@register
+class SumProjection(Sum):
+    """Add the candidates' outputs, then a 1x1 projection: the output projection of an
+    attention whose side branches (SG-Former's LePE) join before it."""
+
+    op: Literal["sum_projection"] = "sum_projection"
+
+    def flops(self, site: Site) -> int:
+        channels = site.out_channels
+        return conv_flops(channels, channels, 1, (site.in_shape.height, site.in_shape.width))
+
+    def build(self, site: Site) -> nn.Module:
+        return SumProjectionModule(site.out_channels)
