@@ -483,10 +483,8 @@ def save_nomination_maps(model: nn.Module, image, path: str | Path, colors=NOMIN
     `image`: an image file (resized and normalised for the model's input size, see
     `load_image`) or a preprocessed (1, 3, H, W) tensor. The model runs in its current mode;
     call `model.eval()` first for the deterministic argmax maps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a bare Figure (no pyplot): draws off-screen without touching the caller's matplotlib backend
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     if isinstance(image, (str, Path)):
@@ -504,7 +502,8 @@ def save_nomination_maps(model: nn.Module, image, path: str | Path, colors=NOMIN
     panels = [("input", shown)] + [(layer_label(name), colour_map(weights[0], colors)) for name, weights in maps.items()]
     columns = min(len(panels), 5)
     rows = -(-len(panels) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows + 0.4), squeeze=False)
+    figure = Figure(figsize=(2.4 * columns, 2.6 * rows + 0.4))
+    axes = figure.subplots(rows, columns, squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, (title, picture) in zip(axes.flat, panels):
@@ -515,7 +514,6 @@ def save_nomination_maps(model: nn.Module, image, path: str | Path, colors=NOMIN
                   loc="lower center", ncol=len(names), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.06, 1, 1))
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return maps
 
 
