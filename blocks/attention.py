@@ -9,7 +9,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import CandidateOp, OpCheckError, Site, register
-from archdsl.blocks.layers import attend, attention_flops, conv_flops, linear_flops
+from archdsl.blocks.layers import FitRule, attend, attention_flops, conv_flops, fit_to_map, linear_flops
 from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
 
@@ -27,14 +27,16 @@ class AttentionCandidate(CandidateOp):
 
 
 class PooledAttentionModule(nn.Module):
-    def __init__(self, in_channels: int, channels: int, heads: int, pool: int):
+    def __init__(self, in_channels: int, channels: int, heads: int, pool: int, qkv_bias: bool = True,
+                 output_projection: bool = False):
         super().__init__()
         self.heads = heads
         self.head_dim = channels // heads
         self.scale = self.head_dim ** -0.5
-        self.query = nn.Conv2d(in_channels, channels, 1)
-        self.key_value = nn.Conv2d(in_channels, 2 * channels, 1)
+        self.query = nn.Conv2d(in_channels, channels, 1, bias=qkv_bias)
+        self.key_value = nn.Conv2d(in_channels, 2 * channels, 1, bias=qkv_bias)
         self.pool = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
+        self.projection = nn.Conv2d(channels, channels, 1) if output_projection else None
 
     def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None) -> torch.Tensor:
         batch, _, height, width = x.shape
@@ -47,18 +49,23 @@ class PooledAttentionModule(nn.Module):
         if value_gate is not None:
             value = value * value_gate.reshape(batch, self.heads, 1, self.head_dim)
         out = attend(query, key, value, self.scale)
-        return out.transpose(-1, -2).reshape(batch, self.heads * self.head_dim, height, width)
+        out = out.transpose(-1, -2).reshape(batch, self.heads * self.head_dim, height, width)
+        return self.projection(out) if self.projection is not None else out
 
 
 @register
 class PooledAttention(AttentionCandidate):
     """Global attention whose keys and values come from an average-pooled map (CloFormer's
-    global branch; PVT-style spatial reduction by pooling). `pool: 1` is plain global attention.
+    global branch; PVT-style spatial reduction by pooling). `pool: 1` is plain global attention
+    (NomMer's G-MHSA: `qkv_bias: false, output_projection: true`). `qkv_bias`: biases on the
+    Q/K/V projections. `output_projection`: a Linear (1x1 conv) after the heads are merged.
     Its values can be gated per channel (`value_gate`, channels ordered head by head)."""
 
     op: Literal["pooled_attention"] = "pooled_attention"
     accepts_value_gate = True
     pool: PositiveInt = 1
+    qkv_bias: bool = True
+    output_projection: bool = False
 
     def check(self, site: Site) -> None:
         super().check(site)
@@ -78,10 +85,12 @@ class PooledAttention(AttentionCandidate):
         return (conv_flops(c_in, channels, 1, (height, width))
                 + conv_flops(c_in, 2 * channels, 1, (height // self.pool, width // self.pool))
                 + attention_flops(self.heads, height * width, keys, channels // self.heads)
-                + (site.in_shape.numel if self.pool > 1 else 0))  # the pooling's sums (cost.py handle)
+                + (site.in_shape.numel if self.pool > 1 else 0)  # the pooling's sums (cost.py handle)
+                + (conv_flops(channels, channels, 1, (height, width)) if self.output_projection else 0))
 
     def build(self, site: Site) -> nn.Module:
-        return PooledAttentionModule(site.in_shape.channels, site.out_channels, self.heads, self.pool)
+        return PooledAttentionModule(site.in_shape.channels, site.out_channels, self.heads, self.pool, self.qkv_bias,
+                                     self.output_projection)
 
 
 # --- window attention --------------------------------------------------------------------------
@@ -163,7 +172,8 @@ class WindowAttentionModule(nn.Module):
 class WindowAttention(AttentionCandidate):
     """Swin-style attention in non-overlapping `window`×`window` windows with a relative
     position bias (no shift, no mask). The map must be a multiple of the window: give the
-    mixer `pad_multiple` to zero-pad maps it does not divide.
+    mixer `pad_multiple` to zero-pad maps it does not divide, or `fit: nearest_divisor` to
+    use the divisor of the map nearest to `window` there (`blocks.layers.fit_to_map`).
 
     `input_projection`: first a Linear to `channels` and a LayerNorm (MixFormer's attention
     branch), else qkv reads the input directly (NomMer, Swin). `output_projection`: a Linear
@@ -177,15 +187,20 @@ class WindowAttention(AttentionCandidate):
     input_projection: bool = False
     output_projection: bool = True
     output_norm: NormName | None = None
+    fit: FitRule = "exact"
+
+    def window_at(self, site: Site) -> int:
+        return fit_to_map(self.window, site.in_shape.height, site.in_shape.width, self.fit)
 
     def check(self, site: Site) -> None:
         super().check(site)
         _, height, width = site.in_shape
-        if height % self.window or width % self.window:
+        if height % self.window_at(site) or width % self.window_at(site):
             fits = [w for w in range(1, min(height, width) + 1) if height % w == 0 and width % w == 0]
             raise OpCheckError(
                 f"window {self.window} does not divide the {height}x{width} map of stage {site.stage}; give the mixer "
-                f"`pad_multiple: {self.window}` to zero-pad it, or use a window that divides it: {fits}", field="window")
+                f"`pad_multiple: {self.window}` to zero-pad it, use a window that divides it: {fits}, or "
+                f"`fit: nearest_divisor` to pick one of those where it does not", field="window")
 
     def flops(self, site: Site) -> int:
         c_in, height, width = site.in_shape
@@ -194,8 +209,9 @@ class WindowAttention(AttentionCandidate):
         if self.input_projection:
             flops += linear_flops(c_in, channels, tokens) + norm_flops("layer_norm", site.in_shape.with_channels(channels))
         flops += linear_flops(channels if self.input_projection else c_in, 3 * channels, tokens)
-        windows = tokens // self.window ** 2
-        flops += windows * attention_flops(self.heads, self.window ** 2, self.window ** 2, channels // self.heads)
+        window = self.window_at(site)
+        windows = tokens // window ** 2
+        flops += windows * attention_flops(self.heads, window ** 2, window ** 2, channels // self.heads)
         if self.output_projection:
             flops += linear_flops(channels, channels, tokens)
         if self.output_norm:
@@ -203,5 +219,5 @@ class WindowAttention(AttentionCandidate):
         return flops
 
     def build(self, site: Site) -> nn.Module:
-        return WindowAttentionModule(site.in_shape.channels, site.out_channels, self.heads, self.window,
+        return WindowAttentionModule(site.in_shape.channels, site.out_channels, self.heads, self.window_at(site),
                                      self.input_projection, self.output_projection, self.output_norm)

@@ -6,6 +6,9 @@ analytic count from the graph and fvcore's count on the built module agree.
 
 from __future__ import annotations
 
+from math import gcd
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +30,26 @@ def attention_flops(heads: int, queries: int, keys: int, head_dim: int, value_di
 
 def strided_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
+
+
+# How an op's window or block size meets a map it may not divide (see `fit_to_map`).
+FitRule = Literal["exact", "nearest_divisor"]
+
+
+def fit_to_map(size: int, height: int, width: int, rule: FitRule) -> int:
+    """The window or block size an op uses on a height×width map.
+
+    `exact`: `size` as written (the op's check then demands that it divide the map).
+    `nearest_divisor`: `size` where it divides both sides; otherwise the common divisor of the
+    two sides nearest to `size`, the larger on a tie. So a spec written for 224 keeps its sizes
+    wherever they fit (448: windows stay 7) and still runs where they do not (384: 96x96 and
+    48x48 maps get window 8, the divisors 6 and 8 being equally near 7).
+    """
+    if rule == "exact" or (height % size == 0 and width % size == 0):
+        return size
+    common = gcd(height, width)
+    divisors = [d for d in range(1, common + 1) if common % d == 0]
+    return min(divisors, key=lambda d: (abs(d - size), -d))
 
 
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
