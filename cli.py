@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from archdsl.errors import SpecError
+from archdsl.errors import Location, Problem, SpecError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="A declarative architecture language for conv/attention vision backbones.")
@@ -92,6 +92,31 @@ def schema() -> None:
     from archdsl.schema import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def nominations(
+    spec: str = SpecArgument,
+    image: Path = typer.Argument(..., help="An image file (resized to the model's input size)."),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Weights (archdsl or the authors' checkpoint)."),
+    output: Path = typer.Option(Path("nominations.png"), "-o", "--output", help="The PNG to write."),
+    img_size: Optional[str] = ImgSizeOption,
+) -> None:
+    """Save each nominating layer's per-pixel choice for IMAGE as a PNG (NomMer: red/green/blue = CNN/local/global)."""
+    from archdsl.api import create_model
+    from archdsl.blocks.nommer import save_nomination_maps
+
+    try:
+        model = create_model(spec, pretrained=pretrained, img_size=img_size).eval()
+        if not image.is_file():
+            raise SpecError(Problem("image file not found", (), Location(str(image))))
+        maps = save_nomination_maps(model, image, output)
+    except (SpecError, ValueError) as error:
+        fail(error)
+    for name, weights in maps.items():
+        counts = weights[0].argmax(0).flatten().bincount(minlength=weights.shape[1]).tolist()
+        out.print(f"{name}: pixels per candidate {counts}")
+    out.print(f"wrote {output}")
 
 
 @app.command(name="list")

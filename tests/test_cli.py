@@ -89,3 +89,30 @@ def test_console_script_errors_have_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "archdsl.cli", "validate", str(bad)], capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and f"{bad}:2:7: stem: YAML tag" in result.stderr
+
+
+def test_non_square_img_size():
+    result = run("build", "mixformer_b0", "--img-size", "224x288", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["img_size"] == [224, 288] and summary["stages"][-2]["out_shape"] == [192, 7, 9]
+    assert summary["flops_analytic"] == summary["flops"]
+    result = run("validate", "mixformer_b0", "--img-size", "224xabc")
+    assert result.exit_code == 2 and "is not N or HxW" in result.stderr
+
+
+def test_nomination_maps_png(tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "input.png"
+    Image.fromarray((torch.rand(64, 64, 3) * 255).byte().numpy()).save(image)
+    output = tmp_path / "maps.png"
+    result = run("nominations", "nommer_t", str(image), "--img-size", "224", "-o", str(output))
+    assert result.exit_code == 0, result.output
+    assert Image.open(output).size[0] > 0
+    assert "pixels per candidate" in result.stdout
+    per_layer = [line for line in result.stdout.splitlines() if "pixels per candidate" in line]
+    assert len(per_layer) == 4  # NomMer-T: two S-NomMer layers in each of stages 0 and 1
+    assert all(sum(eval(line.split("candidate")[1])) in (56 * 56, 28 * 28) for line in per_layer)
+    result = run("nominations", "cloformer_xxs", str(image), "-o", str(tmp_path / "none.png"))
+    assert result.exit_code == 2 and "no nomination fusion" in result.stderr
