@@ -38,7 +38,9 @@ def op_slot(role: str, optional: bool = False):
         union = Optional[union]  # noqa: UP007
     if len(classes) == 1:
         return Annotated[union, BeforeValidator(_shorthand)]
-    return Annotated[union, BeforeValidator(_shorthand), Field(discriminator="op")]
+    # the discriminator must come before the validator: the other way round pydantic nests the
+    # whole union under every tag, and one wrong value is reported once per op type
+    return Annotated[union, Field(discriminator="op"), BeforeValidator(_shorthand)]
 
 
 def default_op(name: str):

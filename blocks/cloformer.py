@@ -15,11 +15,11 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
+from archdsl.ops import DownsampleOp, FeatureShape, Op, Site, register
 from archdsl.weights import register_converter
 from archdsl.blocks.attention import AttentionCandidate, PooledAttentionModule
 from archdsl.blocks.ffn import ConvFFNModule, conv_ffn_flops
-from archdsl.blocks.layers import Swish, conv_flops, strided_size
+from archdsl.blocks.layers import OddKernel, Swish, conv_flops, strided_size
 from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
 
@@ -98,12 +98,7 @@ class AttnConv(AttentionCandidate):
     depthwise kxk conv; context weights tanh(d^-1/2 · FC(Swish(FC(Q ⊙ K)))) multiply V."""
 
     op: Literal["attn_conv"] = "attn_conv"
-    kernel: PositiveInt = 3
-
-    def check(self, site: Site) -> None:
-        super().check(site)
-        if self.kernel % 2 == 0:
-            raise OpCheckError(f"kernel {self.kernel} is even; AttnConv keeps the map size with padding k//2, so use an odd kernel such as {self.kernel + 1}", field="kernel")
+    kernel: OddKernel = 3
 
     def flops(self, site: Site) -> int:
         c_in, height, width = site.in_shape
@@ -143,7 +138,7 @@ class StridedConvFFN(DownsampleOp):
     op: Literal["strided_conv_ffn"] = "strided_conv_ffn"
     replaces_previous_ffn = True
     ratio: PositiveInt = 4
-    kernel: PositiveInt = 5
+    kernel: OddKernel = 5
     norm: NormName = "group_norm"
 
     def output_shape(self, site: Site) -> FeatureShape:

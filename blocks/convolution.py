@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.ops import CandidateOp, FeatureShape, OpCheckError, Site, register
-from archdsl.blocks.layers import conv_flops, linear_flops
+from archdsl.ops import CandidateOp, FeatureShape, Site, register
+from archdsl.blocks.layers import OddKernel, conv_flops, linear_flops
 from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
 
@@ -51,14 +50,9 @@ class DepthwiseConv(CandidateOp):
     the 1x1 conv; an output gate multiplies the 1x1 conv's output, before `output_norm`."""
 
     op: Literal["depthwise_conv"] = "depthwise_conv"
-    kernel: PositiveInt = 3
+    kernel: OddKernel = 3
     input_projection: bool = False
     output_norm: NormName | None = None
-
-    def check(self, site: Site) -> None:
-        if self.kernel % 2 == 0:
-            raise OpCheckError(f"kernel {self.kernel} is even; the depthwise conv keeps the map size with padding k//2, "
-                               f"so use an odd kernel such as {self.kernel + 1}", field="kernel")
 
     def feature_shape(self, site: Site) -> FeatureShape:
         return site.in_shape

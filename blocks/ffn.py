@@ -9,7 +9,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import Op, Site, register
-from archdsl.blocks.layers import conv_flops, strided_size
+from archdsl.blocks.layers import OddKernel, conv_flops, strided_size
 
 
 class FFNOp(Op):
@@ -45,7 +45,7 @@ class ConvFFN(FFNOp):
 
     op: Literal["conv_ffn"] = "conv_ffn"
     ratio: PositiveInt = 4
-    kernel: PositiveInt = 5
+    kernel: OddKernel = 5
 
     def flops(self, site: Site) -> int:
         return conv_ffn_flops(site, self.ratio, self.kernel)

@@ -7,11 +7,23 @@ analytic count from the graph and fvcore's count on the built module agree.
 from __future__ import annotations
 
 from math import gcd
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import AfterValidator, PositiveInt
 from torch import nn
+
+
+def _odd(kernel: int) -> int:
+    if kernel % 2 == 0:
+        raise ValueError(f"kernel {kernel} is even; a conv keeps the map size with padding k//2 only for odd kernels, "
+                         f"so use {kernel - 1} or {kernel + 1}")
+    return kernel
+
+
+# the kernel of a "same"-padded conv (padding k//2): validated where it is written in the YAML
+OddKernel = Annotated[PositiveInt, AfterValidator(_odd)]
 
 
 def conv_flops(in_channels: int, out_channels: int, kernel: int | tuple[int, int], out_hw: tuple[int, int], groups: int = 1) -> int:

@@ -37,7 +37,7 @@ from archdsl.blocks.attention import AttentionCandidate, PooledAttention, Pooled
 from archdsl.blocks.dct import BlockDCT, BlockIDCT, block_dct_flops
 from archdsl.blocks.fusion import FusionOp
 from archdsl.blocks.heads import HeadOp
-from archdsl.blocks.layers import FitRule, conv_flops, fit_to_map, linear_flops, strided_size
+from archdsl.blocks.layers import FitRule, OddKernel, conv_flops, fit_to_map, linear_flops, strided_size
 from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
 
@@ -339,7 +339,7 @@ class ConvMaxPool(DownsampleOp):
     class token first, making a 1×(1 + h·w) token sequence (NomMer before stage 4)."""
 
     op: Literal["conv_max_pool"] = "conv_max_pool"
-    kernel: PositiveInt = 3
+    kernel: OddKernel = 3
     pool: PositiveInt = 2
     norm: NormName = "layer_norm"
     position_embedding: bool = False
@@ -354,9 +354,6 @@ class ConvMaxPool(DownsampleOp):
         return FeatureShape(pooled.channels, 1, 1 + pooled.tokens) if self.class_token else pooled
 
     def check(self, site: Site) -> None:
-        if self.kernel % 2 == 0:
-            raise OpCheckError(f"kernel {self.kernel} is even; the conv keeps the map size with padding k//2, "
-                               f"so use an odd kernel such as {self.kernel + 1}", field="kernel")
         if min(site.in_shape.height, site.in_shape.width) < self.pool:
             raise OpCheckError(f"the {site.in_shape.height}x{site.in_shape.width} map entering stage {site.stage} is "
                                f"smaller than the {self.pool}x{self.pool} pool; use a larger input size", field="pool")

@@ -40,8 +40,8 @@ from torch import nn
 from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
 from archdsl.weights import register_converter
 from archdsl.blocks.attention import AttentionCandidate, PooledAttentionModule
-from archdsl.blocks.ffn import FFNOp
-from archdsl.blocks.layers import attend, attention_flops, conv_flops, linear_flops, strided_size
+from archdsl.blocks.ffn import FFNOp, conv_ffn_flops
+from archdsl.blocks.layers import OddKernel, attend, attention_flops, conv_flops, linear_flops, strided_size
 from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
 
@@ -197,17 +197,10 @@ class DWConvMLP(FFNOp):
 
     op: Literal["dwconv_mlp"] = "dwconv_mlp"
     ratio: PositiveInt = 4
-    kernel: PositiveInt = 3
-
-    def check(self, site: Site) -> None:
-        if self.kernel % 2 == 0:
-            raise OpCheckError(f"kernel {self.kernel} is even; the depthwise conv keeps the map size with padding k//2, use {self.kernel + 1}", field="kernel")
+    kernel: OddKernel = 3
 
     def flops(self, site: Site) -> int:
-        channels, height, width = site.in_shape
-        hidden = channels * self.ratio
-        return (conv_flops(channels, hidden, 1, (height, width)) + conv_flops(hidden, hidden, self.kernel, (height, width), groups=hidden)
-                + conv_flops(hidden, channels, 1, (height, width)))
+        return conv_ffn_flops(site, self.ratio, self.kernel)  # the same layers as ConvFFN; the residual add is free
 
     def build(self, site: Site) -> nn.Module:
         return DWConvMLPModule(site.in_shape.channels, site.in_shape.channels * self.ratio, self.kernel)
@@ -233,11 +226,7 @@ class LePE(CandidateOp):
     `sum_projection`)."""
 
     op: Literal["lepe"] = "lepe"
-    kernel: PositiveInt = 3
-
-    def check(self, site: Site) -> None:
-        if self.kernel % 2 == 0:
-            raise OpCheckError(f"kernel {self.kernel} is even; the depthwise conv keeps the map size with padding k//2, use {self.kernel + 1}", field="kernel")
+    kernel: OddKernel = 3
 
     def flops(self, site: Site) -> int:
         c_in, height, width = site.in_shape

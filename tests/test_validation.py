@@ -159,3 +159,18 @@ def test_what_validates_builds_and_runs(name, size):
     assert logits.shape == (1, 7) and torch.isfinite(logits).all()
     stage_shapes = [tuple(graph.stage_nodes(i)[-1].out_shape) for i in range(len(spec.stages))]
     assert [tuple(f.shape[1:]) for f in features] == stage_shapes
+
+
+def test_even_kernels_are_refused_where_written(tmp_path):
+    path = broken(tmp_path, "{op: attn_conv, channels: 24, heads: 3, kernel: 3}", "{op: attn_conv, channels: 24, heads: 3, kernel: 4}")
+    message = error_of(path)
+    assert f"{path}:{line_of(path, 'kernel: 4')}:" in message
+    assert "stages[0].blocks[0].mixer.candidates[0].kernel: value error, kernel 4 is even" in message and "use 3 or 5" in message
+
+
+def test_one_wrong_value_is_one_problem():
+    # the op is known from `op:`, so only that op's rules apply (not every candidate type's)
+    with pytest.raises(SpecError) as caught:
+        archdsl.load_spec("cloformer_xxs", {"stages.0.blocks.0.mixer.candidates.0.heads": 0})
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].path == ("stages", 0, "blocks", 0, "mixer", "candidates", 0, "heads")
