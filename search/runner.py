@@ -13,6 +13,7 @@ goes on.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -460,9 +461,13 @@ def run_search(space: str | Path | None = None, *, budget: str | int | None = No
         settings.max_params = parse_params(max_params) if max_params is not None else space_obj.max_params
         if settings.img_size is None:
             settings.img_size = space_obj.image_size
-    objective_obj = make_objective(objective if resume is None else settings.objective, settings.epochs)
-    if resume is not None and not isinstance(objective, str) and getattr(objective, "name", None) == settings.objective:
+    if resume is None or isinstance(objective, str):
+        objective_obj = make_objective(objective if resume is None else settings.objective, settings.epochs)
+    elif getattr(objective, "name", None) == settings.objective:
         objective_obj = objective  # a custom objective object, given again on resume
+    else:
+        raise option_error("--objective", getattr(objective, "name", objective),
+                           f"the search in {out} was run with the objective {settings.objective!r}; resume it with that one")
     data = None
     if getattr(objective_obj, "uses_data", True) or getattr(objective_obj, "uses_labels", False):
         hw = tuple(settings.img_size) if isinstance(settings.img_size, (list, tuple)) else (settings.img_size,) * 2
@@ -516,7 +521,15 @@ def run_search(space: str | Path | None = None, *, budget: str | int | None = No
                 run_config=tune.RunConfig(name=TUNE_NAME, storage_path=str(tune_dir), verbose=0, callbacks=[callback],
                                           failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
             )
-        tuner.fit()
+        # a failing trial is recorded with its traceback (OUT/trials/ID.json); Tune's own copy of
+        # it on the terminal would tear the live display
+        tune_logger = logging.getLogger("ray.tune")
+        level = tune_logger.level
+        tune_logger.setLevel(logging.CRITICAL)
+        try:
+            tuner.fit()
+        finally:
+            tune_logger.setLevel(level)
         recorder.show(force=True, phase="baselines")
         baseline_rows = score_baselines(out, settings, setup, resources) if settings.baselines else []
     finally:
