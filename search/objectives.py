@@ -191,7 +191,7 @@ class ShortTraining(Objective):
                 optimizer.step()
                 schedule.step()
             accuracy = evaluate(model, data, val_index, context)
-            context.report({"score": accuracy, "epoch": epoch, "train_loss": float(loss)})
+            context.report({"score": accuracy, "epoch": epoch, "train_loss": float(loss.detach())})
         return accuracy
 
 

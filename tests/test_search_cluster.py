@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,8 +26,10 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _ray_start(env: dict, *args: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--num-cpus", "1",
+def _ray_start(env: dict, temp_dir: str, *args: str) -> subprocess.Popen:
+    # a private --temp-dir: Ray records "the current cluster" there, not in /tmp/ray where a later
+    # ray.init() on this machine would find it
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--num-cpus", "1", "--temp-dir", temp_dir,
                "--node-ip-address", "127.0.0.1", "--object-store-memory", str(200 * 1024 * 1024), "--disable-usage-stats", *args]
     return subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
@@ -50,7 +54,8 @@ def _stop(process: subprocess.Popen) -> None:
 def cluster():
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     port = _free_port()
-    head = _ray_start(env, "--head", "--port", str(port), "--include-dashboard", "false")
+    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths live under it
+    head = _ray_start(env, temp_dir, "--head", "--port", str(port), "--include-dashboard", "false")
     worker = None
     try:
         deadline = time.time() + 60
@@ -60,12 +65,13 @@ def cluster():
                 break
             except OSError:
                 time.sleep(0.5)
-        worker = _ray_start(env, "--address", f"127.0.0.1:{port}")
+        worker = _ray_start(env, temp_dir, "--address", f"127.0.0.1:{port}")
         yield f"127.0.0.1:{port}", env
     finally:
         for process in (worker, head):
             if process is not None:
                 _stop(process)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 DRIVER = """

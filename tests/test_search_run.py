@@ -28,7 +28,8 @@ BUDGET = "25M"  # cuts through the space, and holds cloformer_xxs (13.5 M) and c
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _node_ip_address="127.0.0.1")
     ray.cloudpickle.register_pickle_by_value(search_helpers)  # the test objectives travel to the workers
     yield
     ray.shutdown()
@@ -108,7 +109,7 @@ import sys
 sys.path.insert(0, {tests!r})
 import ray
 import search_helpers
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
 ray.cloudpickle.register_pickle_by_value(search_helpers)
 from archdsl.search import run_search
 run_search(None, budget={budget!r}, img_size={image}, samples=6, searcher="random", seed=2, baselines=False,
