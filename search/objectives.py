@@ -173,7 +173,8 @@ class ShortTraining(Objective):
         train_index, val_index = data.split(context.seed)
         generator = torch.Generator().manual_seed(context.seed)
         optimizer = torch.optim.AdamW(model.parameters(), lr=context.lr, weight_decay=0.05)
-        steps_per_epoch = max(1, math.ceil(len(train_index) / context.batch_size))
+        # whole batches only: a last batch of one image breaks batch norm on a 1x1 map
+        steps_per_epoch = max(1, len(train_index) // context.batch_size)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=context.lr, total_steps=self.epochs * steps_per_epoch,
                                                        pct_start=0.15)
         accuracy = 0.0

@@ -120,14 +120,15 @@ class OverBudget(RuntimeError):
 
 
 def _device():
+    """CUDA when Ray gave this trial a GPU (or, outside Ray, when there is one)."""
     import ray
     import torch
 
-    try:
-        gpus = ray.get_gpu_ids()
-    except Exception:  # noqa: BLE001  (outside Ray: use what there is)
-        gpus = [0] if torch.cuda.is_available() else []
-    return torch.device("cuda") if gpus and torch.cuda.is_available() else torch.device("cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    # outside a Ray session ray.get_gpu_ids() would start one: ask only inside
+    gpus = ray.get_gpu_ids() if ray.is_initialized() else [0]
+    return torch.device("cuda") if gpus else torch.device("cpu")
 
 
 def score_spec(spec, setup: TrialSetup, report: Callable[[dict], None], timings: dict | None = None) -> dict:
