@@ -34,16 +34,15 @@ class SlowParams(Objective):
 
 
 class Flaky(Objective):
-    """Raises for networks whose first stage mixes with pooled attention alone, gives NaN for
-    the rest whose first stage is 32 wide, and the parameter count otherwise."""
+    """Raises for a first stage 16 wide, gives NaN for one 24 wide, the parameter count otherwise."""
 
     name = "flaky"
     uses_data = False
 
     def score(self, model, context):
-        first = [candidate.op for candidate in model.spec.stages[0].blocks[0].mixer.candidates]
-        if first == ["pooled_attention"]:
-            raise RuntimeError("injected failure: this objective refuses pooled attention")
-        if model.spec.stages[0].width == 32:
+        width = model.spec.stages[0].width
+        if width == 16:
+            raise RuntimeError("injected failure: this objective refuses 16 channels")
+        if width == 24:
             return float("nan")
         return float(sum(p.numel() for p in model.parameters()))

@@ -72,24 +72,43 @@ def test_search_end_to_end(local_ray, tmp_path):
     assert list((out / "ray" / "tune").glob("run_trial_*/result.json"))  # Ray Tune's own logs
 
 
+FLAKY_SPACE = """
+name: flaky
+input: {channels: 3, size: 32}
+stem: cloformer_stem
+stages:
+  - width: {choice: [16, 24, 32]}
+    depth: {range: [1, 2]}
+    blocks:
+      - norm: group_norm
+        mixer:
+          candidates: [{op: attn_conv, heads: 1, kernel: {choice: [3, 5]}}]
+        ffn: {op: conv_ffn, ratio: 2, kernel: 3}
+head: {op: pool_linear, norm: group_norm, classes: 10}
+"""
+
+
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(local_ray, tmp_path):
+    space = tmp_path / "flaky.yaml"
+    space.write_text(FLAKY_SPACE)
     out = tmp_path / "out"
-    result = run_search(None, budget=BUDGET, img_size=TINY_IMAGE, samples=8, searcher="random", objective=Flaky(), seed=1,
-                        out=out, baselines=False)
+    # random draws with seed 0 give stage-0 widths 32, 16, 16, 32, 24, 32, 24, 32
+    result = run_search(space, budget="1G", samples=8, searcher="random", objective=Flaky(), seed=0, out=out, baselines=False)
     records = result.records
-    assert len(records) == 8
-    failed = [r for r in records if r["status"] == "failed"]
-    done = [r for r in records if r["status"] == "done"]
-    assert failed and done
-    errors = Counter(r["error"] for r in failed)
-    assert any("injected failure: this objective refuses pooled attention" in e for e in errors)
-    for record in failed:  # each failure says why, and keeps its spec for a look
-        assert "injected failure" in record["error"] or "gave nan" in record["error"]
+    assert len(records) == 8 and result.progress.failed == 4 and result.progress.done == 4
+    by_width = Counter((r["config"]["stages[0].width"], r["status"]) for r in records)
+    assert by_width == {(32, "done"): 4, (16, "failed"): 2, (24, "failed"): 2}
+    for record in records:
+        if record["config"]["stages[0].width"] == 16:  # raised: the error, and the traceback for a look
+            assert record["error"] == "RuntimeError: injected failure: this objective refuses 16 channels"
+            assert "search_helpers.py" in record["traceback"]
+        elif record["config"]["stages[0].width"] == 24:  # NaN
+            assert "gave nan" in record["error"]
         assert (out / record["spec_file"]).is_file()
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
-    assert [r["status"] for r in rows] == ["done"] * len(done) + ["failed"] * len(failed)
+    assert [r["status"] for r in rows] == ["done"] * 4 + ["failed"] * 4
     assert all(r["error"] for r in rows if r["status"] == "failed")
-    assert (out / "best.yaml").is_file()
+    assert load_spec(out / "best.yaml").stages[0].width == 32
 
 
 def _kill_session(session: int) -> None:
