@@ -1,0 +1,44 @@
+"""A live terminal display of a running search, for `archdsl search` (rich).
+
+    with LiveProgress() as show:
+        run_search(..., progress=show)
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from archdsl.search.budget import format_flops
+from archdsl.search.runner import SearchProgress
+
+
+class LiveProgress:
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.live = Live(self._render(None), console=self.console, refresh_per_second=4, transient=False)
+
+    def _render(self, progress: SearchProgress | None) -> Table:
+        table = Table.grid(padding=(0, 2))
+        if progress is None:
+            table.add_row("starting...")
+            return table
+        rejected = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in sorted(progress.rejected_by.items()))
+        best = "-" if progress.best_score is None else (
+            f"{progress.best_score:.5g} ({progress.best_trial}, {format_flops(progress.best_flops or 0)})")
+        table.add_row("phase", progress.phase, "elapsed", f"{progress.elapsed:.0f}s")
+        table.add_row("done", f"{progress.done}/{progress.samples}", "running", str(progress.running))
+        table.add_row("failed", str(progress.failed), "rejected", f"{progress.rejected}" + (f" ({rejected})" if rejected else ""))
+        table.add_row("best so far", best)
+        return table
+
+    def __call__(self, progress: SearchProgress) -> None:
+        self.live.update(self._render(progress))
+
+    def __enter__(self) -> "LiveProgress":
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.live.__exit__(*exc)

@@ -1,0 +1,163 @@
+"""Searches on Ray Tune, end to end on CPU: outputs, a failing trial, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+import search_helpers
+from archdsl.api import create_model, load_spec, lower_spec
+from archdsl.search import run_search
+from search_helpers import Flaky, SlowParams, fingerprint
+
+TINY_IMAGE = 32  # the default space at 32x32: every pool divides its map, FLOPs 9..43 M
+BUDGET = "25M"  # cuts through the space, and holds cloformer_xxs (13.5 M) and cloformer_xs (24.9 M) at 32px
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _node_ip_address="127.0.0.1")
+    ray.cloudpickle.register_pickle_by_value(search_helpers)  # the test objectives travel to the workers
+    yield
+    ray.shutdown()
+
+
+def test_search_end_to_end(local_ray, tmp_path):
+    shown = []
+    out = tmp_path / "out"
+    result = run_search(None, budget=BUDGET, img_size=TINY_IMAGE, samples=6, searcher="tpe", objective="naswot", seed=0,
+                        out=out, top_k=3, progress=shown.append)
+    assert result.progress.done == 6 and result.progress.failed == 0
+    assert result.progress.rejected > 0  # over-budget draws were made, and redrawn, not run
+    assert {p.phase for p in shown} >= {"starting", "searching", "baselines", "finished"}
+
+    rows = list(csv.DictReader((out / "leaderboard.csv").open()))
+    assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    scores = [float(r["score"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert all(int(r["flops"]) <= 25_000_000 for r in rows)
+    assert all((out / r["spec_file"]).is_file() for r in rows)
+    assert len(list((out / "trials").glob("*.json"))) == 6
+
+    # best.yaml: a standalone spec that builds unchanged, under budget, the leaderboard's first
+    best = load_spec(out / "best.yaml")
+    assert lower_spec(best).flops == int(rows[0]["flops"]) <= 25_000_000
+    model = create_model(out / "best.yaml").eval()
+    assert model(torch.zeros(1, 3, TINY_IMAGE, TINY_IMAGE)).shape == (1, 1000)
+    body = [line for line in (out / "best.yaml").read_text().splitlines() if not line.startswith("#")]
+    assert not any(word in line for line in body for word in ("choice:", "subset:", "expr:", "range:"))
+    assert len(list((out / "top").glob("*.yaml"))) == 3
+
+    # the paper variants under budget, scored with the same objective
+    baselines = {row["name"]: row for row in json.loads((out / "baselines.json").read_text())}
+    assert baselines["cloformer_xxs"]["status"] == "done" and baselines["cloformer_xxs"]["flops"] == 13_490_560
+    assert baselines["cloformer_xs"]["status"] == "done" and baselines["cloformer_xs"]["flops"] == 24_853_344
+    assert baselines["cloformer_s"]["status"] == "over_budget"
+    assert (out / "pareto.png").stat().st_size > 10_000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rejected"]["over_flops"] == result.progress.rejected
+    assert list((out / "ray" / "tune").glob("run_trial_*/result.json"))  # Ray Tune's own logs
+
+
+FLAKY_SPACE = """
+name: flaky
+input: {channels: 3, size: 32}
+stem: cloformer_stem
+stages:
+  - width: {choice: [16, 24, 32]}
+    depth: {range: [1, 2]}
+    blocks:
+      - norm: group_norm
+        mixer:
+          candidates: [{op: attn_conv, heads: 1, kernel: {choice: [3, 5]}}]
+        ffn: {op: conv_ffn, ratio: 2, kernel: 3}
+head: {op: pool_linear, norm: group_norm, classes: 10}
+"""
+
+
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(local_ray, tmp_path):
+    space = tmp_path / "flaky.yaml"
+    space.write_text(FLAKY_SPACE)
+    out = tmp_path / "out"
+    # random draws with seed 0 give stage-0 widths 32, 16, 16, 32, 24, 32, 24, 32
+    result = run_search(space, budget="1G", samples=8, searcher="random", objective=Flaky(), seed=0, out=out, baselines=False)
+    records = result.records
+    assert len(records) == 8 and result.progress.failed == 4 and result.progress.done == 4
+    by_width = Counter((r["config"]["stages[0].width"], r["status"]) for r in records)
+    assert by_width == {(32, "done"): 4, (16, "failed"): 2, (24, "failed"): 2}
+    for record in records:
+        if record["config"]["stages[0].width"] == 16:  # raised: the error, and the traceback for a look
+            assert record["error"] == "RuntimeError: injected failure: this objective refuses 16 channels"
+            assert "search_helpers.py" in record["traceback"]
+        elif record["config"]["stages[0].width"] == 24:  # NaN
+            assert "gave nan" in record["error"]
+        assert (out / record["spec_file"]).is_file()
+    rows = list(csv.DictReader((out / "leaderboard.csv").open()))
+    assert [r["status"] for r in rows] == ["done"] * 4 + ["failed"] * 4
+    assert all(r["error"] for r in rows if r["status"] == "failed")
+    assert load_spec(out / "best.yaml").stages[0].width == 32
+
+
+def _kill_session(session: int) -> None:
+    """SIGKILL every process of a session this test started (the driver and its Ray)."""
+    listing = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split("\n")
+    for line in listing:
+        parts = line.split()
+        if len(parts) == 2 and int(parts[1]) == session:
+            try:
+                os.kill(int(parts[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+import ray
+import search_helpers
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+ray.cloudpickle.register_pickle_by_value(search_helpers)
+from archdsl.search import run_search
+run_search(None, budget={budget!r}, img_size={image}, samples=6, searcher="random", seed=2, baselines=False,
+           objective=search_helpers.SlowParams({log!r}, 1.5), out={out!r})
+"""
+
+
+def test_resume_after_sigkill_runs_no_finished_trial_again(local_ray, tmp_path):
+    out, log = tmp_path / "out", tmp_path / "evaluations.log"
+    script = DRIVER.format(tests=str(Path(__file__).parent), budget=BUDGET, image=TINY_IMAGE, log=str(log), out=str(out))
+    driver = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(list((out / "trials").glob("*.json"))) < 2 and time.time() < deadline:
+            assert driver.poll() is None, "the search ended before it could be killed"
+            time.sleep(0.2)
+    finally:
+        _kill_session(driver.pid)
+        driver.wait()
+    before = {path.stem: json.loads(path.read_text()) for path in (out / "trials").glob("*.json")}
+    assert 2 <= len(before) < 6
+
+    result = run_search(resume=out, objective=SlowParams(str(log), 1.5))
+    after = {record["trial"]: record for record in result.records}
+    assert len(after) == 6 and all(r["status"] == "done" for r in after.values())
+    for trial, record in before.items():  # what was on disk stays as it was
+        assert after[trial]["finished_at"] == record["finished_at"] and after[trial]["score"] == record["score"]
+    evaluations = Counter(line.split()[0] for line in log.read_text().splitlines())
+    for trial in before:  # and no finished trial was evaluated again
+        assert evaluations[fingerprint(load_spec(out / "trials" / f"{trial}.yaml"))] == 1
+    assert len({fingerprint(load_spec(out / r["spec_file"])) for r in after.values()}) == len(evaluations)

@@ -1,0 +1,187 @@
+"""Search spaces: specs with choices, validated like specs; sampling; the pre-build budget gate."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Literal
+
+import numpy as np
+import pytest
+from torch import nn
+
+from archdsl.api import create_model, load_spec, lower_spec
+from archdsl.errors import SpecError
+from archdsl.ops import CandidateOp, Site, register, unregister
+from archdsl.search import SearchError, load_space
+from archdsl.search.feasibility import BudgetCheck, ensure_feasible, smallest_flops
+from archdsl.search.objectives import Params
+from archdsl.search.runner import TrialSetup, score_spec
+from archdsl.search.searchers import make_searcher
+from archdsl.search.space import FixedChooser, RandomChooser
+
+TINY = """\
+name: tiny
+input: {channels: 3, size: 32}
+stem: cloformer_stem
+stages:
+  - width: {choice: [16, 32]}
+    depth: {range: [1, 2]}
+    blocks:
+      - norm: group_norm
+        mixer:
+          candidates:
+            subset:
+              - {op: attn_conv, channels: {expr: share}, heads: 1, kernel: {choice: [3, 5]}}
+              - {op: pooled_attention, channels: {expr: share}, heads: 1, pool: {choice: [2, 4]}}
+          fusion: {choice: [sum, concat_projection]}
+        ffn: {op: conv_ffn, ratio: 2, kernel: 3}
+head: {op: pool_linear, norm: group_norm, classes: 10}
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def test_default_space_samples_valid_networks_under_and_over_2g():
+    space = load_space()  # specs/search/hybrid.yaml
+    assert space.budget == 2_000_000_000
+    rng = np.random.default_rng(0)
+    flops = [lower_spec(space.sample(RandomChooser(rng)).spec()).flops for _ in range(40)]
+    assert min(flops) < 2e9 < max(flops)  # the budget cuts through the space
+
+
+def test_conditional_choices_are_drawn_only_with_their_option(tiny):
+    space = load_space(tiny)
+    kernel = "stages[0].blocks[0].mixer.candidates.subset[0].kernel"
+    pool = "stages[0].blocks[0].mixer.candidates.subset[1].pool"
+    only_pooled = space.sample(FixedChooser({"stages[0].blocks[0].mixer.candidates": "pooled_attention"}))
+    assert pool in only_pooled.config and kernel not in only_pooled.config
+    both = space.sample(FixedChooser({"stages[0].blocks[0].mixer.candidates": "attn_conv+pooled_attention"}))
+    assert pool in both.config and kernel in both.config
+
+
+def test_share_splits_for_concat_and_is_full_width_for_sum(tiny):
+    space = load_space(tiny)
+    both = {"stages[0].blocks[0].mixer.candidates": "attn_conv+pooled_attention", "stages[0].width": 32}
+    concat = space.sample(FixedChooser({**both, "stages[0].blocks[0].mixer.fusion": "concat_projection"}))
+    summed = space.sample(FixedChooser({**both, "stages[0].blocks[0].mixer.fusion": "sum"}))
+    assert [c["channels"] for c in concat.data["stages"][0]["blocks"][0]["mixer"]["candidates"]] == [16, 16]
+    assert [c["channels"] for c in summed.data["stages"][0]["blocks"][0]["mixer"]["candidates"]] == [32, 32]
+
+
+def test_a_configuration_replays_to_the_same_spec(tiny):
+    space = load_space(tiny)
+    sample = space.sample(RandomChooser(np.random.default_rng(3)))
+    assert space.resolve(sample.config).data == sample.data
+    assert create_model(sample.spec())  # a sample builds
+
+
+def test_every_option_is_validated_with_its_location(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.replace("{op: pooled_attention, channels: {expr: share}, heads: 1, pool: {choice: [2, 4]}}",
+                                "{op: pooled_attention, channels: {expr: share}, heads: 1, pool: {choice: [2, 4]}, windw: 7}"))
+    with pytest.raises(SpecError) as caught:
+        load_space(bad)
+    first = str(caught.value).splitlines()[0]
+    assert first.startswith(f"{bad}:13:")
+    assert "stages[0].blocks[0].mixer.candidates[0].windw: unknown key 'windw'" in first
+
+
+def test_an_unknown_op_in_a_later_option_is_found(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.replace("fusion: {choice: [sum, concat_projection]}", "fusion: {choice: [sum, concat_projektion]}"))
+    with pytest.raises(SpecError, match=r"bad.yaml:14:34: stages\[0\]\.blocks\[0\]\.mixer\.fusion\.op: unknown op 'concat_projektion'"):
+        load_space(bad)
+
+
+@pytest.mark.parametrize("replace, says, line", [
+    ("depth: {range: [1, 2]}", "depth: {range: [3, 2]}", r"range \[3, 2\] is empty"),
+    ("depth: {range: [1, 2]}", "depth: {range: [1, 2], stp: 1}", r"unknown key 'stp' in a `range` node"),
+    ("kernel: {choice: [3, 5]}", "kernel: {choice: []}", r"`choice` takes a non-empty list"),
+    ("channels: {expr: share}, heads: 1, kernel", "channels: {expr: 'share +'}, heads: 1, kernel", r"cannot parse expression"),
+    ("channels: {expr: share}, heads: 1, kernel", "channels: {expr: 'wdth // 2'}, heads: 1, kernel", r"unknown name 'wdth'"),
+])
+def test_malformed_choice_nodes_are_located(tmp_path, replace, says, line):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.replace(replace, says))
+    with pytest.raises(SearchError, match=rf"^{bad}:\d+:\d+: stages\[0\].*{line}"):
+        load_space(bad)
+
+
+def test_an_impossible_budget_names_the_smallest_flops_the_space_reaches(tiny):
+    space = load_space(tiny)
+    # the true minimum, by enumerating every configuration of this small space
+    names = [p.name for p in space.parameters]
+    options = [p.labels if hasattr(p, "labels") else list(range(int(p.low), int(p.high) + 1)) for p in space.parameters]
+    exact = min(lower_spec(space.sample(FixedChooser(dict(zip(names, values)))).spec()).flops
+                for values in itertools.product(*options))
+    found, _ = smallest_flops(space)
+    assert found == exact
+    with pytest.raises(SearchError) as caught:
+        ensure_feasible(BudgetCheck(space, budget=exact - 1))
+    assert f"the smallest FLOPs it reaches is" in str(caught.value) and f"({exact:,})" in str(caught.value)
+
+
+# --- the gate rejects from the analytic count, before any module is built -----------------------------
+
+BUILT: list[int] = []
+
+
+class CountingConv(CandidateOp):
+    """A 1x1 conv whose FLOP rule is `cost` MFLOPs; its build() is counted."""
+
+    op: Literal["counting_conv"] = "counting_conv"
+    cost: int = 1
+
+    def flops(self, site: Site) -> int:
+        return self.cost * 1_000_000
+
+    def build(self, site: Site) -> nn.Module:
+        BUILT.append(self.cost)
+        return nn.Conv2d(site.in_shape.channels, site.out_channels, 1)
+
+
+@pytest.fixture
+def counting_op():
+    register(CountingConv)
+    BUILT.clear()
+    yield
+    unregister("candidate", "counting_conv")
+
+
+COUNTING_SPACE = {
+    "name": "counting", "input": {"channels": 3, "size": 32}, "stem": "cloformer_stem",
+    "stages": [{"width": 16, "depth": 1, "blocks": [{"norm": "group_norm", "mixer": {
+        "candidates": [{"op": "counting_conv", "cost": {"choice": [1, 5, 50, 500]}}]}}]}],
+    "head": {"op": "pool_linear", "classes": 10},
+}
+
+
+@pytest.mark.parametrize("searcher", ["random", "tpe"])
+@pytest.mark.parametrize("max_params", [None, 10_000_000])
+def test_over_budget_samples_are_rejected_before_any_module_is_built(counting_op, searcher, max_params):
+    space = load_space(COUNTING_SPACE)
+    check = BudgetCheck(space, budget=20_000_000, max_params=max_params)
+    gate = make_searcher(searcher, check, seed=0, stats_key=f"test-{searcher}-{max_params}")
+    accepted = []
+    for index in range(12):
+        config = gate.suggest(f"t{index}")
+        accepted.append(config["stages[0].blocks[0].mixer.candidates[0].cost"])
+        gate.on_trial_complete(f"t{index}", {"score": float(index)})
+    assert set(accepted) <= {1, 5}  # the trials Tune sees all fit
+    assert gate.stats.rejected["over_flops"] > 0  # and draws over budget were made, and redrawn
+    # no over-budget sample was ever built; with a parameter budget, fitting ones are built on
+    # the meta device to count parameters, but never one over the FLOP budget
+    assert all(cost in (1, 5) for cost in BUILT)
+    if max_params is None:
+        assert BUILT == []
+    # the trial itself builds exactly the accepted sample
+    BUILT.clear()
+    setup = TrialSetup(space, check, Params(), None, 0, 1, 4, 1, 4, 1e-3)
+    spec = space.resolve({"stages[0].blocks[0].mixer.candidates[0].cost": accepted[0]}).spec()
+    score_spec(spec, setup, lambda metrics: None)
+    assert BUILT == [accepted[0]]
