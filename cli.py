@@ -119,6 +119,52 @@ def nominations(
     out.print(f"wrote {output}")
 
 
+def _flops_help() -> str:
+    from archdsl.search.budget import FLOPS_HELP
+
+    return f"FLOP budget: {FLOPS_HELP} (default: the space's)."
+
+
+@app.command()
+def search(
+    budget: Optional[str] = typer.Option(None, "--budget", help=_flops_help()),
+    space: Optional[str] = typer.Option(None, "--space", help="A search space file or bundled name (default: specs/search/hybrid.yaml)."),
+    max_params: Optional[str] = typer.Option(None, "--max-params", help="Parameter budget, such as 10M."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input side the budget applies at (default: the space's)."),
+    objective: str = typer.Option("naswot", "--objective", help="naswot | synflow | grad_norm | params | train."),
+    samples: int = typer.Option(64, "--samples", help="Trials to run."),
+    searcher: str = typer.Option("tpe", "--searcher", help="tpe (Optuna) | evolution (NSGA-II) | random."),
+    seed: int = typer.Option(0, "--seed", help="Seed for reproducible sampling."),
+    out_dir: Path = typer.Option(Path("runs/search"), "--out", help="Where results go (leaderboard.csv, best.yaml, pareto.png, ...)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the search stored in this --out directory."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster (HOST:PORT) instead of a local one."),
+    cpus_per_trial: float = typer.Option(1, "--cpus-per-trial"),
+    gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", help="Fractions allowed (default: 1 when GPUs exist, else 0)."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="For --objective train: class folders or an .npz (default: bundled digits)."),
+    epochs: int = typer.Option(3, "--epochs", help="For --objective train."),
+    proxy_batch: int = typer.Option(16, "--proxy-batch", help="Batch size of the training-free proxies."),
+    batch_size: int = typer.Option(64, "--batch-size", help="For --objective train."),
+    lr: float = typer.Option(2e-3, "--lr", help="For --objective train."),
+    top_k: int = typer.Option(5, "--top-k", help="How many of the best to write as spec files."),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="Do not score the bundled paper variants for the Pareto plot."),
+    set_: Optional[List[str]] = SetOption,
+) -> None:
+    """Search hybrids of the papers' context mixers under a FLOP budget, on Ray Tune."""
+    from archdsl.search import run_search
+    from archdsl.search.display import LiveProgress
+
+    try:
+        with LiveProgress() as show:
+            result = run_search(
+                space, budget=budget, max_params=max_params, img_size=img_size, objective=objective, samples=samples,
+                searcher=searcher, seed=seed, out=out_dir, resume=resume, address=address, cpus_per_trial=cpus_per_trial,
+                gpus_per_trial=gpus_per_trial, dataset=dataset, epochs=epochs, proxy_batch=proxy_batch, batch_size=batch_size,
+                lr=lr, top_k=top_k, baselines=not no_baselines, overrides=set_ or None, progress=show)
+    except SpecError as error:
+        fail(error)
+    out.print(f"best: {result.best_spec}   leaderboard: {result.leaderboard}   plot: {result.pareto}")
+
+
 @app.command(name="list")
 def list_specs() -> None:
     """List the bundled specs (usable by name anywhere a spec path is accepted)."""

@@ -15,15 +15,15 @@ from archdsl.search.runner import SearchProgress
 
 
 class LiveProgress:
+    """Shown from the search's first progress report on, so that an error found before the
+    search starts is printed alone."""
+
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
-        self.live = Live(self._render(None), console=self.console, refresh_per_second=4, transient=False)
+        self.live: Live | None = None
 
-    def _render(self, progress: SearchProgress | None) -> Table:
+    def _render(self, progress: SearchProgress) -> Table:
         table = Table.grid(padding=(0, 2))
-        if progress is None:
-            table.add_row("starting...")
-            return table
         rejected = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in sorted(progress.rejected_by.items()))
         best = "-" if progress.best_score is None else (
             f"{progress.best_score:.5g} ({progress.best_trial}, {format_flops(progress.best_flops or 0)})")
@@ -34,11 +34,15 @@ class LiveProgress:
         return table
 
     def __call__(self, progress: SearchProgress) -> None:
-        self.live.update(self._render(progress))
+        if self.live is None:
+            self.live = Live(self._render(progress), console=self.console, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        else:
+            self.live.update(self._render(progress))
 
     def __enter__(self) -> "LiveProgress":
-        self.live.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.live.__exit__(*exc)
+        if self.live is not None:
+            self.live.__exit__(*exc)

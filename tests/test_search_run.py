@@ -161,3 +161,18 @@ def test_resume_after_sigkill_runs_no_finished_trial_again(local_ray, tmp_path):
     for trial in before:  # and no finished trial was evaluated again
         assert evaluations[fingerprint(load_spec(out / "trials" / f"{trial}.yaml"))] == 1
     assert len({fingerprint(load_spec(out / r["spec_file"])) for r in after.values()}) == len(evaluations)
+
+
+def test_the_search_command(local_ray, tmp_path):
+    from typer.testing import CliRunner
+
+    from archdsl.cli import app
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["search", "--budget", BUDGET, "--img-size", str(TINY_IMAGE), "--samples", "2",
+                                      "--searcher", "random", "--no-baselines", "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (out / "leaderboard.csv").is_file() and (out / "best.yaml").is_file()
+    built = CliRunner().invoke(app, ["build", str(out / "best.yaml"), "--json"], catch_exceptions=False)
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.stdout)["flops_analytic"] <= 25_000_000
