@@ -68,7 +68,8 @@ def test_search_end_to_end(local_ray, tmp_path):
     assert baselines["cloformer_s"]["status"] == "over_budget"
     assert (out / "pareto.png").stat().st_size > 10_000
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rejected"]["over_flops"] == result.progress.rejected
+    assert sum(summary["rejected"].values()) == result.progress.rejected  # over budget, or invalid (redrawn)
+    assert summary["rejected"]["over_flops"] > 0
     assert list((out / "ray" / "tune").glob("run_trial_*/result.json"))  # Ray Tune's own logs
 
 

@@ -50,8 +50,19 @@ def test_default_space_samples_valid_networks_under_and_over_2g():
     space = load_space()  # specs/search/hybrid.yaml
     assert space.budget == 2_000_000_000
     rng = np.random.default_rng(0)
-    flops = [lower_spec(space.sample(RandomChooser(rng)).spec()).flops for _ in range(40)]
+    flops, ops, invalid = [], set(), 0
+    for _ in range(80):
+        try:
+            spec = space.sample(RandomChooser(rng)).spec()
+            flops.append(lower_spec(spec).flops)
+        except SpecError:
+            invalid += 1  # e.g. nomination over one candidate: rejected before anything is built, and redrawn
+            continue
+        ops |= {candidate.op for stage in spec.stages for candidate in stage.blocks[0].mixer.candidates}
+    assert len(flops) >= 40 and invalid < 40
     assert min(flops) < 2e9 < max(flops)  # the budget cuts through the space
+    # candidates of all four papers' vocabularies are drawn
+    assert {"attn_conv", "pooled_attention", "window_attention", "depthwise_conv", "bottleneck", "compressed_global_attention"} <= ops
 
 
 def test_conditional_choices_are_drawn_only_with_their_option(tiny):
