@@ -75,14 +75,18 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, sources: S
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_COLLECTION_TAGS:
         raise _refuse_tag(node, path, file)
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # YAML merge keys (`<<: *anchor`)
+        written = {id(key_node) for key_node, _ in node.value}
+        loader.flatten_mapping(node)  # YAML merge keys (`<<: *anchor`) come first; keys written here override them
         result: dict = {}
+        seen_written: set = set()
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int)):
                 raise SpecError(Problem(f"mapping keys must be strings, found {key!r}", path, _mark(key_node.start_mark, file)))
-            if key in result:
-                raise SpecError(Problem(f"key {key!r} appears twice in this mapping", path + (key,), _mark(key_node.start_mark, file)))
+            if id(key_node) in written:
+                if key in seen_written:
+                    raise SpecError(Problem(f"key {key!r} appears twice in this mapping", path + (key,), _mark(key_node.start_mark, file)))
+                seen_written.add(key)
             result[key] = _construct(loader, value_node, path + (key,), sources, file)
         return result
     if isinstance(node, yaml.SequenceNode):

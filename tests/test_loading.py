@@ -153,3 +153,14 @@ def test_overriding_a_loaded_spec_keeps_its_source_lines():
     resized = archdsl.load_spec(spec, img_size=240)
     with pytest.raises(SpecError, match=r"cloformer_xxs\.yaml:21:\d+: stages\[0\]\.blocks\[0\]\.mixer\.candidates\[1\]\.pool"):
         archdsl.lower_spec(resized)
+
+
+def test_yaml_merge_keys_with_overrides(tmp_path):
+    path = write(tmp_path, "merge.yaml", """\
+        base: &conv {op: attn_conv, channels: 16, heads: 2, kernel: 3}
+        wider: {<<: *conv, kernel: 7}
+        """)
+    data = load_data(path).data
+    assert data["wider"] == {"op": "attn_conv", "channels": 16, "heads": 2, "kernel": 7}
+    with pytest.raises(SpecError, match="key 'kernel' appears twice"):
+        load_data(write(tmp_path, "twice.yaml", "a: {<<: {x: 1}, kernel: 7, kernel: 5}\n"))
