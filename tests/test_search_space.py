@@ -58,11 +58,12 @@ def test_default_space_samples_valid_networks_under_and_over_2g():
         except SpecError:
             invalid += 1  # e.g. nomination over one candidate: rejected before anything is built, and redrawn
             continue
-        ops |= {candidate.op for stage in spec.stages for candidate in stage.blocks[0].mixer.candidates}
+        ops |= {candidate.op for stage in spec.stages for block in stage.blocks for candidate in block.mixer.candidates}
     assert len(flops) >= 40 and invalid < 40
     assert min(flops) < 2e9 < max(flops)  # the budget cuts through the space
     # candidates of all four papers' vocabularies are drawn
-    assert {"attn_conv", "pooled_attention", "window_attention", "depthwise_conv", "bottleneck", "compressed_global_attention"} <= ops
+    assert {"attn_conv", "pooled_attention", "window_attention", "depthwise_conv", "bottleneck", "compressed_global_attention",
+            "hybrid_scale_attention", "self_guided_attention"} <= ops
 
 
 def test_conditional_choices_are_drawn_only_with_their_option(tiny):
