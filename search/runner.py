@@ -30,7 +30,7 @@ from archdsl.errors import SpecError
 
 from archdsl.search.budget import parse_flops, parse_params
 from archdsl.search.data import ImageData, load_dataset
-from archdsl.search.errors import SearchError, option_error
+from archdsl.search.errors import option_error
 from archdsl.search.feasibility import BudgetCheck, config_key, ensure_feasible
 from archdsl.search.objectives import DEFAULT_OBJECTIVE, Objective, ObjectiveFailed, make_objective
 from archdsl.search.searchers import LIVE_STATS, METRIC, MODE, GateStats, make_searcher

@@ -25,7 +25,7 @@ import numpy as np
 from ray.tune.search import Searcher
 
 from archdsl.search.errors import option_error
-from archdsl.search.feasibility import INVALID, OVER_FLOPS, OVER_PARAMS, BudgetCheck
+from archdsl.search.feasibility import INVALID, BudgetCheck
 from archdsl.search.space import OptunaChooser, RandomChooser
 
 SEARCHERS = ("tpe", "evolution", "random")
@@ -52,7 +52,19 @@ class GateStats:
 LIVE_STATS: dict[str, GateStats] = {}
 
 
-class RandomSearcher(Searcher):
+class PickledState:
+    """Ray Tune checkpoints a searcher through save/restore: here, the object's whole state."""
+
+    def save(self, checkpoint_path):
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__dict__, handle)
+
+    def restore(self, checkpoint_path):
+        with open(checkpoint_path, "rb") as handle:
+            self.__dict__.update(pickle.load(handle))
+
+
+class RandomSearcher(PickledState, Searcher):
     def __init__(self, check: BudgetCheck, seed: int):
         super().__init__(metric=METRIC, mode=MODE)
         self.check = check
@@ -63,14 +75,6 @@ class RandomSearcher(Searcher):
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         pass
-
-    def save(self, checkpoint_path):
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.__dict__, handle)
-
-    def restore(self, checkpoint_path):
-        with open(checkpoint_path, "rb") as handle:
-            self.__dict__.update(pickle.load(handle))
 
 
 class DefineByRun:
@@ -122,7 +126,7 @@ def _optuna_searcher(check: BudgetCheck, kind: str, seed: int):
     return OptunaSearch(space=DefineByRun(check), metric=METRIC, mode=MODE, sampler=sampler)
 
 
-class BudgetGate(Searcher):
+class BudgetGate(PickledState, Searcher):
     def __init__(self, inner: Searcher, check: BudgetCheck, stats_key: str, max_draws: int = 2000):
         super().__init__(metric=METRIC, mode=MODE)
         self.inner = inner
@@ -168,13 +172,8 @@ class BudgetGate(Searcher):
             self.worst = score if self.worst is None else min(self.worst, score)
         self.inner.on_trial_complete(self.live.pop(trial_id, trial_id), result=result, error=error)
 
-    def save(self, checkpoint_path):
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.__dict__, handle)
-
     def restore(self, checkpoint_path):
-        with open(checkpoint_path, "rb") as handle:
-            self.__dict__.update(pickle.load(handle))
+        super().restore(checkpoint_path)
         LIVE_STATS[self.stats_key] = self.stats
 
     def __setstate__(self, state):

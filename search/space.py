@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
-from archdsl.errors import Location, Problem, SpecError, format_path
+from archdsl.errors import Location, Problem, format_path
 from archdsl.loading import LoadedSpec, SourceMap, load_data
 from archdsl.ops import FeatureShape, OpCheckError, Site, ops_for
 from archdsl.schema import validate

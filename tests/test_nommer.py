@@ -14,9 +14,8 @@ import torch
 from archdsl.api import count_flops, create_model, load_spec, lower_spec
 from archdsl.blocks.dct import BlockDCT, BlockIDCT, dct_basis
 from archdsl.blocks.layers import fit_to_map
-from archdsl.blocks.nommer import (BottleneckModule, CompressedGlobalAttentionModule, NominationModule, colour_map,
+from archdsl.blocks.nommer import (CompressedGlobalAttentionModule, NominationModule, colour_map,
                                    nomination_maps, save_nomination_maps)
-from archdsl.blocks.attention import WindowAttentionModule
 from archdsl.compiler import compile_graph
 from archdsl.cost import count_params
 from archdsl.errors import SpecError

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from archdsl.api import create_model, load_spec, lower_spec
+from archdsl.api import create_model, lower_spec
 from archdsl.errors import SpecError
 from archdsl.ops import CandidateOp, Site, register, unregister
 from archdsl.search import SearchError, load_space
@@ -135,7 +135,7 @@ def test_an_impossible_budget_names_the_smallest_flops_the_space_reaches(tiny):
     assert found == exact
     with pytest.raises(SearchError) as caught:
         ensure_feasible(BudgetCheck(space, budget=exact - 1))
-    assert f"the smallest FLOPs it reaches is" in str(caught.value) and f"({exact:,})" in str(caught.value)
+    assert "the smallest FLOPs it reaches is" in str(caught.value) and f"({exact:,})" in str(caught.value)
 
 
 # --- the gate rejects from the analytic count, before any module is built -----------------------------
@@ -197,3 +197,39 @@ def test_over_budget_samples_are_rejected_before_any_module_is_built(counting_op
     spec = space.resolve({"stages[0].blocks[0].mixer.candidates[0].cost": accepted[0]}).spec()
     score_spec(spec, setup, lambda metrics: None)
     assert BUILT == [accepted[0]]
+
+
+MIXING_SPACE = """\
+name: mixing
+input: {channels: 3, size: 224}
+stem: mixformer_stem
+stages:
+  - width: 64
+    depth: 1
+    blocks:
+      - mixer:
+          pad_multiple: 7
+          candidates:
+            - {op: window_attention, channels: 32, heads: 2, input_projection: true, output_projection: false, output_norm: layer_norm}
+            - {op: depthwise_conv, channels: 32, input_projection: true, output_norm: batch_norm}
+          fusion: concat_projection
+          interactions:
+            choice:
+              - []
+              - [{op: channel_interaction, source: 1, target: 0}]
+              - [{op: channel_interaction, source: 1, target: 0}, {op: spatial_interaction, source: 0, target: 1}]
+        ffn: mlp
+head: {op: pool_linear, norm: layer_norm, classes: 10}
+"""
+
+
+def test_a_space_can_choose_interactions(tmp_path):
+    path = tmp_path / "mixing.yaml"
+    path.write_text(MIXING_SPACE)
+    space = load_space(path)
+    key = "stages[0].blocks[0].mixer.interactions"
+    choice = next(parameter for parameter in space.parameters if parameter.name == key)
+    counts = {option: lower_spec(space.sample(FixedChooser({key: option})).spec()).flops for option in choice.labels}
+    assert len(counts) == 3
+    none, channel, both = counts.values()
+    assert none < channel < both  # each interaction adds its gate's cost, known before building
