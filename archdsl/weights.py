@@ -8,6 +8,7 @@ missing, unexpected or misshapen key rejects the whole file, listed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,15 @@ from archdsl.errors import CheckpointError, Location, Problem
 Converter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
 _CONVERTERS: dict[str, Converter] = {}
 ARCHDSL_FORMAT = "archdsl-checkpoint-v1"
+
+
+def rename_by_table(key: str, table) -> str | None:
+    """Apply the first `(pattern, rename)` of `table` whose regex matches the whole key
+    (`rename` takes the match); None if none does. Converters list their fixed names this way."""
+    for pattern, rename in table:
+        if match := re.fullmatch(pattern, key):
+            return rename(match)
+    return None
 
 
 def register_converter(family: str) -> Callable[[Converter], Converter]:

@@ -16,7 +16,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import DownsampleOp, FeatureShape, Op, Site, register
-from archdsl.weights import register_converter
+from archdsl.weights import register_converter, rename_by_table
 from archdsl.blocks.attention import AttentionCandidate, PooledAttentionModule
 from archdsl.blocks.ffn import ConvFFNModule, conv_ffn_flops
 from archdsl.blocks.layers import OddKernel, Swish, conv_flops, strided_size
@@ -199,9 +199,8 @@ _FFN_NAMES = {"norm2": ("norm2", "norm"), "mlp": ("ffn", "ffn"), "downsample": (
 
 
 def _rename(key: str, net: nn.Module) -> str:
-    for pattern, rename in _NETWORK_NAMES:
-        if match := re.fullmatch(pattern, key):
-            return rename(match)
+    if (name := rename_by_table(key, _NETWORK_NAMES)) is not None:
+        return name
     match = re.fullmatch(r"layers\.(\d+)\.blocks\.(\d+)\.(\w+)\.(.+)", key)
     if not match or int(match[1]) >= len(net.stages) or int(match[2]) >= len(net.stages[int(match[1])].blocks):
         return key

@@ -19,7 +19,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
-from archdsl.weights import register_converter
+from archdsl.weights import register_converter, rename_by_table
 from archdsl.blocks.attention import WindowAttentionModule
 from archdsl.blocks.convolution import DepthwiseConvModule
 from archdsl.blocks.heads import HeadOp
@@ -217,19 +217,20 @@ _MIXER_PARTS = {
 }
 
 
+# official name pattern -> this project's name, outside the blocks
+_NETWORK_NAMES = (
+    (r"patch_embed\.stem\.(.+)", lambda m: f"stem.layers.{m[1]}"),
+    (r"patch_embed\.(proj|norm)\.(.+)", lambda m: f"stem.{m[1]}.{m[2]}"),
+    (r"norm\.(.+)", lambda m: f"head.norm.{m[1]}"),
+    (r"last_proj\.(.+)", lambda m: f"head.projection.{m[1]}"),
+    (r"head\.(.+)", lambda m: f"head.fc.{m[1]}"),
+    (r"layers\.(\d+)\.downsample\.(.+)", lambda m: f"stages.{int(m[1]) + 1}.downsample.{m[2]}"),
+)
+
+
 def _rename(key: str, net: nn.Module) -> str:
-    if match := re.fullmatch(r"patch_embed\.stem\.(.+)", key):
-        return f"stem.layers.{match[1]}"
-    if match := re.fullmatch(r"patch_embed\.(proj|norm)\.(.+)", key):
-        return f"stem.{match[1]}.{match[2]}"
-    if match := re.fullmatch(r"norm\.(.+)", key):
-        return f"head.norm.{match[1]}"
-    if match := re.fullmatch(r"last_proj\.(.+)", key):
-        return f"head.projection.{match[1]}"
-    if match := re.fullmatch(r"head\.(.+)", key):
-        return f"head.fc.{match[1]}"
-    if match := re.fullmatch(r"layers\.(\d+)\.downsample\.(.+)", key):
-        return f"stages.{int(match[1]) + 1}.downsample.{match[2]}"
+    if (name := rename_by_table(key, _NETWORK_NAMES)) is not None:
+        return name
     match = re.fullmatch(r"layers\.(\d+)\.blocks\.(\d+)\.(.+)", key)
     if not match or int(match[1]) >= len(net.stages) or int(match[2]) >= len(net.stages[int(match[1])].blocks):
         return key

@@ -32,7 +32,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
-from archdsl.weights import register_converter
+from archdsl.weights import register_converter, rename_by_table
 from archdsl.blocks.attention import AttentionCandidate, PooledAttention, PooledAttentionModule, WindowAttentionModule
 from archdsl.blocks.dct import BlockDCT, BlockIDCT, block_dct_flops
 from archdsl.blocks.fusion import FusionOp
@@ -576,19 +576,22 @@ _MIXER_KEYS = [
 ]
 
 
+# official name pattern -> this project's name, outside the blocks
+_NETWORK_NAMES = (
+    (r"cnn1\.(.+)", lambda m: f"stem.conv.{m[1]}"),
+    (r"bn1\.(.+)", lambda m: f"stem.norm.{m[1]}"),
+    (r"mlp_head\.([01])\.(.+)", lambda m: f"head.{'norm' if m[1] == '0' else 'fc'}.{m[2]}"),
+    (r"merge(\d)\.(.+)", lambda m: f"stages.{m[1]}.downsample.{m[2]}"),
+)
+
+
 def _rename(key: str, value: torch.Tensor, net: nn.Module) -> list[tuple[str, torch.Tensor]]:
     if key == "pos_embedding":
         return [(_downsample_with(net, "position_embedding") or key, value.permute(0, 3, 1, 2))]
     if key == "cls_token":
         return [(_downsample_with(net, "class_token") or key, value.reshape(1, -1, 1, 1))]
-    if match := re.fullmatch(r"cnn1\.(.+)", key):
-        return [(f"stem.conv.{match[1]}", value)]
-    if match := re.fullmatch(r"bn1\.(.+)", key):
-        return [(f"stem.norm.{match[1]}", value)]
-    if match := re.fullmatch(r"mlp_head\.([01])\.(.+)", key):
-        return [(f"head.{'norm' if match[1] == '0' else 'fc'}.{match[2]}", value)]
-    if match := re.fullmatch(r"merge(\d)\.(.+)", key):
-        return [(f"stages.{match[1]}.downsample.{match[2]}", value)]
+    if (name := rename_by_table(key, _NETWORK_NAMES)) is not None:
+        return [(name, value)]
     match = re.fullmatch(r"transformer(\d)\.layers\.(\d+)\.([01])\.(.+)", key)
     if not match or int(match[1]) - 1 >= len(net.stages) or int(match[2]) >= len(net.stages[int(match[1]) - 1].blocks):
         return [(key, value)]

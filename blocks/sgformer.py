@@ -38,7 +38,7 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
 from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
-from archdsl.weights import register_converter
+from archdsl.weights import register_converter, rename_by_table
 from archdsl.blocks.attention import AttentionCandidate, PooledAttentionModule
 from archdsl.blocks.ffn import FFNOp, conv_ffn_flops
 from archdsl.blocks.layers import OddKernel, attend, attention_flops, conv_flops, linear_flops, strided_size
@@ -542,21 +542,24 @@ def _self_guided_candidate(net: nn.Module, stage: int, block: int) -> str | None
     return f"stages.{stage}.blocks.{block}.mixer.candidates.{index}" if module is not None else None
 
 
+# official name pattern -> this project's name, outside the blocks (c/bn: a conv and its norm)
+_NETWORK_NAMES = (
+    (r"pos_embed", lambda m: "stem.pos_embed"),
+    (r"patch_embed1\.conv\.(\d)\.(c|bn)\.(.+)", lambda m: f"stem.layers.{m[1]}.{0 if m[2] == 'c' else 1}.{m[3]}"),
+    (r"patch_embed1\.norm\.(.+)", lambda m: f"stem.norm.{m[1]}"),
+    (r"patch_embed(\d+)\.conv(\d)\.(c|bn)\.(.+)",
+     lambda m: f"stages.{int(m[1]) - 1}.downsample.layers.{2 * (int(m[2]) - 1)}.{0 if m[3] == 'c' else 1}.{m[4]}"),
+    (r"head\.(.+)", lambda m: f"head.fc.{m[1]}"),
+)
+
+
 def _rename(key: str, net: nn.Module) -> str:
     last_stage = len(net.stages)
-    if key == "pos_embed":
-        return "stem.pos_embed"
-    if match := re.fullmatch(r"patch_embed1\.conv\.(\d)\.(c|bn)\.(.+)", key):
-        return f"stem.layers.{match[1]}.{0 if match[2] == 'c' else 1}.{match[3]}"
-    if match := re.fullmatch(r"patch_embed1\.norm\.(.+)", key):
-        return f"stem.norm.{match[1]}"
-    if match := re.fullmatch(r"patch_embed(\d+)\.conv(\d)\.(c|bn)\.(.+)", key):
-        return f"stages.{int(match[1]) - 1}.downsample.layers.{2 * (int(match[2]) - 1)}.{0 if match[3] == 'c' else 1}.{match[4]}"
+    if (name := rename_by_table(key, _NETWORK_NAMES)) is not None:
+        return name
     if match := re.fullmatch(r"norm(\d+)\.(.+)", key):  # a stage's closing norm: the next downsample's, or the head's
         stage = int(match[1])
         return f"head.norm.{match[2]}" if stage == last_stage else f"stages.{stage}.downsample.norm.{match[2]}"
-    if match := re.fullmatch(r"head\.(.+)", key):
-        return f"head.fc.{match[1]}"
     match = re.fullmatch(r"block(\d+)\.(\d+)\.(.+)", key)
     if not match or not 1 <= int(match[1]) <= last_stage or int(match[2]) >= len(net.stages[int(match[1]) - 1].blocks):
         return key
