@@ -32,6 +32,16 @@ def rename_by_table(key: str, table) -> str | None:
     return None
 
 
+def index_of(modules: nn.ModuleList, kinds: type | tuple[type, ...]) -> int:
+    """Position of the first module of `kinds` among a mixer's candidates or interactions (an
+    interaction counts as the gate it wraps); -1 if there is none, so that the checkpoint keys
+    meant for it are reported as unexpected."""
+    for index, module in enumerate(modules):
+        if isinstance(getattr(module, "module", module), kinds):
+            return index
+    return -1
+
+
 def register_converter(family: str) -> Callable[[Converter], Converter]:
     def decorator(function: Converter) -> Converter:
         _CONVERTERS[family] = function

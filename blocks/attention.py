@@ -9,7 +9,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import CandidateOp, OpCheckError, Site, register
-from archdsl.blocks.layers import FitRule, attend, attention_flops, conv_flops, fit_to_map, linear_flops
+from archdsl.blocks.layers import FitRule, attend, attention_flops, common_divisors, conv_flops, fit_to_map, linear_flops
 from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
 
@@ -71,7 +71,7 @@ class PooledAttention(AttentionCandidate):
         super().check(site)
         height, width = site.in_shape.height, site.in_shape.width
         if height % self.pool or width % self.pool:
-            fits = [p for p in range(1, min(height, width) + 1) if height % p == 0 and width % p == 0]
+            fits = common_divisors(height, width)
             problem = "is larger than" if self.pool > min(height, width) else "does not divide"
             raise OpCheckError(
                 f"pool {self.pool} {problem} the {height}x{width} map of stage {site.stage}; "
@@ -196,7 +196,7 @@ class WindowAttention(AttentionCandidate):
         super().check(site)
         _, height, width = site.in_shape
         if height % self.window_at(site) or width % self.window_at(site):
-            fits = [w for w in range(1, min(height, width) + 1) if height % w == 0 and width % w == 0]
+            fits = common_divisors(height, width)
             raise OpCheckError(
                 f"window {self.window} does not divide the {height}x{width} map of stage {site.stage}; give the mixer "
                 f"`pad_multiple: {self.window}` to zero-pad it, use a window that divides it: {fits}, or "

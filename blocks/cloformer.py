@@ -16,7 +16,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import DownsampleOp, FeatureShape, Op, Site, register
-from archdsl.weights import register_converter, rename_by_table
+from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import AttentionCandidate, PooledAttentionModule
 from archdsl.blocks.ffn import ConvFFNModule, conv_ffn_flops
 from archdsl.blocks.layers import OddKernel, Swish, conv_flops, strided_size
@@ -170,14 +170,6 @@ def convert_cloformer(state: dict[str, torch.Tensor], net: nn.Module) -> dict[st
     return renamed
 
 
-def _candidate_index(net: nn.Module, stage: int, block: int, kind: type) -> int:
-    candidates = net.stages[stage].blocks[block].mixer.candidates
-    for index, module in enumerate(candidates):
-        if isinstance(module, kind):
-            return index
-    return -1  # no such branch in this spec: the key is reported as unexpected
-
-
 # official name pattern -> this project's name, outside the blocks
 _NETWORK_NAMES = (
     (r"patch_embed\.conv([1-4])\.conv\.(\d)\.(.+)", lambda m: f"stem.layers.{int(m[1]) - 1}.{m[2]}.{m[3]}"),
@@ -211,7 +203,7 @@ def _rename(key: str, net: nn.Module) -> str:
             return f"{prefix}.mixer.fusion.projection.{rest[len('proj.'):]}"
         for official, (kind, name) in _CANDIDATE_NAMES.items():
             if rest.startswith(official + "."):
-                index = _candidate_index(net, stage, block, kind)
+                index = index_of(net.stages[stage].blocks[block].mixer.candidates, kind)
                 return f"{prefix}.mixer.candidates.{index}.{name}.{rest[len(official) + 1:]}"
     if module in ("norm2", "mlp", "downsample"):
         # the block whose FFN downsamples is, in this project, the next stage's downsample

@@ -59,9 +59,13 @@ def fit_to_map(size: int, height: int, width: int, rule: FitRule) -> int:
     """
     if rule == "exact" or (height % size == 0 and width % size == 0):
         return size
+    return min(common_divisors(height, width), key=lambda d: (abs(d - size), -d))
+
+
+def common_divisors(height: int, width: int) -> list[int]:
+    """The sizes that divide both sides of a map: the windows, pools or blocks that tile it."""
     common = gcd(height, width)
-    divisors = [d for d in range(1, common + 1) if common % d == 0]
-    return min(divisors, key=lambda d: (abs(d - size), -d))
+    return [d for d in range(1, common + 1) if common % d == 0]
 
 
 def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:

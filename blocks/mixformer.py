@@ -19,7 +19,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
-from archdsl.weights import register_converter, rename_by_table
+from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import WindowAttentionModule
 from archdsl.blocks.convolution import DepthwiseConvModule
 from archdsl.blocks.heads import HeadOp
@@ -191,13 +191,6 @@ def convert_mixformer(state: dict[str, torch.Tensor], net: nn.Module) -> dict[st
     return converted
 
 
-def _index_of(modules: nn.ModuleList, kind: type) -> int:
-    for index, module in enumerate(modules):
-        if isinstance(getattr(module, "module", module), kind):
-            return index
-    return -1  # no such part in this spec: the key is reported as unexpected
-
-
 # official name inside `attn.` -> (module kind, where among the mixer's parts, name inside it)
 _MIXER_PARTS = {
     "relative_position_bias_table": (WindowAttentionModule, "candidates", "relative_position_bias_table"),
@@ -254,5 +247,5 @@ def _rename(key: str, net: nn.Module) -> str:
     else:
         return f"{prefix}.{rest}"
     mixer = net.stages[stage].blocks[block].mixer
-    index = _index_of(getattr(mixer, group), kind)
+    index = index_of(getattr(mixer, group), kind)
     return f"{prefix}.mixer.{group}.{index}.{name}{leaf}"

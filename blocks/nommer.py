@@ -32,12 +32,12 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
-from archdsl.weights import register_converter, rename_by_table
+from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import AttentionCandidate, PooledAttention, PooledAttentionModule, WindowAttentionModule
 from archdsl.blocks.dct import BlockDCT, BlockIDCT, block_dct_flops
 from archdsl.blocks.fusion import FusionOp
 from archdsl.blocks.heads import HeadOp
-from archdsl.blocks.layers import FitRule, OddKernel, conv_flops, fit_to_map, linear_flops, strided_size
+from archdsl.blocks.layers import FitRule, OddKernel, common_divisors, conv_flops, fit_to_map, linear_flops, strided_size
 from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
 
@@ -185,7 +185,7 @@ class CompressedGlobalAttention(AttentionCandidate):
         c_in, height, width = site.in_shape
         block = self.block_at(site)
         if height % block or width % block:
-            fits = [b for b in range(1, min(height, width) + 1) if height % b == 0 and width % b == 0]
+            fits = common_divisors(height, width)
             raise OpCheckError(
                 f"DCT block {self.block} does not divide the {height}x{width} map of stage {site.stage}; blocks that do: "
                 f"{fits}, or `fit: nearest_divisor` to pick one of those where it does not", field="block")
@@ -544,13 +544,6 @@ def convert_nommer(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, 
     return converted
 
 
-def _index_of(modules: nn.ModuleList, kind: type) -> int:
-    for index, module in enumerate(modules):
-        if isinstance(module, kind):
-            return index
-    return -1  # no such candidate in this spec: the key is reported as unexpected
-
-
 def _downsample_with(net: nn.Module, flag: str) -> str | None:
     for index, stage in enumerate(net.stages):
         if getattr(stage.downsample, flag, None) is not None:
@@ -606,7 +599,7 @@ def _rename(key: str, value: torch.Tensor, net: nn.Module) -> list[tuple[str, to
     inner = rest[len("fn."):] if rest.startswith("fn.") else None
     for pattern, kind, template in _MIXER_KEYS:
         if inner is not None and (match := re.fullmatch(pattern, inner)):
-            index = _index_of(net.stages[stage].blocks[block].mixer.candidates, kind)
+            index = index_of(net.stages[stage].blocks[block].mixer.candidates, kind)
             name = f"{prefix}.mixer.candidates.{index}.{match.expand(template)}"
             if name.endswith("QKV"):
                 channels = value.shape[0] // 3

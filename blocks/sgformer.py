@@ -38,7 +38,7 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
 from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
-from archdsl.weights import register_converter, rename_by_table
+from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import AttentionCandidate, PooledAttentionModule
 from archdsl.blocks.ffn import FFNOp, conv_ffn_flops
 from archdsl.blocks.layers import OddKernel, attend, attention_flops, conv_flops, linear_flops, strided_size
@@ -528,10 +528,9 @@ _ATTENTION_NAMES = {HybridScaleAttentionModule: _HYBRID_NAMES, SelfGuidedAttenti
 
 
 def _candidate(net: nn.Module, stage: int, block: int, kinds: tuple[type, ...]) -> tuple[int, nn.Module | None]:
-    for index, module in enumerate(net.stages[stage].blocks[block].mixer.candidates):
-        if isinstance(module, kinds):
-            return index, module
-    return -1, None  # no such branch in this spec: the key is reported as unexpected
+    candidates = net.stages[stage].blocks[block].mixer.candidates
+    index = index_of(candidates, kinds)
+    return index, candidates[index] if index >= 0 else None
 
 
 def _self_guided_candidate(net: nn.Module, stage: int, block: int) -> str | None:
