@@ -20,7 +20,7 @@ from archdsl.errors import CheckpointError, SpecError
 from archdsl.weights import _CONVERTERS, _mismatches, read_checkpoint
 
 VARIANTS = [f"mixformer_b{i}" for i in range(7)]
-SPECS = os.path.join(os.path.dirname(__file__), "..", "specs")
+SPECS = os.path.join(os.path.dirname(__file__), "..", "src", "archdsl", "specs")
 
 
 def spec_path(variant: str) -> str:

@@ -22,7 +22,7 @@ from archdsl.errors import SpecError
 from archdsl.weights import _CONVERTERS, _mismatches
 
 VARIANTS = ["nommer_t", "nommer_s", "nommer_b"]
-SPECS = os.path.join(os.path.dirname(__file__), "..", "specs")
+SPECS = os.path.join(os.path.dirname(__file__), "..", "src", "archdsl", "specs")
 
 
 def spec_path(variant: str) -> str:

@@ -16,7 +16,7 @@ from archdsl.errors import SpecError
 from archdsl.loading import bundled_spec_names
 from archdsl.ops import CandidateOp, Site, register, unregister
 
-SPECS = Path(__file__).resolve().parents[1] / "specs"
+SPECS = Path(__file__).resolve().parents[1] / "src" / "archdsl" / "specs"
 XXS = (SPECS / "cloformer_xxs.yaml").read_text()
 
 

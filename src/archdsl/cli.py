@@ -128,7 +128,7 @@ def _flops_help() -> str:
 @app.command()
 def search(
     budget: Optional[str] = typer.Option(None, "--budget", help=_flops_help()),
-    space: Optional[str] = typer.Option(None, "--space", help="A search space file or bundled name (default: specs/search/hybrid.yaml)."),
+    space: Optional[str] = typer.Option(None, "--space", help="A search space file or bundled name (default: the bundled hybrid space)."),
     max_params: Optional[str] = typer.Option(None, "--max-params", help="Parameter budget, such as 10M."),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="Input side the budget applies at (default: the space's)."),
     objective: str = typer.Option("naswot", "--objective", help="naswot | synflow | grad_norm | params | train."),
