@@ -21,7 +21,7 @@ from archdsl.search import run_search
 from search_helpers import Flaky, SlowParams, fingerprint
 
 TINY_IMAGE = 32  # the default space at 32x32: every pool divides its map, FLOPs 9..43 M
-BUDGET = "25M"  # cuts through the space, and holds cloformer_xxs (13.5 M) and cloformer_xs (24.9 M) at 32px
+BUDGET = "25M@32"  # cuts through the space at 32px, and holds cloformer_xxs (13.5 M) and cloformer_xs (24.9 M) there
 
 
 @pytest.fixture(scope="module")
