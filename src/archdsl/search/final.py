@@ -2,8 +2,8 @@
 
 The search's accuracies are short and uneven (ASHA stops most trials early) and come from one
 seed. The final stage retrains, from scratch and with one recipe (`--final-epochs`, the
-search's batch size and learning rate), the top `--final-top` trials (ranked by the epochs
-they reached, then accuracy) and every bundled paper variant within the budget at its
+search's batch size and learning rate), the top `--final-top` distinct trials (ranked by the
+epochs they reached, then accuracy) and every bundled paper variant within the budget at its
 reference size, each with `--final-seeds` seeds (initialisation and data order; the
 validation split stays the search's). Each architecture is reported as the mean and sample
 standard deviation of its accuracies. Runs are Ray tasks with a trial's resources; each is
@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from archdsl.search.baselines import judge_variant, paper_variants
+from archdsl.search.feasibility import config_key
 from archdsl.search.records import atomic_write
 from archdsl.search.searchers import METRIC
 from archdsl.search.settings import SearchSettings
@@ -28,30 +29,38 @@ FINAL_FILE = "final.json"
 
 
 def _candidates(records: list[dict], settings: SearchSettings, setup) -> tuple[list[dict], list[dict]]:
-    """(the architectures to retrain, with their specs; the paper variants left out, and why)."""
+    """(the architectures to retrain, each with its `config` (a trial) or paper variant `name`;
+    the paper variants left out, and why)."""
     from archdsl.search.report import ranked
 
-    chosen, skipped = [], []
-    for record in [r for r in ranked(records) if r["status"] == "done"][:settings.final_top]:
-        spec = setup.space.resolve(record["config"], setup.check.img_size).spec()
+    chosen, skipped, seen = [], [], set()
+    for record in ranked(records):
+        if record["status"] != "done" or config_key(record["config"]) in seen or len(seen) == settings.final_top:
+            continue  # the same architecture drawn twice is retrained once
+        seen.add(config_key(record["config"]))
         chosen.append({"name": record["trial"], "kind": "trial", "flops": record["flops"], "flops_trial": record.get("flops_trial"),
                        "spec_file": record["spec_file"], "search_epoch": record.get("epoch"), "search_score": record["score"],
-                       "spec": spec})
+                       "config": record["config"]})
     for name in paper_variants():
         row, spec = judge_variant(name, setup.check)
         if spec is None:
             skipped.append(row)
         else:
-            chosen.append({"name": name, "kind": "paper_variant", "flops": row["flops"], "flops_trial": row["flops_trial"],
-                           "spec": spec})
+            chosen.append({"name": name, "kind": "paper_variant", "flops": row["flops"], "flops_trial": row["flops_trial"]})
     return chosen, skipped
 
 
-def _run(spec, setup, flops: int, seed: int) -> dict:
+def _run(candidate: dict, setup, seed: int) -> dict:
+    """One training run, on a worker (specs are made there: they do not travel through Ray)."""
+    from archdsl.api import load_spec
     from archdsl.search.trial import score_spec
 
     try:
-        result = score_spec(spec, setup, lambda metrics: None, reference_flops=flops, seed=seed)
+        if candidate["kind"] == "trial":
+            spec = setup.space.resolve(candidate["config"], setup.check.img_size).spec()
+        else:
+            spec = load_spec(candidate["name"], img_size=setup.check.img_size)
+        result = score_spec(spec, setup, lambda metrics: None, reference_flops=candidate["flops"], seed=seed)
     except Exception as error:  # noqa: BLE001  (a failed run is recorded, the others go on)
         return {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
     return {"status": "done", "score": result[METRIC], "params": result["params"], "device": result["device"]}
@@ -59,7 +68,7 @@ def _run(spec, setup, flops: int, seed: int) -> dict:
 
 def _summarise(candidate: dict, runs: list[dict], max_params: int | None) -> dict:
     scores = [run["score"] for run in runs if run["status"] == "done"]
-    row = {key: value for key, value in candidate.items() if key != "spec"}
+    row = dict(candidate)
     row.update(seeds=[run["seed"] for run in runs if run["status"] == "done"], scores=scores,
                mean=statistics.fmean(scores) if scores else None, sd=statistics.stdev(scores) if len(scores) > 1 else None,
                failed=[{"seed": run["seed"], "error": run["error"]} for run in runs if run["status"] == "failed"])
@@ -94,7 +103,7 @@ def run_final_stage(out: Path, settings: SearchSettings, setup, resources: dict,
         return summary
 
     task = ray.remote(_run).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
-    pending = {task.remote(c["spec"], final_setup, c["flops"], seed): (c["name"], seed)
+    pending = {task.remote(c, final_setup, seed): (c["name"], seed)
                for c in candidates for seed in seeds if (c["name"], seed) not in finished}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)

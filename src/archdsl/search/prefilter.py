@@ -1,8 +1,9 @@
 """`--prefilter PROXY --keep FRACTION`: rank many draws with a cheap proxy, train the best few.
 
 ceil(samples / keep) distinct configurations are drawn at random through the budget gate (so
-every one fits the budget and runs at the trials' image size), scored with the proxy as Ray
-tasks, and the best `samples` of them (the top `keep` fraction) become the trials, best first.
+every one fits the budget and runs at the trials' image size; fewer if the space holds fewer),
+scored with the proxy as Ray tasks, and the best `samples` of them (the top `keep` fraction)
+become the trials, best first.
 Stored in OUT/prefilter.json (every draw's proxy score, and which were kept), reused on resume.
 """
 
@@ -23,6 +24,7 @@ from archdsl.search.searchers import METRIC, BudgetGate, RandomSearcher
 from archdsl.search.settings import SearchSettings
 
 PREFILTER_FILE = "prefilter.json"
+PATIENCE = 20  # fitting draws per wanted configuration before the pre-filter settles for fewer
 
 
 def _score(configs: list[dict], setup) -> list[dict]:
@@ -51,13 +53,15 @@ def prefilter(out: Path, settings: SearchSettings, setup, resources: dict, slots
     wanted = math.ceil(settings.samples / settings.keep)
     gate = BudgetGate(RandomSearcher(setup.check, settings.seed), setup.check, stats_key)
     configs, seen = [], set()
-    while len(configs) < wanted:
-        config = gate.suggest(f"prefilter_{gate.stats.draws}")
+    for attempt in range(PATIENCE * wanted):  # a space may hold fewer fitting configurations than wanted
+        config = gate.suggest(f"prefilter_{attempt}")
         if config is None or config == Searcher.FINISHED:
-            break  # the gate gave up: this space holds fewer fitting configurations than asked for
+            break
         if config_key(config) not in seen:
             seen.add(config_key(config))
             configs.append(config)
+        if len(configs) == wanted:
+            break
     proxy_setup = replace(setup, objective=make_objective(settings.prefilter))
     task = ray.remote(_score).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
     chunks = [configs[index::slots] for index in range(slots) if configs[index::slots]]

@@ -68,6 +68,8 @@ def _settings(space, objective, out: Path, resume, settings: SearchSettings | No
             raise option_error("--resume", resume, f"no search to resume here: {out / SETTINGS_FILE} does not exist; give the "
                                                    f"--out directory of an earlier search")
         return SearchSettings(**json.loads((out / SETTINGS_FILE).read_text()))
+    if settings is not None and options:
+        raise TypeError(f"run_search takes settings= or its fields as keywords, not both ({', '.join(options)})")
     settings = settings or SearchSettings(**options)
     if space is not None:
         settings.space = str(space)
@@ -131,7 +133,7 @@ def run_search(space: str | Path | None = None, *, objective: str | Objective | 
         if (out / SETTINGS_FILE).exists() and any((out / "trials").iterdir()):
             raise option_error("--out", out, "this directory holds an earlier search; continue it with --resume "
                                              f"{out}, or choose another --out")
-        atomic_write(out / SETTINGS_FILE, json.dumps(settings.stored(), indent=1))
+        atomic_write(out / SETTINGS_FILE, json.dumps(settings.stored(), indent=1, default=str))
     records = load_records(out)
     stats_key = str(out.resolve())
     recorder = Recorder(out, space_obj, settings, stats_key, progress, records, started)

@@ -32,6 +32,9 @@ class TrainingFailed(ObjectiveFailed):
         super().__init__(message)
         self.epoch = epoch
 
+    def __reduce__(self):  # Ray carries a trial's exception to the driver by pickling it
+        return TrainingFailed, (str(self), self.epoch)
+
 
 def evaluate(model: nn.Module, data: ImageData, index: np.ndarray, context: TrialContext) -> float:
     """Top-1 accuracy on the images `index`."""
