@@ -242,3 +242,29 @@ def test_a_killed_training_search_resumes_its_trial_from_its_last_epoch(local_ra
     progress = list(csv.DictReader(next((out / "ray" / "tune").glob("run_trial_*/progress.csv")).open()))
     resumed = [int(row["epoch"]) for row in progress if int(row["resumed_from_epoch"]) > 0]
     assert resumed == list(range(record["resumed_from_epoch"] + 1, epochs + 1))
+
+
+# --- several objectives --------------------------------------------------------------------------------------
+
+
+def test_a_multi_objective_search_writes_its_front(local_ray, tmp_path):
+    from archdsl.api import load_spec, lower_spec
+
+    out = tmp_path / "out"
+    result = run_search(None, objective="params", objectives=["accuracy", "flops"], budget="2GFLOPs@224", img_size=32,
+                        samples=6, seed=0, baselines=False, out=out)
+    done = [r for r in result.records if r["status"] == "done"]
+    rows = list(csv.DictReader((out / "front.csv").open()))
+    front = {row["trial"] for row in rows}
+    assert front and len(done) == 6
+
+    def dominates(a, b):
+        return a["score"] >= b["score"] and a["flops"] <= b["flops"] and (a["score"] > b["score"] or a["flops"] < b["flops"])
+
+    for record in done:  # the front is exactly the trials no other beats on both
+        beaten = any(dominates(other, record) for other in done)
+        assert beaten == (record["trial"] not in front)
+    for row in rows:  # spec files at the budget's reference size, their FLOPs the budgeted ones
+        spec = load_spec(out / row["spec_file"])
+        assert spec.image_size == (224, 224) and lower_spec(spec).flops == int(row["flops"]) <= 2_000_000_000
+    assert json.loads((out / "summary.json").read_text())["settings"]["searcher"] == "evolution"  # NSGA-II
