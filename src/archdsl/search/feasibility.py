@@ -66,11 +66,8 @@ def count_params(graph) -> int:
     return sum(count_node_params(node) for node in graph.nodes())
 
 
-def same_size(one, other) -> bool:
-    """Do two image sizes (N, [H, W] or None for the space's own) name the same input?"""
-    def hw(size):
-        return None if size is None else tuple(size) if isinstance(size, (list, tuple)) else (size, size)
-    return hw(one) == hw(other)
+def _height_width(size: int | list) -> tuple[int, int]:
+    return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
 
 
 @dataclass
@@ -105,7 +102,7 @@ class BudgetCheck:
             if params > self.max_params:
                 return Verdict(OVER_PARAMS, flops, params, seconds=time.perf_counter() - start)
         trial_flops = flops
-        if not same_size(self.img_size, self.budget_at):
+        if _height_width(self.img_size) != _height_width(self.budget_at):
             try:
                 trial_flops = lower_spec(self.space.resolve(sample.config, self.img_size).spec()).flops
             except SpecError as error:

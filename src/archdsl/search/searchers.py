@@ -145,9 +145,9 @@ def _optuna_searcher(check: BudgetCheck, kind: str, seed: int, metrics: list[str
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10, **constrained)
     else:
         sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=16, **constrained)
-    if len(metrics) == 1:
-        return OptunaSearch(space=DefineByRun(check), metric=metrics[0], mode=modes[0], sampler=sampler)
-    return OptunaSearch(space=DefineByRun(check), metric=list(metrics), mode=list(modes), sampler=sampler)
+    several = len(metrics) > 1  # a list of metrics makes OptunaSearch multi-objective
+    return OptunaSearch(space=DefineByRun(check), metric=list(metrics) if several else metrics[0],
+                        mode=list(modes) if several else modes[0], sampler=sampler)
 
 
 class BudgetGate(PickledState, Searcher):
