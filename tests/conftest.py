@@ -22,9 +22,10 @@ def official(reference) -> dict:
     return yaml.safe_load((reference / "official.yaml").read_text())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray for the search tests (its start-up is the slow part), with two CPUs."""
+    """A local Ray with two CPUs, shared by a module's search tests (its start-up is the slow part) and
+    shut down after them, so that no Ray of this process outlives the module (the cluster test starts its own)."""
     import ray
 
     import search_helpers
