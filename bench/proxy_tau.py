@@ -56,7 +56,8 @@ def main() -> None:
     from archdsl.api import lower_spec
     from archdsl.compiler import compile_graph
     from archdsl.search.data import load_dataset
-    from archdsl.search.objectives import GradNorm, NASWOT, Params, ShortTraining, SynFlow, TrialContext
+    from archdsl.search.objectives import GradNorm, NASWOT, Params, SynFlow, TrialContext
+    from archdsl.search.training import ShortTraining
     from archdsl.search.space import RandomChooser, load_space
 
     device = torch.device(args.device)

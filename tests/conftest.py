@@ -20,3 +20,18 @@ def reference() -> Path:
 def official(reference) -> dict:
     """official.yaml: exact parameter counts and fvcore FLOPs of the authors' code."""
     return yaml.safe_load((reference / "official.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray with two CPUs, shared by a module's search tests (its start-up is the slow part) and
+    shut down after them, so that no Ray of this process outlives the module (the cluster test starts its own)."""
+    import ray
+
+    import search_helpers
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _node_ip_address="127.0.0.1")
+    ray.cloudpickle.register_pickle_by_value(search_helpers)  # the test objectives travel to the workers
+    yield
+    ray.shutdown()

@@ -5,9 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import subprocess
 import time
 
+import torch
+
 from archdsl.search.objectives import Objective
+from archdsl.search.training import ShortTraining
 
 
 def fingerprint(model_or_spec) -> str:
@@ -46,3 +51,49 @@ class Flaky(Objective):
         if width == 24:
             return float("nan")
         return float(sum(p.numel() for p in model.parameters()))
+
+
+class PoisonedTraining(ShortTraining):
+    """The real training, except that a network whose first stage is `width` wide has its weights
+    set to NaN after its first epoch, so that its loss becomes NaN in the second."""
+
+    def __init__(self, epochs: int, width: int):
+        super().__init__(epochs)
+        self.width = width
+
+    def train(self, model, context, restored=None, keep=None, seed=None):
+        def poisoning(metrics, state):
+            keep(metrics, state)
+            if model.spec.stages[0].width == self.width:
+                with torch.no_grad():
+                    for parameter in model.parameters():
+                        parameter.fill_(float("nan"))
+
+        return super().train(model, context, restored, poisoning if keep else None, seed)
+
+
+class SlowTraining(ShortTraining):
+    """The real training, pausing after each epoch's checkpoint (so a test can kill it mid-way)."""
+
+    def __init__(self, epochs: int, pause: float):
+        super().__init__(epochs)
+        self.pause = pause
+
+    def train(self, model, context, restored=None, keep=None, seed=None):
+        def pausing(metrics, state):
+            keep(metrics, state)
+            time.sleep(self.pause)
+
+        return super().train(model, context, restored, pausing if keep else None, seed)
+
+
+def kill_session(session: int) -> None:
+    """SIGKILL every process of a session this test started (the driver and its Ray)."""
+    listing = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split("\n")
+    for line in listing:
+        parts = line.split()
+        if len(parts) == 2 and int(parts[1]) == session:
+            try:
+                os.kill(int(parts[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass

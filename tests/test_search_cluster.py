@@ -95,7 +95,7 @@ while True:  # the worker node may still be joining
     if alive >= 2 or time.time() > deadline:
         break
     time.sleep(1)
-result = run_search(None, budget="25M", img_size=32, samples=4, searcher="random", seed=3, baselines=False,
+result = run_search(None, budget="25M@32", img_size=32, samples=4, searcher="random", seed=3, baselines=False,
                     objective=search_helpers.SlowParams({log!r}, 2.0), address={address!r}, cpus_per_trial=1,
                     out={out!r}, progress=watch)
 json.dump({{"done": result.progress.done, "nodes": max(nodes), "connected_after": ray.is_initialized()}}, open({report!r}, "w"))

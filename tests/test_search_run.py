@@ -4,35 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import torch
 
-import search_helpers
 from archdsl.api import create_model, load_spec, lower_spec
 from archdsl.search import run_search
-from search_helpers import Flaky, SlowParams, fingerprint
+from search_helpers import Flaky, SlowParams, fingerprint, kill_session
 
 TINY_IMAGE = 32  # the default space at 32x32: every pool divides its map, FLOPs 9..43 M
-BUDGET = "25M"  # cuts through the space, and holds cloformer_xxs (13.5 M) and cloformer_xs (24.9 M) at 32px
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1")
-    ray.cloudpickle.register_pickle_by_value(search_helpers)  # the test objectives travel to the workers
-    yield
-    ray.shutdown()
+BUDGET = "25M@32"  # cuts through the space at 32px, and holds cloformer_xxs (13.5 M) and cloformer_xs (24.9 M) there
 
 
 def test_search_end_to_end(local_ray, tmp_path):
@@ -112,18 +97,6 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(local_ray, tmp_path)
     assert load_spec(out / "best.yaml").stages[0].width == 32
 
 
-def _kill_session(session: int) -> None:
-    """SIGKILL every process of a session this test started (the driver and its Ray)."""
-    listing = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split("\n")
-    for line in listing:
-        parts = line.split()
-        if len(parts) == 2 and int(parts[1]) == session:
-            try:
-                os.kill(int(parts[0]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 DRIVER = """
 import sys
 sys.path.insert(0, {tests!r})
@@ -148,7 +121,7 @@ def test_resume_after_sigkill_runs_no_finished_trial_again(local_ray, tmp_path):
             assert driver.poll() is None, "the search ended before it could be killed"
             time.sleep(0.2)
     finally:
-        _kill_session(driver.pid)
+        kill_session(driver.pid)
         driver.wait()
     before = {path.stem: json.loads(path.read_text()) for path in (out / "trials").glob("*.json")}
     assert 2 <= len(before) < 6

@@ -15,7 +15,7 @@ from archdsl.ops import CandidateOp, Site, register, unregister
 from archdsl.search import SearchError, load_space
 from archdsl.search.feasibility import BudgetCheck, ensure_feasible, smallest_flops
 from archdsl.search.objectives import Params
-from archdsl.search.runner import TrialSetup, score_spec
+from archdsl.search.trial import TrialSetup, score_spec
 from archdsl.search.searchers import make_searcher
 from archdsl.search.space import FixedChooser, RandomChooser
 

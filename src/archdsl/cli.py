@@ -130,8 +130,11 @@ def search(
     budget: Optional[str] = typer.Option(None, "--budget", help=_flops_help()),
     space: Optional[str] = typer.Option(None, "--space", help="A search space file or bundled name (default: the bundled hybrid space)."),
     max_params: Optional[str] = typer.Option(None, "--max-params", help="Parameter budget, such as 10M."),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input side the budget applies at (default: the space's)."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input side the trials train / are scored at (default: the "
+                                                                    "space's); the budget stays at its own size (@N)."),
     objective: str = typer.Option("naswot", "--objective", help="naswot | synflow | grad_norm | params | train."),
+    objectives: Optional[str] = typer.Option(None, "--objectives", help="A multi-objective search (NSGA-II): the score, then "
+                                                                        "costs to minimise, e.g. accuracy,flops or accuracy,latency."),
     samples: int = typer.Option(64, "--samples", help="Trials to run."),
     searcher: str = typer.Option("tpe", "--searcher", help="tpe (Optuna) | evolution (NSGA-II) | random."),
     seed: int = typer.Option(0, "--seed", help="Seed for reproducible sampling."),
@@ -140,26 +143,36 @@ def search(
     address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster (HOST:PORT) instead of a local one."),
     cpus_per_trial: float = typer.Option(1, "--cpus-per-trial"),
     gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", help="Fractions allowed (default: 1 when GPUs exist, else 0)."),
-    dataset: Optional[Path] = typer.Option(None, "--dataset", help="For --objective train: class folders or an .npz (default: bundled digits)."),
-    epochs: int = typer.Option(3, "--epochs", help="For --objective train."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="For training and labelled proxies: class folders, an .npz, "
+                                                                  "or a dataset name (default: the bundled digits)."),
+    epochs: int = typer.Option(4, "--epochs", help="For --objective train: the most epochs a trial trains (ASHA's last rung, >= 4)."),
     proxy_batch: int = typer.Option(16, "--proxy-batch", help="Batch size of the training-free proxies."),
     batch_size: int = typer.Option(64, "--batch-size", help="For --objective train."),
     lr: float = typer.Option(2e-3, "--lr", help="For --objective train."),
+    prefilter: Optional[str] = typer.Option(None, "--prefilter", help="For --objective train: rank ceil(samples / keep) draws with "
+                                                                      "this proxy and train the best --samples."),
+    keep: float = typer.Option(0.25, "--keep", help="The fraction of the pre-filtered draws that is trained, in (0, 1]."),
+    final_top: int = typer.Option(3, "--final-top", help="For --objective train: retrain this many of the best trials and the paper "
+                                                         "variants with several seeds (0: no final stage)."),
+    final_seeds: int = typer.Option(3, "--final-seeds", help="Seeds per architecture in the final stage."),
+    final_epochs: Optional[int] = typer.Option(None, "--final-epochs", help="Epochs of the final stage (default: --epochs)."),
     top_k: int = typer.Option(5, "--top-k", help="How many of the best to write as spec files."),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Do not score the bundled paper variants for the Pareto plot."),
     set_: Optional[List[str]] = SetOption,
 ) -> None:
     """Search hybrids of the papers' context mixers under a FLOP budget, on Ray Tune."""
-    from archdsl.search import run_search
+    from archdsl.search import SearchSettings, run_search
     from archdsl.search.display import LiveProgress
 
+    settings = SearchSettings(
+        space=space, overrides=list(set_ or []), budget=budget, max_params=max_params, img_size=img_size, objective=objective,
+        objectives=objectives.split(",") if objectives else [], samples=samples, searcher=searcher, seed=seed,
+        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, dataset=dataset, epochs=epochs, proxy_batch=proxy_batch,
+        batch_size=batch_size, lr=lr, top_k=top_k, baselines=not no_baselines, prefilter=prefilter, keep=keep,
+        final_top=final_top, final_seeds=final_seeds, final_epochs=final_epochs)
     try:
         with LiveProgress() as show:
-            result = run_search(
-                space, budget=budget, max_params=max_params, img_size=img_size, objective=objective, samples=samples,
-                searcher=searcher, seed=seed, out=out_dir, resume=resume, address=address, cpus_per_trial=cpus_per_trial,
-                gpus_per_trial=gpus_per_trial, dataset=dataset, epochs=epochs, proxy_batch=proxy_batch, batch_size=batch_size,
-                lr=lr, top_k=top_k, baselines=not no_baselines, overrides=set_ or None, progress=show)
+            result = run_search(settings=settings, out=out_dir, resume=resume, address=address, progress=show)
     except SpecError as error:
         fail(error)
     out.print(f"best: {result.best_spec}   leaderboard: {result.leaderboard}   plot: {result.pareto}")

@@ -1,5 +1,9 @@
 """Budgets as people write them: `2GFLOPs`, `2G`, `600M`, `0.6GFLOPs`, `2GMACs`; `10M` parameters.
 
+A FLOP budget may name the input size it is counted at: `2GFLOPs@224`, `600M@160x192`. The
+architectures searched are then those that cost at most that at that size, whatever
+`--img-size` they are trained or scored at (without `@`, the space's own `input.size`).
+
 This project counts one multiply-add as one FLOP (fvcore's convention, the one the four papers
 print), so `2GMACs` and `2GFLOPs` are the same budget. A bad budget is a located
 `SearchError` naming the option it came from and what would be valid.
@@ -14,11 +18,13 @@ from archdsl.search.errors import option_error
 _SCALE = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _FLOP_UNITS = ("flops", "flop", "macs", "mac", "madds", "madd", "multadds", "multiply-adds")
 _PARAM_UNITS = ("params", "param", "parameters", "p")
+_AT = re.compile(r"^\s*(?P<height>\d+)\s*(?:x\s*(?P<width>\d+)\s*)?$", re.IGNORECASE)
 _NUMBER = r"(?P<number>(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)"
 _PATTERN = re.compile(_NUMBER + r"\s*(?P<scale>[kmgt]?)\s*(?P<unit>[a-z-]*)$", re.IGNORECASE)
 
 FLOPS_HELP = ("a FLOP budget such as 2GFLOPs, 2G, 600M, 0.6GFLOPs or 2GMACs; one multiply-add counts as one FLOP "
-              "(fvcore's convention, the papers'), so GMACs and GFLOPs are the same number here")
+              "(fvcore's convention, the papers'), so GMACs and GFLOPs are the same number here; @224 or @224x288 after it "
+              "names the input size the budget is counted at (default: the space's input.size)")
 PARAMS_HELP = "a parameter budget such as 10M, 3.5M, 500K or 12000000"
 
 
@@ -41,9 +47,36 @@ def _parse(text: str | int | float, units: tuple[str, ...], what: str, where: st
     return int(round(value))
 
 
-def parse_flops(text: str | int | float, where: str = "--budget") -> int:
-    """`2GFLOPs` / `2G` / `600M` / `0.6GFLOPs` / `2GMACs` / `2e9` -> FLOPs (multiply-adds) as an int."""
-    return _parse(text, _FLOP_UNITS, "FLOP budget", where, FLOPS_HELP)
+class FlopBudget(int):
+    """A FLOP count, and the input size it is counted at (`at`: N, [H, W], or None for the space's)."""
+
+    at: int | list[int] | None
+
+    def __new__(cls, flops: int, at: int | list[int] | None = None):
+        budget = super().__new__(cls, flops)
+        budget.at = at
+        return budget
+
+    def __reduce__(self):
+        return FlopBudget, (int(self), self.at)
+
+
+def _parse_at(text: str, whole, where: str) -> int | list[int]:
+    match = _AT.match(text)
+    if match is None or int(match.group("height")) < 1 or (match.group("width") and int(match.group("width")) < 1):
+        raise option_error(where, whole, f"cannot read the input size {text.strip()!r} after '@': give a positive N or HxW, "
+                                         f"such as 2GFLOPs@224 or 2GFLOPs@224x288")
+    height, width = int(match.group("height")), match.group("width")
+    return height if width is None or int(width) == height else [height, int(width)]
+
+
+def parse_flops(text: str | int | float, where: str = "--budget") -> FlopBudget:
+    """`2GFLOPs` / `2G` / `600M` / `0.6GFLOPs` / `2GMACs` / `2e9` -> FLOPs (multiply-adds) as an int;
+    `2GFLOPs@224` / `2G@224x288` -> the same, counted at that input size (`.at`)."""
+    if isinstance(text, str) and "@" in text:
+        amount, _, at = text.partition("@")
+        return FlopBudget(_parse(amount, _FLOP_UNITS, "FLOP budget", where, FLOPS_HELP), _parse_at(at, text, where))
+    return FlopBudget(_parse(text, _FLOP_UNITS, "FLOP budget", where, FLOPS_HELP), text.at if isinstance(text, FlopBudget) else None)
 
 
 def parse_params(text: str | int | float, where: str = "--max-params") -> int:

@@ -11,7 +11,7 @@ from rich.live import Live
 from rich.table import Table
 
 from archdsl.search.budget import format_flops
-from archdsl.search.runner import SearchProgress
+from archdsl.search.records import SearchProgress
 
 
 class LiveProgress:
@@ -25,8 +25,11 @@ class LiveProgress:
     def _render(self, progress: SearchProgress) -> Table:
         table = Table.grid(padding=(0, 2))
         rejected = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in sorted(progress.rejected_by.items()))
+        epoch = "" if progress.best_epoch is None else f", epoch {progress.best_epoch}"
         best = "-" if progress.best_score is None else (
-            f"{progress.best_score:.5g} ({progress.best_trial}, {format_flops(progress.best_flops or 0)})")
+            f"{progress.best_score:.5g} ({progress.best_trial}, {format_flops(progress.best_flops or 0)}{epoch})")
+        for line in progress.plan:
+            table.add_row("plan", line)
         table.add_row("phase", progress.phase, "elapsed", f"{progress.elapsed:.0f}s")
         table.add_row("done", f"{progress.done}/{progress.samples}", "running", str(progress.running))
         table.add_row("failed", str(progress.failed), "rejected", f"{progress.rejected}" + (f" ({rejected})" if rejected else ""))

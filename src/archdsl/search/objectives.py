@@ -15,8 +15,8 @@
   the cross-entropy loss gradient on one labelled minibatch.
 * `params`: the parameter count: the honest baseline a proxy has to beat (under a FLOP
   budget, bigger tends to be better).
-* `train`: short training (AdamW, cosine schedule) on a labelled dataset, scored by
-  validation accuracy after each epoch, so that ASHA can stop the weak early.
+* `train`: short training on a labelled dataset, scored by validation accuracy after each
+  epoch, so that ASHA can stop the weak early (training.py).
 
 bench/proxy_tau.py measures each proxy's Kendall tau against short-training accuracy.
 An objective is any object with `name`, `uses_labels`, `epochs` and `score(model, context)`,
@@ -161,49 +161,11 @@ class Params(Objective):
         return float(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 
-class ShortTraining(Objective):
-    name = "train"
-    uses_labels = True
+def short_training(epochs: int | None = None) -> Objective:
+    """`train` lives in training.py, which builds on this module's `Objective`."""
+    from archdsl.search.training import ShortTraining
 
-    def __init__(self, epochs: int = 3):
-        self.epochs = epochs
-
-    def score(self, model, context):
-        data = context.data
-        train_index, val_index = data.split(context.seed)
-        generator = torch.Generator().manual_seed(context.seed)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=context.lr, weight_decay=0.05)
-        # whole batches only: a last batch of one image breaks batch norm on a 1x1 map
-        steps_per_epoch = max(1, len(train_index) // context.batch_size)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=context.lr, total_steps=self.epochs * steps_per_epoch,
-                                                       pct_start=0.15)
-        accuracy = 0.0
-        for epoch in range(1, self.epochs + 1):
-            model.train()
-            order = train_index[torch.randperm(len(train_index), generator=generator).numpy()]
-            for step in range(steps_per_epoch):
-                images, labels = data.batch(order[step * context.batch_size:(step + 1) * context.batch_size],
-                                            context.image_size, context.channels, context.device)
-                loss = F.cross_entropy(model(images), labels)
-                if not torch.isfinite(loss):
-                    raise ObjectiveFailed(f"the training loss became {float(loss)} at epoch {epoch}, step {step + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-            accuracy = evaluate(model, data, val_index, context)
-            context.report({"score": accuracy, "epoch": epoch, "train_loss": float(loss.detach())})
-        return accuracy
-
-
-def evaluate(model: nn.Module, data: ImageData, index: np.ndarray, context: TrialContext) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(index), 256):
-            images, labels = data.batch(index[start:start + 256], context.image_size, context.channels, context.device)
-            correct += int((model(images).argmax(1) == labels).sum())
-    return correct / max(1, len(index))
+    return ShortTraining(epochs or 4)
 
 
 OBJECTIVES: dict[str, Callable[[], Objective]] = {
@@ -211,7 +173,7 @@ OBJECTIVES: dict[str, Callable[[], Objective]] = {
     "synflow": SynFlow,
     "grad_norm": GradNorm,
     "params": Params,
-    "train": ShortTraining,
+    "train": short_training,
 }
 DEFAULT_OBJECTIVE = "naswot"
 
@@ -224,6 +186,6 @@ def make_objective(name_or_objective, epochs: int | None = None) -> Objective:
     factory = OBJECTIVES.get(str(name_or_objective))
     if factory is None:
         raise option_error("--objective", name_or_objective, f"unknown objective; choose one of {', '.join(OBJECTIVES)}")
-    if factory is ShortTraining:
-        return ShortTraining(epochs or 3)
+    if factory is short_training:
+        return short_training(epochs)
     return factory()

@@ -1,12 +1,19 @@
-"""What a finished search leaves in OUT: the leaderboard, the best specs, the Pareto plot.
+"""What a finished search leaves in OUT: the leaderboard, the best specs, the front, the plot.
 
-* `leaderboard.csv`: every trial, ranked by score (failed ones last, with their error): rank,
-  trial, status, score, FLOPs, params, the trial's spec file, the time split, the error.
+* `leaderboard.csv`: with a final stage, first its architectures (the top trials and the paper
+  variants, `stage` final) ranked by mean accuracy over the seeds, with mean, sd and runs;
+  then every trial (`stage` search), ranked by the epochs it reached, then score: a trial
+  ASHA stopped after 1 epoch never ranks beside one trained for 4 as an equal. Failed trials
+  last, with their error (and, when training, the epoch they had finished).
 * `best.yaml` and `top/NN_<trial>.yaml`: the best `top_k` architectures as standalone spec
-  files (no choices left, `input.size` the search's image size) that `archdsl build` accepts.
-* `pareto.png`: score against FLOPs for every finished trial, the Pareto front, the budget as
-  a vertical line, and the bundled paper variants under the budget, scored the same way.
-* `summary.json`: settings, counts (done, failed, rejected by kind), the best trial.
+  files (no choices left) at the budget's reference size (`input.size`), which is the size
+  their FLOPs are budgeted at; `trials/ID.yaml` holds each at the size it was trained at.
+* `front.csv` and `front/NN_<trial>.yaml` (with several `--objectives`): the non-dominated trials.
+* `pareto.png`: score (or final mean ± sd) against FLOPs at the reference size, the Pareto
+  front over the trials and the paper variants, the budget line; each paper variant has its
+  own marker, named in the legend, so no label covers a trial.
+* `summary.json`: the settings and plan, counts (done, stopped early, failed, rejected by
+  kind), the best trial, the paper variants, the final stage (recipe, seeds, mean ± sd).
 """
 
 from __future__ import annotations
@@ -17,13 +24,17 @@ import shutil
 from pathlib import Path
 
 from archdsl.search.budget import format_flops, format_params
+from archdsl.search.records import spec_yaml
 
-COLUMNS = ("rank", "trial", "status", "score", "flops", "params", "spec_file", "t_suggest", "t_sample", "t_lower", "t_build",
-           "t_objective", "iterations", "error")
+COLUMNS = ("stage", "rank", "trial", "kind", "status", "epochs", "score", "final_mean", "final_sd", "final_runs", "flops",
+           "flops_trial", "params", "latency_ms", "spec_file", "t_suggest", "t_sample", "t_lower", "t_build", "t_objective",
+           "iterations", "error")
 
 
 def ranked(records: list[dict]) -> list[dict]:
-    done = sorted((r for r in records if r["status"] == "done"), key=lambda r: (-r["score"], r.get("flops") or 0, r["trial"]))
+    """Finished trials by the epochs they reached, then score, then fewer FLOPs; failed ones last."""
+    done = sorted((r for r in records if r["status"] == "done"),
+                  key=lambda r: (-r.get("epoch", 0), -r["score"], r.get("flops") or 0, r["trial"]))
     failed = sorted((r for r in records if r["status"] != "done"), key=lambda r: r["trial"])
     return done + failed
 
@@ -38,85 +49,143 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
-def _header(record: dict, space, settings, rank: int) -> str:
+def non_dominated(records: list[dict], costs: list[str]) -> list[dict]:
+    """Records no other beats on every objective (score higher, each cost lower), by score."""
+    def dominates(a: dict, b: dict) -> bool:
+        better_or_equal = a["score"] >= b["score"] and all(a[c] <= b[c] for c in costs)
+        return better_or_equal and (a["score"] > b["score"] or any(a[c] < b[c] for c in costs))
+
+    usable = [r for r in records if all(r.get(c) is not None for c in costs)]
+    return sorted((r for r in usable if not any(dominates(o, r) for o in usable)), key=lambda r: -r["score"])
+
+
+def _header(record: dict, space, settings, rank: int, final: dict | None) -> str:
+    trained = f" after {record['epoch']} epochs" if "epoch" in record else ""
     lines = [f"Found by `archdsl search` (rank {rank}): trial {record['trial']} of {space.origin}",
-             f"objective {settings.objective}: score {record['score']:.6g}; {format_flops(record['flops'])} "
-             f"({record['flops']:,}) at {settings.img_size}px, budget {format_flops(settings.budget)}; "
-             f"{format_params(record['params'])} parameters",
-             "Its choices: " + ", ".join(f"{name}={value}" for name, value in record["config"].items())]
+             f"objective {settings.objective}: score {record['score']:.6g}{trained} at {settings.img_size}px; "
+             f"{format_flops(record['flops'])} ({record['flops']:,}) at {settings.budget_at}px (this file's size), budget "
+             f"{format_flops(settings.budget)}; {format_params(record['params'])} parameters"]
+    if final is not None:
+        lines.append(f"final stage: {final['mean']:.4f} ± {final['sd']:.4f} accuracy over seeds {final['seeds']}")
+    lines.append("Its choices: " + ", ".join(f"{name}={value}" for name, value in record["config"].items()))
     return "\n".join(lines)
 
 
-def write_report(out: Path, space, settings, records: dict[str, dict], baselines: list[dict], stats: dict) -> dict:
-    from archdsl.search.runner import spec_yaml
+def _write_specs(folder: Path, chosen: list[dict], space, settings, finals: dict) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir()
+    for rank, record in enumerate(chosen, 1):
+        data = space.resolve(record["config"], settings.budget_at).data
+        text = spec_yaml(dict(data, name=f"{space.name}_{record['trial']}"),
+                         _header(record, space, settings, rank, finals.get(record["trial"])))
+        (folder / f"{rank:02d}_{record['trial']}.yaml").write_text(text)
 
-    rows = ranked(list(records.values()))
-    leaderboard = out / "leaderboard.csv"
-    with leaderboard.open("w", newline="") as handle:
+
+def _leaderboard(path: Path, rows: list[dict], final: dict | None) -> None:
+    with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
+        for rank, row in enumerate((final or {}).get("architectures", []), 1):
+            writer.writerow({"stage": "final", "rank": rank if row["status"] == "done" else "", "trial": row["name"],
+                             "kind": row["kind"], "status": row["status"], "epochs": final["recipe"]["epochs"],
+                             "final_mean": row["mean"], "final_sd": row["sd"], "final_runs": len(row["scores"]),
+                             "flops": row["flops"], "flops_trial": row.get("flops_trial"), "params": row.get("params"),
+                             "spec_file": row.get("spec_file", ""), "score": row.get("search_score"),
+                             "error": "; ".join(f"seed {f['seed']}: {f['error']}" for f in row["failed"])})
         for rank, record in enumerate(rows, 1):
             row = {key: record.get(key) for key in COLUMNS}
-            row["rank"] = rank if record["status"] == "done" else ""
-            row["iterations"] = record.get("training_iteration")
-            row["error"] = record.get("error", "")
+            row.update(stage="search", kind="trial", rank=rank if record["status"] == "done" else "",
+                       epochs=record.get("epoch"), iterations=record.get("training_iteration"), error=record.get("error", ""))
             writer.writerow(row)
 
-    done = [r for r in rows if r["status"] == "done"]
-    top_dir = out / "top"
-    if top_dir.exists():
-        shutil.rmtree(top_dir)
-    top_dir.mkdir()
-    best_path = None
-    for rank, record in enumerate(done[: max(1, settings.top_k)], 1):
-        data = space.resolve(record["config"], settings.img_size).data
-        name = f"{space.name}_best" if rank == 1 else f"{space.name}_top{rank}"
-        text = spec_yaml(dict(data, name=name), _header(record, space, settings, rank))
-        (top_dir / f"{rank:02d}_{record['trial']}.yaml").write_text(text)
-        if rank == 1:
-            best_path = out / "best.yaml"
-            best_path.write_text(text)
 
-    pareto = plot_pareto(out / "pareto.png", done, baselines, settings) if done or baselines else None
+def write_report(out: Path, space, settings, records: dict[str, dict], baselines: list[dict], stats: dict,
+                 final: dict | None = None) -> dict:
+    rows = ranked(list(records.values()))
+    done = [r for r in rows if r["status"] == "done"]
+    finals = {a["name"]: a for a in (final or {}).get("architectures", []) if a["kind"] == "trial" and a["status"] == "done"}
+    leaderboard = out / "leaderboard.csv"
+    _leaderboard(leaderboard, rows, final)
+
+    # the best: by the final stage's mean when there is one, else the search's ranking
+    best_first = sorted(done, key=lambda r: (r["trial"] not in finals, -(finals.get(r["trial"], {}).get("mean") or 0.0)))
+    chosen = best_first[: max(1, settings.top_k)]
+    _write_specs(out / "top", chosen, space, settings, finals)
+    best_path = None
+    if chosen:
+        best_path = out / "best.yaml"
+        shutil.copyfile(next((out / "top").glob("01_*.yaml")), best_path)
+    front = None
+    if settings.objectives:
+        front = non_dominated(done, settings.costs)
+        _write_specs(out / "front", front, space, settings, finals)
+        with (out / "front.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["rank", "trial", "score", *settings.costs, "flops_trial", "spec_file"],
+                                    extrasaction="ignore")
+            writer.writeheader()
+            for rank, record in enumerate(front, 1):
+                writer.writerow({**record, "rank": rank, "spec_file": f"front/{rank:02d}_{record['trial']}.yaml"})
+
+    variants = [a for a in (final or {}).get("architectures", []) if a["kind"] == "paper_variant"]
+    pareto = plot_pareto(out / "pareto.png", done, baselines, settings, final) if done or baselines or variants else None
+    stopped = sum(r.get("epoch", settings.epochs) < settings.epochs for r in done) if settings.training else 0
     summary = {
-        "space": space.origin, "settings": {k: v for k, v in vars(settings).items()},
-        "trials": {"done": len(done), "failed": len(rows) - len(done)}, **stats,
-        "best": ({key: done[0].get(key) for key in ("trial", "score", "flops", "params", "spec_file")} if done else None),
+        "space": space.origin, "settings": settings.stored(), **stats,
+        "trials": {"done": len(done), "stopped_early": stopped, "failed": len(rows) - len(done)},
+        "best": ({key: best_first[0].get(key) for key in ("trial", "score", "epoch", "flops", "flops_trial", "params", "spec_file")}
+                 if done else None),
         "baselines": baselines,
+        "final": final,
+        "front": [{key: r.get(key) for key in ("trial", "score", *settings.costs)} for r in front] if front is not None else None,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return {"best": best_path, "leaderboard": leaderboard, "pareto": pareto, "records": rows}
 
 
-def plot_pareto(path: Path, done: list[dict], baselines: list[dict], settings) -> Path:
+def plot_pareto(path: Path, done: list[dict], baselines: list[dict], settings, final: dict | None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7.5, 5), dpi=120)
-    points = [(r["flops"] / 1e9, r["score"]) for r in done]
+    figure, axes = plt.subplots(figsize=(9, 5.5), dpi=120)
+    if final is not None:  # the final stage's architectures: mean ± sd over the seeds
+        scored = [a for a in final["architectures"] if a["status"] == "done"]
+        trials = [(a["flops"] / 1e9, a["mean"], a["sd"] or 0.0) for a in scored if a["kind"] == "trial"]
+        variants = [(a["name"], a["flops"] / 1e9, a["mean"], a["sd"] or 0.0) for a in scored if a["kind"] == "paper_variant"]
+        ylabel = f"accuracy, mean ± sd over {len(final['recipe']['seeds'])} seeds ({final['recipe']['epochs']} epochs)"
+        if trials:
+            axes.errorbar([t[0] for t in trials], [t[1] for t in trials], yerr=[t[2] for t in trials], fmt="o", color="tab:blue",
+                          capsize=3, label="searched (final stage)")
+    else:
+        trials = [(r["flops"] / 1e9, r["score"], 0.0) for r in done]
+        variants = [(b["name"], b["flops"] / 1e9, b["score"], 0.0) for b in baselines if b.get("status") == "done"]
+        ylabel = f"score ({settings.objective})"
+        if trials:
+            axes.scatter([t[0] for t in trials], [t[1] for t in trials], s=18, alpha=0.55, color="tab:blue", label="searched")
+    points = [(t[0], t[1]) for t in trials] + [(v[1], v[2]) for v in variants]
     if points:
-        axes.scatter([p[0] for p in points], [p[1] for p in points], s=18, alpha=0.55, color="tab:blue", label="searched")
         front = pareto_front(points)
-        axes.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:blue", linewidth=1.2, label="Pareto front")
-        best = max(points, key=lambda p: p[1])
-        axes.scatter([best[0]], [best[1]], s=90, facecolors="none", edgecolors="tab:red", linewidths=1.8, label="best (best.yaml)")
-    scored = [b for b in baselines if b.get("status") == "done"]
-    for row in scored:
-        axes.scatter([row["flops"] / 1e9], [row["score"]], marker="*", s=160, color="tab:orange", edgecolors="black", linewidths=0.5,
-                     zorder=5)
-        axes.annotate(row["name"], (row["flops"] / 1e9, row["score"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    if scored:
-        axes.scatter([], [], marker="*", s=120, color="tab:orange", edgecolors="black", linewidths=0.5,
-                     label="paper variants (same objective)")
+        axes.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:gray", linewidth=1.2,
+                  label="Pareto front (searched and paper variants)")
+    if trials:
+        best = max(trials, key=lambda t: t[1])
+        axes.scatter([best[0]], [best[1]], s=110, facecolors="none", edgecolors="tab:red", linewidths=1.8, label="best (best.yaml)")
+    markers = "*PXDvp^<>hs"
+    colors = plt.get_cmap("tab10").colors
+    for index, (name, flops, score, sd) in enumerate(variants):
+        axes.errorbar([flops], [score], yerr=[sd] if sd else None, fmt=markers[index % len(markers)], markersize=10,
+                      color=colors[(index + 1) % len(colors)], markeredgecolor="black", markeredgewidth=0.5, capsize=3,
+                      zorder=5, label=f"{name} ({score:.3f}{f' ± {sd:.3f}' if sd else ''})")
     axes.axvline(settings.budget / 1e9, color="tab:red", linestyle="--", linewidth=1.2,
-                 label=f"budget {format_flops(settings.budget)}")
-    axes.set_xlabel(f"GFLOPs at {settings.img_size}px (multiply-adds)")
-    axes.set_ylabel(f"score ({settings.objective})")
+                 label=f"budget {format_flops(settings.budget)} at {settings.budget_at}px")
+    axes.set_xlabel(f"GFLOPs at {settings.budget_at}px (multiply-adds); trained and scored at {settings.img_size}px")
+    axes.set_ylabel(ylabel)
     axes.set_title(f"archdsl search: {len(done)} architectures")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="best")
+    # the legend beside the axes: the paper variants are named there, never on top of a trial
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -12,6 +12,10 @@ Both Optuna samplers are constrained samplers: every draw records its constraint
 count (`BudgetCheck`, no module built) and, when it does not fit, tells the inner searcher so
 and asks again, up to `max_draws` times per trial. Ray Tune only ever sees configurations that
 fit, so no trial (and no worker) is spent on a rejected one. Rejections are counted by kind.
+
+With several objectives (`--objectives score,flops`) the Optuna searchers are told every one
+(NSGA-II keeps a front); `ListSearcher` serves a fixed list (the configurations a proxy
+pre-filter kept), in order.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 from ray.tune.search import Searcher
 
 from archdsl.search.errors import option_error
-from archdsl.search.feasibility import INVALID, BudgetCheck
+from archdsl.search.feasibility import INVALID, INVALID_AT_IMG_SIZE, BudgetCheck
 from archdsl.search.space import OptunaChooser, RandomChooser
 
 SEARCHERS = ("tpe", "evolution", "random")
@@ -37,7 +41,7 @@ class GateStats:
     """What the gate did; lives in the driver, read by the progress display."""
 
     draws: int = 0
-    rejected: Counter = field(default_factory=Counter)  # over_flops / over_params / invalid
+    rejected: Counter = field(default_factory=Counter)  # over_flops / over_params / invalid / invalid_at_img_size
     reasons: Counter = field(default_factory=Counter)  # why invalid draws did not lower
     suggest_seconds: dict = field(default_factory=dict)  # trial id -> time to find a fitting draw
     exhausted: bool = False
@@ -71,7 +75,25 @@ class RandomSearcher(PickledState, Searcher):
         self.rng = np.random.default_rng(seed)
 
     def suggest(self, trial_id):
-        return self.check.space.sample(RandomChooser(self.rng), self.check.img_size).config
+        return self.check.space.sample(RandomChooser(self.rng), self.check.budget_at).config
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        pass
+
+
+class ListSearcher(PickledState, Searcher):
+    """The given configurations, one per trial, in order; then finished."""
+
+    def __init__(self, configs: list[dict]):
+        super().__init__(metric=METRIC, mode=MODE)
+        self.configs = list(configs)
+        self.served = 0
+
+    def suggest(self, trial_id):
+        if self.served >= len(self.configs):
+            return Searcher.FINISHED
+        self.served += 1
+        return dict(self.configs[self.served - 1])
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         pass
@@ -85,7 +107,7 @@ class DefineByRun:
         self.check = check
 
     def __call__(self, trial):
-        sample = self.check.space.sample(OptunaChooser(trial), self.check.img_size)
+        sample = self.check.space.sample(OptunaChooser(trial), self.check.budget_at)
         verdict = self.check(sample.config)
         flops, params = verdict.violation(self.check.budget, self.check.max_params)
         if _HAS_SET_CONSTRAINT:  # optuna >= 5: the samplers read constraints from the trial
@@ -111,7 +133,7 @@ def constraints(frozen_trial) -> list[float]:
     return frozen_trial.user_attrs.get("constraints", [0.0, 0.0])
 
 
-def _optuna_searcher(check: BudgetCheck, kind: str, seed: int):
+def _optuna_searcher(check: BudgetCheck, kind: str, seed: int, metrics: list[str], modes: list[str]):
     try:
         import optuna
         from ray.tune.search.optuna import OptunaSearch
@@ -123,13 +145,16 @@ def _optuna_searcher(check: BudgetCheck, kind: str, seed: int):
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=10, **constrained)
     else:
         sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=16, **constrained)
-    return OptunaSearch(space=DefineByRun(check), metric=METRIC, mode=MODE, sampler=sampler)
+    several = len(metrics) > 1  # a list of metrics makes OptunaSearch multi-objective
+    return OptunaSearch(space=DefineByRun(check), metric=list(metrics) if several else metrics[0],
+                        mode=list(modes) if several else modes[0], sampler=sampler)
 
 
 class BudgetGate(PickledState, Searcher):
-    def __init__(self, inner: Searcher, check: BudgetCheck, stats_key: str, max_draws: int = 2000):
+    def __init__(self, inner: Searcher, check: BudgetCheck, stats_key: str, max_draws: int = 2000, objectives: int = 1):
         super().__init__(metric=METRIC, mode=MODE)
         self.inner = inner
+        self.objectives = objectives
         self.check = check
         self.max_draws = max_draws
         self.stats_key = stats_key
@@ -155,11 +180,16 @@ class BudgetGate(PickledState, Searcher):
                 self.stats.suggest_seconds[trial_id] = time.perf_counter() - start
                 return dict(config)
             self.stats.rejected[verdict.status] += 1
-            if verdict.status == INVALID and verdict.reason:
+            if verdict.status in (INVALID, INVALID_AT_IMG_SIZE) and verdict.reason:
                 self.stats.reasons[verdict.reason.split(": ", 1)[-1]] += 1
-            # tell the inner searcher: a constrained sampler learns where the budget is
-            penalty = self.worst if self.worst is not None else 0.0
-            self.inner.on_trial_complete(inner_id, result={METRIC: penalty}, error=False)
+            # tell the inner searcher: a constrained sampler learns where the budget is (from the
+            # draw's constraints); a single-objective one also gets the worst score seen, a
+            # multi-objective one a failed trial (no point of a front)
+            if self.objectives > 1:
+                self.inner.on_trial_complete(inner_id, result=None, error=True)
+            else:
+                penalty = self.worst if self.worst is not None else 0.0
+                self.inner.on_trial_complete(inner_id, result={METRIC: penalty}, error=False)
         self.stats.exhausted = True
         return Searcher.FINISHED
 
@@ -181,9 +211,10 @@ class BudgetGate(PickledState, Searcher):
         LIVE_STATS[self.stats_key] = self.stats
 
 
-def make_searcher(kind: str, check: BudgetCheck, seed: int, stats_key: str) -> BudgetGate:
+def make_searcher(kind: str, check: BudgetCheck, seed: int, stats_key: str, metrics: list[str] = (METRIC,),
+                  modes: list[str] = (MODE,)) -> BudgetGate:
     if kind not in SEARCHERS:
         raise option_error("--searcher", kind, f"unknown searcher; choose one of {', '.join(SEARCHERS)} "
                                                f"(tpe: model-based, evolution: genetic, random: uniform)")
-    inner = RandomSearcher(check, seed) if kind == "random" else _optuna_searcher(check, kind, seed)
-    return BudgetGate(inner, check, stats_key)
+    inner = RandomSearcher(check, seed) if kind == "random" else _optuna_searcher(check, kind, seed, list(metrics), list(modes))
+    return BudgetGate(inner, check, stats_key, objectives=len(metrics))
