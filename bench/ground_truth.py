@@ -84,7 +84,7 @@ def draw_architectures(args) -> tuple[list[dict], dict]:
     from archdsl.api import lower_spec
     from archdsl.errors import SpecError
     from archdsl.search.budget import parse_flops
-    from archdsl.search.runner import spec_yaml
+    from archdsl.search.records import spec_yaml
     from archdsl.search.space import RandomChooser, load_space
 
     space = load_space(args.space)

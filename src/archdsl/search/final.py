@@ -4,8 +4,9 @@ The search's accuracies are short and uneven (ASHA stops most trials early) and 
 seed. The final stage retrains, from scratch and with one recipe (`--final-epochs`, the
 search's batch size and learning rate), the top `--final-top` distinct trials (ranked by the
 epochs they reached, then accuracy) and every bundled paper variant within the budget at its
-reference size, each with `--final-seeds` seeds (initialisation and data order; the
-validation split stays the search's). Each architecture is reported as the mean and sample
+reference size, each with `--final-seeds` seeds (initialisation and data order), on every training image of a dataset with an official
+test split, evaluated on that split (Fashion-MNIST's 10,000; otherwise on the search's
+validation split). Each architecture is reported as the mean and sample
 standard deviation of its accuracies. Runs are Ray tasks with a trial's resources; each is
 written to OUT/final.json the moment it ends, so a resumed search runs only the missing ones.
 """
@@ -86,7 +87,7 @@ def run_final_stage(out: Path, settings: SearchSettings, setup, resources: dict,
 
     epochs = settings.final_epochs or settings.epochs
     seeds = [settings.seed + index for index in range(settings.final_seeds)]
-    final_setup = replace(setup, objective=ShortTraining(epochs), epochs=epochs)
+    final_setup = replace(setup, objective=ShortTraining(epochs, test_split=True), epochs=epochs)
     path = out / FINAL_FILE
     stored = json.loads(path.read_text()) if path.is_file() else {}
     runs = [run for run in stored.get("runs", []) if run["status"] == "done"]
