@@ -79,3 +79,26 @@ def test_a_folder_with_no_images_says_what_a_dataset_is(tmp_path):
     (tmp_path / "cats" / "notes.txt").write_text("no images here")
     with pytest.raises(SearchError, match="no images .* in the class folders cats"):
         load_dataset(tmp_path)
+
+
+def test_the_final_stage_trains_on_the_training_split_and_scores_the_official_test_split(tmp_path, monkeypatch):
+    import torch
+    from torch import nn
+
+    from archdsl.search import training
+    from archdsl.search.objectives import TrialContext
+
+    write_idx_dataset(tmp_path, train=40, test=10)
+    data = load_dataset(tmp_path)
+    scored, trained = [], []
+    monkeypatch.setattr(training, "evaluate", lambda model, data, index, context: scored.append(index) or 0.5)
+    original_batch = type(data).batch
+    monkeypatch.setattr(type(data), "batch", lambda self, index, *args, **kw: trained.append(index) or original_batch(self, index, *args, **kw))
+    context = TrialContext(torch.device("cpu"), (6, 5), 1, data, batch_size=8)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(30, 3))
+    training.ShortTraining(epochs=1, test_split=True).train(model, context)
+    assert [index.tolist() for index in scored] == [list(range(40, 50))]
+    assert set(np.concatenate(trained)) <= set(range(40)) and len(np.concatenate(trained)) == 40
+    scored.clear()
+    training.ShortTraining(epochs=1).train(model, context)  # a search trial validates on training images
+    assert set(scored[0]) < set(range(40))
