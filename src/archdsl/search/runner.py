@@ -158,7 +158,7 @@ def score_spec(spec, setup: TrialSetup, report: Callable[[dict], None], timings:
     base = {"flops": graph.flops, "params": params, "device": str(device), **timings}
     context = TrialContext(device=device, image_size=spec.image_size, channels=spec.input.channels, data=setup.data,
                            seed=setup.seed, proxy_batch=setup.proxy_batch, epochs=setup.epochs, batch_size=setup.batch_size,
-                           lr=setup.lr)
+                           lr=setup.lr, flops=graph.flops)
     objective_start = time.perf_counter()
 
     def report_epoch(metrics: dict) -> None:
