@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from archdsl.api import load_spec, lower_spec
+from archdsl.blocks.layers import DropPath
 from archdsl.compiler import compile_graph
 from archdsl.loading import bundled_spec_names
 from archdsl.search.data import load_dataset
@@ -49,8 +50,9 @@ def proxy_tau():
     del sys.modules["proxy_tau"]
 
 
-def _scored(spec, digits, batch: int = 4):
-    """One network per spec, built as a search builds it (the dataset's classes), shared by all proxies."""
+def _scored(spec, digits, batch: int = 2):
+    """One network per spec, built as a search builds it (the dataset's classes), shared by all
+    proxies; minibatches of 2 keep the largest variants affordable."""
     spec = load_spec(spec, num_classes=digits.num_classes)
     graph = lower_spec(spec)
     torch.manual_seed(0)
@@ -60,25 +62,34 @@ def _scored(spec, digits, batch: int = 4):
     return model, context
 
 
+def _scores(model, context) -> dict[str, float]:
+    return {proxy: OBJECTIVES[proxy]().score(model, context) for proxy in PROXIES}
+
+
 @pytest.mark.parametrize("name", bundled_spec_names())
-def test_every_proxy_is_finite_and_deterministic_on_every_bundled_spec(name, digits):
+def test_every_proxy_is_finite_on_every_bundled_spec(name, digits):
+    scores = _scores(*_scored(load_spec(name, img_size=64), digits))
+    assert all(math.isfinite(score) for score in scores.values()), scores
+
+
+# the smallest variant of each family: a second scoring of the same network gives the same floats
+# (the random state, the norms' running statistics and earlier gradients change nothing)
+@pytest.mark.parametrize("name", ["cloformer_xxs", "mixformer_b0", "nommer_t", "sgformer_s"])
+def test_every_proxy_is_deterministic(name, digits):
     model, context = _scored(load_spec(name, img_size=64), digits)
-    for proxy in PROXIES:
-        first = OBJECTIVES[proxy]().score(model, context)
-        second = OBJECTIVES[proxy]().score(model, context)
-        assert math.isfinite(first), f"{proxy} on {name}: {first}"
-        assert first == second, f"{proxy} on {name}: {first} then {second}"
+    first = _scores(model, context)
+    torch.manual_seed(1)  # a different global random state: the scores must not read it
+    assert _scores(model, context) == first
 
 
 def test_stochastic_depth_is_off_while_scoring(digits):
-    # mixformer_b0 sets drop_path_rate 0.1 on its blocks; at 0.5 half the residual branches
-    # would be dropped in training mode
+    # at drop_path_rate 0.5 half the residual branches would be dropped in training mode
     scores = {}
     for rate in (0.0, 0.5):
         spec = load_spec("mixformer_b0", overrides={"drop_path_rate": rate}, img_size=64)
         model, context = _scored(spec, digits)
-        assert any(module.rate == rate for module in model.modules() if type(module).__name__ == "DropPath") == (rate > 0)
-        scores[rate] = {proxy: OBJECTIVES[proxy]().score(model, context) for proxy in PROXIES}
+        assert any(isinstance(module, DropPath) and module.rate == rate for module in model.modules()) == (rate > 0)
+        scores[rate] = _scores(model, context)
     assert scores[0.0] == scores[0.5]
 
 
