@@ -154,6 +154,11 @@ def _activations(model: nn.Module) -> list[nn.Module]:
     modules = [module for module in model.modules()
                if isinstance(module, Swish)
                or (type(module).__module__ == "torch.nn.modules.activation" and not isinstance(module, skip))]
+    return modules
+
+
+def _required_activations(model: nn.Module) -> list[nn.Module]:
+    modules = _activations(model)
     if not modules:
         raise ObjectiveFailed("this objective reads activation modules (ReLU, GELU, SiLU...), and this network has none")
     return modules
@@ -182,7 +187,7 @@ def naswot_kernel(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor,
         kernel.add_(codes @ codes.T + (1 - codes) @ (1 - codes).T)
         units += codes.shape[1]
 
-    with _hooked(_activations(model), accumulate), torch.no_grad():
+    with _hooked(_required_activations(model), accumulate), torch.no_grad():
         model(images)
     return kernel.cpu(), units
 
@@ -227,7 +232,7 @@ class ActivationUnits(Objective):
 
         image = torch.zeros(1, context.channels, *context.image_size, device=context.device)
         # running statistics: one image gives no batch statistics on a 1x1 map
-        with scoring(model, context.seed, batch_statistics=False), _hooked(_activations(model), count), torch.no_grad():
+        with scoring(model, context.seed, batch_statistics=False), _hooked(_required_activations(model), count), torch.no_grad():
             model(image)
         return float(units)
 
