@@ -136,7 +136,7 @@ def score_spec(spec, setup: TrialSetup, report: Callable[[dict], None], timings:
         base["latency_ms"] = measure_latency(model, spec.image_size, spec.input.channels, device)
     context = TrialContext(device=device, image_size=spec.image_size, channels=spec.input.channels, data=setup.data,
                            seed=setup.seed, proxy_batch=setup.proxy_batch, epochs=setup.epochs, batch_size=setup.batch_size,
-                           lr=setup.lr)
+                           lr=setup.lr, flops=flops)
     objective_start = time.perf_counter()
     reported = []
 
