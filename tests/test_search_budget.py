@@ -72,7 +72,8 @@ def test_missing_dataset_is_located(tmp_path):
 
 
 def test_unknown_objective_and_searcher(tmp_path):
-    with pytest.raises(SearchError, match=r"^--objective nope: unknown objective; choose one of naswot, synflow"):
+    with pytest.raises(SearchError, match=r"^--objective nope: unknown objective; choose one of naswot, naswot_per_unit, synflow, grad_norm, zico, meco, "
+                       r"params, flops, activation_units, train$"):
         run_search(budget="2G", objective="nope", out=tmp_path / "out")
 
 
