@@ -120,6 +120,13 @@ def bundled_spec_names() -> list[str]:
     return sorted(entry.name[: -len(".yaml")] for entry in root.iterdir() if entry.name.endswith(".yaml"))
 
 
+def bundled_space_descriptions() -> dict[str, str]:
+    """The bundled search spaces (specs/search/), each with its `description:`."""
+    root = resources.files(BUNDLED_SPECS).joinpath("search")
+    spaces = sorted(entry for entry in root.iterdir() if entry.name.endswith(".yaml"))
+    return {entry.name[: -len(".yaml")]: str(yaml.safe_load(entry.read_text()).get("description", "")) for entry in spaces}
+
+
 def resolve_spec_path(name_or_path: str | Path) -> Path:
     """A file path as given, or a bundled spec name (`cloformer_xxs`) resolved in specs/."""
     path = Path(name_or_path)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archdsl.blocks.heads import HeadModule, classifier
 from archdsl.blocks.layers import DropPath
 
 
@@ -119,14 +120,43 @@ class Stage(nn.Module):
 
 class ArchNet(nn.Module):
     """A compiled spec. `forward_features(x)` gives every stage's map (for necks);
-    `forward(x)` gives logits."""
+    `forward(x)` gives logits (pooled features when built with `num_classes=0`).
 
-    def __init__(self, stem: nn.Module, stages: list[Stage], head: nn.Module, spec=None):
+    The fine-tuning interface follows timm's: `num_features`, `num_classes`, `get_classifier()`,
+    `reset_classifier(n)`, `forward_head(x, pre_logits=)`."""
+
+    def __init__(self, stem: nn.Module, stages: list[Stage], head: HeadModule, spec=None):
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.head = head
         self.spec = spec  # the validated Spec it was compiled from (not a module, not in state_dict)
+
+    @property
+    def num_features(self) -> int:
+        """Width of the pooled features the classifier reads (`forward_head(x, pre_logits=True)`)."""
+        return self.head.num_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.head.classes
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised classifier for `num_classes` (0: none, headless); the
+        spec follows, so a saved checkpoint rebuilds this model."""
+        from archdsl.api import load_spec
+
+        self.spec = load_spec(self.spec, {"head.classes": num_classes})
+        like = next(self.parameters())
+        self.head.fc = classifier(self.num_features, num_classes).to(like.device, like.dtype)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The last stage's map -> logits, or the pooled features before the classifier."""
+        features = self.head.pre_logits(x)
+        return features if pre_logits else self.head.fc(features)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
@@ -138,4 +168,4 @@ class ArchNet(nn.Module):
         return features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x)[-1])
+        return self.forward_head(self.forward_features(x)[-1])

@@ -36,7 +36,7 @@ from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import AttentionCandidate, PooledAttention, PooledAttentionModule, WindowAttentionModule
 from archdsl.blocks.dct import BlockDCT, BlockIDCT, block_dct_flops
 from archdsl.blocks.fusion import FusionOp
-from archdsl.blocks.heads import HeadOp
+from archdsl.blocks.heads import HeadModule, HeadOp, classifier
 from archdsl.blocks.layers import FitRule, OddKernel, common_divisors, conv_flops, fit_to_map, linear_flops, strided_size
 from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
@@ -372,14 +372,14 @@ class ConvMaxPool(DownsampleOp):
 # --- head ---------------------------------------------------------------------------------------
 
 
-class ClassTokenHeadModule(nn.Module):
+class ClassTokenHeadModule(HeadModule):
     def __init__(self, channels: int, classes: int, norm: bool):
-        super().__init__()
+        super().__init__(channels)
         self.norm = nn.LayerNorm(channels, eps=1e-5) if norm else nn.Identity()
-        self.fc = nn.Linear(channels, classes)
+        self.fc = classifier(channels, classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.norm(x.flatten(2)[:, :, 0]))
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.flatten(2)[:, :, 0])
 
 
 @register
@@ -392,7 +392,7 @@ class ClassTokenHead(HeadOp):
 
     def flops(self, site: Site) -> int:
         channels = site.in_shape.channels
-        return (norm_flops("layer_norm", FeatureShape(channels, 1, 1)) if self.norm else 0) + linear_flops(channels, self.classes)
+        return (norm_flops("layer_norm", FeatureShape(channels, 1, 1)) if self.norm else 0) + self.classifier_flops(site)
 
     def build(self, site: Site) -> nn.Module:
         return ClassTokenHeadModule(site.in_shape.channels, self.classes, self.norm is not None)
