@@ -34,6 +34,7 @@ def test_build_json_has_the_summary(official):
     assert stages[4]["out_shape"] == [256, 7, 7]
     assert sum(part["params"] for part in stages) == summary["params"]
     assert sum(part["flops"] for part in stages) == summary["flops_analytic"]
+    assert summary["pretrained_cfg"]["input_size"] == [3, 224, 224] and summary["pretrained_cfg"]["crop_pct"] == 0.875
 
 
 def test_build_table_with_overrides():

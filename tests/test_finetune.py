@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import archdsl
+from archdsl.pretrained import pretrained_cfg
 from archdsl.weights import read_checkpoint, state_dict_of
 
 
@@ -105,3 +106,18 @@ def test_more_input_channels_repeat_and_scale_the_rgb_kernels(cloformer_vector):
     adapted = five.stem.layers[0][0].weight
     assert adapted.shape[1] == 5
     assert torch.allclose(adapted, torch.cat([kernels, kernels[:, :2]], dim=1) * 3 / 5, atol=0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, crop_pct", [("cloformer_xxs", 0.875), ("mixformer_b0", 0.875), ("nommer_t", 0.875), ("sgformer_s", 0.9)])
+def test_each_family_carries_its_authors_preprocessing(name, crop_pct):
+    spec = archdsl.load_spec(name, img_size=256, num_classes=10)
+    cfg = pretrained_cfg(spec)
+    assert cfg == {"input_size": (3, 256, 256), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                   "crop_pct": crop_pct, "interpolation": "bicubic", "num_classes": 10, "classifier": "head.fc"}
+
+
+def test_pretrained_cfg_on_the_model_and_none_for_a_hybrid():
+    model = archdsl.create_model("cloformer_xxs", in_chans=1)
+    assert model.pretrained_cfg["input_size"] == (1, 224, 224) and model.pretrained_cfg["crop_pct"] == 0.875
+    hybrid = archdsl.load_spec("cloformer_xxs", {"family": None})
+    assert pretrained_cfg(hybrid) is None

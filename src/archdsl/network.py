@@ -141,6 +141,14 @@ class ArchNet(nn.Module):
     def num_classes(self) -> int:
         return self.spec.head.classes
 
+    @property
+    def pretrained_cfg(self) -> dict | None:
+        """The input size and the authors' evaluation preprocessing (mean, std, crop_pct,
+        interpolation) of this model's family, as timm's `pretrained_cfg`; None for a hybrid."""
+        from archdsl.pretrained import pretrained_cfg
+
+        return pretrained_cfg(self.spec)
+
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 

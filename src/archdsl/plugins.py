@@ -15,6 +15,7 @@ The environment and the entry points are read once, the first time the op regist
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import traceback
@@ -35,8 +36,9 @@ def modules_in_environment() -> list[str]:
 
 
 def _where_it_failed(error: BaseException, module: str) -> str:
-    """The plugin's own file:line where the import failed, when the failure is inside it."""
-    frames = [frame for frame in traceback.extract_tb(error.__traceback__) if "importlib" not in frame.filename]
+    """The line of the plugin's own file where its import failed."""
+    spec = importlib.util.find_spec(module)
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__) if spec is not None and frame.filename == spec.origin]
     return f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 

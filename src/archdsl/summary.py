@@ -32,6 +32,7 @@ class ModelSummary:
     flops_fvcore_raw: int | None
     flops_analytic: int
     stages: list[PartSummary]
+    pretrained_cfg: dict | None  # the family's evaluation preprocessing (archdsl.pretrained)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -61,4 +62,4 @@ def summarize(model: ArchNet, graph: ArchGraph, fvcore: bool = True) -> ModelSum
     parts.append(PartSummary("head", 0, list(head.out_shape[:1]), _params(model.head), head.flops))
     trainable, total = count_params(model)
     flops, raw = fvcore_counts(model, spec.image_size, spec.input.channels) if fvcore else (None, None)
-    return ModelSummary(spec.name, list(spec.image_size), total, trainable, flops, raw, graph.flops, parts)
+    return ModelSummary(spec.name, list(spec.image_size), total, trainable, flops, raw, graph.flops, parts, model.pretrained_cfg)

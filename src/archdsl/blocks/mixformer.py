@@ -19,6 +19,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
+from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
 from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import WindowAttentionModule
 from archdsl.blocks.convolution import DepthwiseConvModule
@@ -251,3 +252,9 @@ def _rename(key: str, net: nn.Module) -> str:
     mixer = net.stages[stage].blocks[block].mixer
     index = index_of(getattr(mixer, group), kind)
     return f"{prefix}.mixer.{group}.{index}.{name}{leaf}"
+
+
+# The authors' evaluation transform (the PaddleClas MixFormer yaml configs, as read in
+# shared/reference/official_notes/mixformer.md, 3.11): bicubic resize of the shorter side to
+# 256, centre crop 224 (crop_pct 224/256), ImageNet mean and std.
+register_preprocessing("mixformer", Preprocessing(IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.875, interpolation="bicubic"))

@@ -32,6 +32,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
+from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
 from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import AttentionCandidate, PooledAttention, PooledAttentionModule, WindowAttentionModule
 from archdsl.blocks.dct import BlockDCT, BlockIDCT, block_dct_flops
@@ -452,10 +453,6 @@ def colour_map(weights: torch.Tensor, colors=NOMINATION_COLORS) -> torch.Tensor:
     return torch.einsum("khw,kc->hwc", weights.float().cpu(), palette).clamp(0, 1)
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 def load_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     """An image file -> a (1, 3, H, W) ImageNet-normalised tensor: shorter side resized to
     size/0.875, centre crop (the usual evaluation transform)."""
@@ -607,3 +604,9 @@ def _rename(key: str, value: torch.Tensor, net: nn.Module) -> list[tuple[str, to
                 return [(f"{base}query.weight", value[:channels]), (f"{base}key_value.weight", value[channels:])]
             return [(name, value)]
     return [(key, value)]
+
+
+# The authors' evaluation transform (TencentYoutuResearch/VisualRecognition-NomMer: config.py
+# DATA.INTERPOLATION "bicubic" and TEST.CROP True; data/build.py resizes to int(256/224 * size),
+# centre-crops to size and normalises with timm's IMAGENET_DEFAULT_MEAN / STD).
+register_preprocessing("nommer", Preprocessing(IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.875, interpolation="bicubic"))
