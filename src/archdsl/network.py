@@ -10,9 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from archdsl.blocks.heads import HeadModule, classifier
 from archdsl.blocks.layers import DropPath
+from archdsl.training import group_matcher, no_weight_decay
 
 
 class Interaction(nn.Module):
@@ -110,12 +112,30 @@ class Stage(nn.Module):
         super().__init__()
         self.downsample = downsample if downsample is not None else nn.Identity()
         self.blocks = nn.ModuleList(blocks)
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor, side: dict[str, torch.Tensor]) -> torch.Tensor:
         x = self.downsample(x)
         for block in self.blocks:
-            x = block(x, side)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = self._checkpointed(block, x, side)
+            else:
+                x = block(x, side)
         return x
+
+    @staticmethod
+    def _checkpointed(block: Block, x: torch.Tensor, side: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Run a block keeping none of its activations: the backward pass recomputes them. The
+        recomputation must read the side channels this block read, not what later blocks wrote."""
+        read = dict(side)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            written = dict(read)
+            out = block(x, written)
+            side.update(written)
+            return out
+
+        return checkpoint(run, x, use_reentrant=False)
 
 
 class ArchNet(nn.Module):
@@ -160,6 +180,21 @@ class ArchNet(nn.Module):
         self.spec = load_spec(self.spec, {"head.classes": num_classes})
         like = next(self.parameters())
         self.head.fc = classifier(self.num_features, num_classes).to(like.device, like.dtype)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names to exclude from weight decay: norms, biases, position embeddings,
+        relative position tables, class tokens (see archdsl.training)."""
+        return no_weight_decay(self)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's regexes grouping parameters into stem, blocks (or stages) and head, for
+        layer-wise LR decay; `archdsl.training.param_groups` builds the optimizer groups."""
+        return group_matcher(coarse)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them."""
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """The last stage's map -> logits, or the pooled features before the classifier."""

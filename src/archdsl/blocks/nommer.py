@@ -33,6 +33,7 @@ from torch import nn
 
 from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
 from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
+from archdsl.training import WithoutWeightDecay
 from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import AttentionCandidate, PooledAttention, PooledAttentionModule, WindowAttentionModule
 from archdsl.blocks.dct import BlockDCT, BlockIDCT, block_dct_flops
@@ -308,7 +309,9 @@ class Nomination(FusionOp):
 # --- the reduction module -----------------------------------------------------------------------
 
 
-class ConvMaxPoolModule(nn.Module):
+class ConvMaxPoolModule(WithoutWeightDecay, nn.Module):
+    without_weight_decay = ("position_embedding", "class_token")
+
     def __init__(self, in_channels: int, out_channels: int, kernel: int, pool: int, norm: NormName,
                  position_embedding: tuple[int, int] | None, class_token: bool):
         super().__init__()

@@ -39,6 +39,7 @@ from torch import nn
 
 from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
 from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
+from archdsl.training import WithoutWeightDecay
 from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import AttentionCandidate, PooledAttentionModule
 from archdsl.blocks.ffn import FFNOp, conv_ffn_flops
@@ -85,7 +86,9 @@ def sincos_position_embedding(height: int, width: int, channels: int) -> torch.T
     return torch.from_numpy(table).float()
 
 
-class SGFormerStemModule(nn.Module):
+class SGFormerStemModule(WithoutWeightDecay, nn.Module):
+    without_weight_decay = ("pos_embed",)
+
     def __init__(self, in_channels: int, channels: int, grid: tuple[int, int], position_embedding: bool):
         super().__init__()
         self.layers = nn.Sequential(
