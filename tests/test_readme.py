@@ -52,3 +52,4 @@ def test_the_backbone_example_runs_with_the_authors_weights(reference):
     assert [tuple(m.shape) for m in namespace["maps"]] == [(2, 32, 56, 56), (2, 64, 28, 28), (2, 128, 14, 14), (2, 256, 7, 7)]
     assert torch.equal(namespace["logits"], namespace["pooled"])
     assert model.num_classes == 0 and model.pretrained_cfg["crop_pct"] == 0.875
+    assert [tuple(m.shape) for m in (namespace["p3"], namespace["p4"], namespace["p5"])] == [(2, 64, 28, 28), (2, 128, 14, 14), (2, 256, 7, 7)]

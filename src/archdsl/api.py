@@ -10,6 +10,7 @@ from torch import nn
 from archdsl.compiler import compile_graph
 from archdsl.cost import FlopCount, fvcore_counts
 from archdsl.errors import Location, Problem, SpecError
+from archdsl.features import FeatureNet, stage_feature_info
 from archdsl.graph import ArchGraph, lower
 from archdsl.loading import load_data
 from archdsl.network import ArchNet
@@ -85,7 +86,8 @@ def _stored_checkpoint(source) -> dict | None:
 
 
 def create_model(source, pretrained: str | Path | None = None, num_classes: int | None = None,
-                 img_size: ImageSize = None, overrides: Overrides = None, in_chans: int | None = None) -> ArchNet:
+                 img_size: ImageSize = None, overrides: Overrides = None, in_chans: int | None = None,
+                 features_only: bool = False, out_indices: tuple[int, ...] = (0, 1, 2, 3)) -> ArchNet | FeatureNet:
     """Build a model from a spec (object, file, bundled name) or an archdsl checkpoint (.pt).
 
     `pretrained`: weights to load (an archdsl checkpoint or the authors' released format);
@@ -93,11 +95,16 @@ def create_model(source, pretrained: str | Path | None = None, num_classes: int 
     `num_classes`: the classifier's outputs; 0 builds no classifier (`forward` returns the pooled
     features). With weights, a checkpoint classifier that does not fit is left out and the new
     one initialised (logged as a warning on the "archdsl" logger), as for fine-tuning.
-    `in_chans`: input channels; the stem's first conv is adapted from RGB weights."""
+    `in_chans`: input channels; the stem's first conv is adapted from RGB weights.
+    `features_only`: a `FeatureNet` (no head) whose forward returns the maps of the stages in
+    `out_indices`, described by its `feature_info`."""
     stored = _stored_checkpoint(source)
     spec = load_spec(stored["spec"] if stored is not None else source, overrides,
                      img_size=img_size, num_classes=num_classes, in_chans=in_chans)
-    model = compile_graph(lower_spec(spec))
+    graph = lower_spec(spec)
+    if features_only:
+        stage_feature_info(graph, out_indices)  # a wrong index is refused before anything is built
+    model = compile_graph(graph)
     new_classifier = num_classes is not None
     if stored is not None:
         load_weights(model, source, stored, new_classifier=new_classifier)
@@ -105,7 +112,7 @@ def create_model(source, pretrained: str | Path | None = None, num_classes: int 
         load_weights(model, pretrained, new_classifier=new_classifier)
     if stored is not None or pretrained is not None:
         model.eval()
-    return model
+    return FeatureNet(model, graph, out_indices) if features_only else model
 
 
 def count_flops(model_or_spec, img_size: ImageSize = None) -> FlopCount:
