@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,7 @@ def test_build_json_has_the_summary(official):
     assert stages[4]["out_shape"] == [256, 7, 7]
     assert sum(part["params"] for part in stages) == summary["params"]
     assert sum(part["flops"] for part in stages) == summary["flops_analytic"]
+    assert summary["pretrained_cfg"]["input_size"] == [3, 224, 224] and summary["pretrained_cfg"]["crop_pct"] == 0.875
 
 
 def test_build_table_with_overrides():
@@ -116,3 +118,63 @@ def test_nomination_maps_png(tmp_path):
     assert all(sum(eval(line.split("candidate")[1])) in (56 * 56, 28 * 28) for line in per_layer)
     result = run("nominations", "cloformer_xxs", str(image), "-o", str(tmp_path / "none.png"))
     assert result.exit_code == 2 and "no nomination fusion" in result.stderr
+
+
+def test_build_headline_says_total_and_trainable_and_fvcore_only_on_request(official):
+    result = run("build", "nommer_t")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    total, trainable = (int(n.replace(",", "")) for n in re.search(r"params ([\d,]+) total, ([\d,]+) trainable", text).groups())
+    # the authors' count is every parameter; NomMer holds some that do not train
+    assert total == official["nommer"]["nommer_t"]["params"] and trainable < total
+    assert "(analytic; --fvcore for fvcore's count)" in text and "fvcore raw" not in text
+    result = run("build", "cloformer_xxs", "--fvcore")
+    assert result.exit_code == 0, result.output
+    fvcore_raw = official["cloformer"]["cloformer_xxs"]["fvcore_flops"]
+    assert f"fvcore raw {fvcore_raw / 1e6:.3f}M" in " ".join(result.stdout.split())
+
+
+def test_list_shows_family_params_flops_and_the_search_spaces(official):
+    result = run("list", "cloformer")
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+            for line in result.stdout.splitlines() if line.startswith("│")}
+    assert set(rows) == {"cloformer_xxs", "cloformer_xs", "cloformer_s"}
+    family, size, params, gflops = rows["cloformer_xxs"]
+    assert (family, size) == ("cloformer", "224x224")
+    assert params == f"{official['cloformer']['cloformer_xxs']['params'] / 1e6:.2f} M"
+    assert gflops == f"{archdsl.lower_spec(archdsl.load_spec('cloformer_xxs')).flops / 1e9:.3f}"
+    result = run("list", "hybrid")
+    assert "  hybrid: cross-paper hybrid search space" in result.stdout
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"archdsl {archdsl.__version__}"
+
+
+def test_model_commands_never_import_the_search_extra():
+    """--help, list, validate and build run without importing Ray, Optuna or matplotlib."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from archdsl.cli import app\n"
+        "for args in (['--help'], ['build', '--help'], ['list', 'cloformer_xx'], ['validate', 'cloformer_xxs'],\n"
+        "             ['build', 'cloformer_xxs']):\n"
+        "    result = CliRunner().invoke(app, args)\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules} & {'ray', 'optuna', 'matplotlib', 'pandas', 'fvcore'}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_search_without_the_extra_is_one_clean_error():
+    # None in sys.modules makes `import ray` raise ModuleNotFoundError, as when it is not installed
+    code = "import sys; sys.modules['ray'] = None\nfrom archdsl.cli import app\napp(['search', '--samples', '1'])\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "`archdsl search` needs the 'search' extra, which is not installed (no module 'ray'): pip install 'archdsl[search]'" \
+        in " ".join(result.stderr.split())

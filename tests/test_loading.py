@@ -164,3 +164,20 @@ def test_yaml_merge_keys_with_overrides(tmp_path):
     assert data["wider"] == {"op": "attn_conv", "channels": 16, "heads": 2, "kernel": 7}
     with pytest.raises(SpecError, match="key 'kernel' appears twice"):
         load_data(write(tmp_path, "twice.yaml", "a: {<<: {x: 1}, kernel: 7, kernel: 5}\n"))
+
+
+def test_extends_accepts_a_bundled_name(tmp_path):
+    child = tmp_path / "deeper.yaml"
+    child.write_text("extends: cloformer_xxs\nname: deeper\nstages: {2: {depth: 8}}\n")
+    spec = archdsl.load_spec(child)
+    bundled = archdsl.load_spec("cloformer_xxs")
+    assert spec.name == "deeper" and spec.stages[2].depth == 8
+    assert spec.stages[0] == bundled.stages[0] and spec.head == bundled.head
+    # a file beside the spec wins over the bundled spec of the same name
+    (tmp_path / "cloformer_xxs").write_text(child.read_text().replace("extends: cloformer_xxs\n", "extends: cloformer_xs.yaml\n"))
+    (tmp_path / "cloformer_xs.yaml").write_text("extends: cloformer_xs\nname: local\n")  # itself extends the bundled one
+    xs_width = archdsl.load_spec("cloformer_xs").stages[0].width
+    assert xs_width != bundled.stages[0].width and archdsl.load_spec(child).stages[0].width == xs_width
+    child.write_text("extends: cloformer_xxx\n")
+    with pytest.raises(SpecError, match=r"deeper.yaml:1:10: extends: base spec 'cloformer_xxx' not found .*and for a bundled spec of that name"):
+        archdsl.load_spec(child)

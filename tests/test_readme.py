@@ -41,3 +41,15 @@ def test_the_spec_example_names_real_fields():
     spec = archdsl.load_spec("cloformer_xxs")
     assert spec.drop_path_rate == 0.0 and spec.stages[0].blocks[0].mixer.pad_multiple is None
     assert spec.stages[0].blocks[0].mixer.interactions == []
+
+
+def test_the_backbone_example_runs_with_the_authors_weights(reference):
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "pretrained=weights" in b)
+    namespace: dict = {"weights": reference / "vectors" / "cloformer_xxs.pt"}
+    exec(compile(block, "README.md", "exec", dont_inherit=True), namespace)
+    model = namespace["model"]
+    assert torch.isfinite(namespace["loss"]) and namespace["pooled"].shape == (2, 256) == (2, model.num_features)
+    assert [tuple(m.shape) for m in namespace["maps"]] == [(2, 32, 56, 56), (2, 64, 28, 28), (2, 128, 14, 14), (2, 256, 7, 7)]
+    assert torch.equal(namespace["logits"], namespace["pooled"])
+    assert model.num_classes == 0 and model.pretrained_cfg["crop_pct"] == 0.875
+    assert [tuple(m.shape) for m in (namespace["p3"], namespace["p4"], namespace["p5"])] == [(2, 64, 28, 28), (2, 128, 14, 14), (2, 256, 7, 7)]

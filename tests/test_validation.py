@@ -64,7 +64,7 @@ def test_unknown_op_with_did_you_mean(tmp_path):
     ("width: 128", "width: -128", "stages[2].width", "greater than 0; found -128"),
     ("ratio: 4, kernel: 5}\n  - width: 64", "ratio: four, kernel: 5}\n  - width: 64", "stages[0].blocks[0].ffn.ratio", "valid integer"),
     ("size: 224", "size: 0", "input.size", "greater than 0"),
-    ("classes: 1000", "classes: 0", "head.classes", "greater than 0"),
+    ("classes: 1000", "classes: -1", "head.classes", "greater than or equal to 0"),  # 0: headless
 ])
 def test_types_and_ranges(tmp_path, old, new, path_text, expected):
     path = broken(tmp_path, old, new)

@@ -2,6 +2,9 @@
 
 from archdsl.api import count_flops, create_model, load_spec, lower_spec
 from archdsl.errors import CheckpointError, SpecError
+from archdsl.plugins import load_plugins
+from archdsl.weights import save_checkpoint
 
-__all__ = ["load_spec", "create_model", "count_flops", "lower_spec", "SpecError", "CheckpointError"]
+__all__ = ["load_spec", "create_model", "count_flops", "lower_spec", "save_checkpoint", "load_plugins", "SpecError",
+           "CheckpointError"]
 __version__ = "0.1.0"

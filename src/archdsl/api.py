@@ -10,6 +10,7 @@ from torch import nn
 from archdsl.compiler import compile_graph
 from archdsl.cost import FlopCount, fvcore_counts
 from archdsl.errors import Location, Problem, SpecError
+from archdsl.features import FeatureNet, stage_feature_info
 from archdsl.graph import ArchGraph, lower
 from archdsl.loading import load_data
 from archdsl.network import ArchNet
@@ -34,12 +35,15 @@ def parse_image_size(value: ImageSize) -> int | list[int] | None:
     return [int(v) for v in value]
 
 
-def _with_build_overrides(overrides: Overrides, img_size: ImageSize, num_classes: int | None) -> Overrides:
+def _with_build_overrides(overrides: Overrides, img_size: ImageSize, num_classes: int | None,
+                          in_chans: int | None = None) -> Overrides:
     extra: dict[str, Any] = {}
     if img_size is not None:
         extra["input.size"] = parse_image_size(img_size)
     if num_classes is not None:
         extra["head.classes"] = num_classes
+    if in_chans is not None:
+        extra["input.channels"] = in_chans
     if not extra:
         return overrides
     if overrides is None:
@@ -49,11 +53,13 @@ def _with_build_overrides(overrides: Overrides, img_size: ImageSize, num_classes
     return list(overrides) + [f"{key}={value}" for key, value in extra.items()]
 
 
-def load_spec(source, overrides: Overrides = None, *, img_size: ImageSize = None, num_classes: int | None = None):
+def load_spec(source, overrides: Overrides = None, *, img_size: ImageSize = None, num_classes: int | None = None,
+              in_chans: int | None = None):
     """A spec file path, bundled name (`cloformer_xxs`), mapping or Spec -> validated Spec.
 
-    `overrides`: `["stages.2.depth=8"]` or `{"stages.2.depth": 8}`, applied after `extends`."""
-    overrides = _with_build_overrides(overrides, img_size, num_classes)
+    `overrides`: `["stages.2.depth=8"]` or `{"stages.2.depth": 8}`, applied after `extends`;
+    `img_size`, `num_classes` and `in_chans` override `input.size`, `head.classes`, `input.channels`."""
+    overrides = _with_build_overrides(overrides, img_size, num_classes, in_chans)
     if isinstance(source, spec_models().Spec):
         if not overrides:
             return source
@@ -80,24 +86,33 @@ def _stored_checkpoint(source) -> dict | None:
 
 
 def create_model(source, pretrained: str | Path | None = None, num_classes: int | None = None,
-                 img_size: ImageSize = None, overrides: Overrides = None) -> ArchNet:
+                 img_size: ImageSize = None, overrides: Overrides = None, in_chans: int | None = None,
+                 features_only: bool = False, out_indices: tuple[int, ...] = (0, 1, 2, 3)) -> ArchNet | FeatureNet:
     """Build a model from a spec (object, file, bundled name) or an archdsl checkpoint (.pt).
 
     `pretrained`: weights to load (an archdsl checkpoint or the authors' released format);
-    the model is returned in eval mode when given."""
+    the model is returned in eval mode when given.
+    `num_classes`: the classifier's outputs; 0 builds no classifier (`forward` returns the pooled
+    features). With weights, a checkpoint classifier that does not fit is left out and the new
+    one initialised (logged as a warning on the "archdsl" logger), as for fine-tuning.
+    `in_chans`: input channels; the stem's first conv is adapted from RGB weights.
+    `features_only`: a `FeatureNet` (no head) whose forward returns the maps of the stages in
+    `out_indices`, described by its `feature_info`."""
     stored = _stored_checkpoint(source)
+    spec = load_spec(stored["spec"] if stored is not None else source, overrides,
+                     img_size=img_size, num_classes=num_classes, in_chans=in_chans)
+    graph = lower_spec(spec)
+    if features_only:
+        stage_feature_info(graph, out_indices)  # a wrong index is refused before anything is built
+    model = compile_graph(graph)
+    new_classifier = num_classes is not None
     if stored is not None:
-        spec = load_spec(stored["spec"], overrides, img_size=img_size, num_classes=num_classes)
-    else:
-        spec = load_spec(source, overrides, img_size=img_size, num_classes=num_classes)
-    model = compile_graph(lower_spec(spec))
-    if stored is not None:
-        load_weights(model, source, stored)
+        load_weights(model, source, stored, new_classifier=new_classifier)
     if pretrained is not None:
-        load_weights(model, pretrained)
+        load_weights(model, pretrained, new_classifier=new_classifier)
     if stored is not None or pretrained is not None:
         model.eval()
-    return model
+    return FeatureNet(model, graph, out_indices) if features_only else model
 
 
 def count_flops(model_or_spec, img_size: ImageSize = None) -> FlopCount:

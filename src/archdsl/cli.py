@@ -9,23 +9,67 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from archdsl.errors import Location, Problem, SpecError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="A declarative architecture language for conv/attention vision backbones.")
 out = Console()
 err = Console(stderr=True)
 
-SpecArgument = typer.Argument(..., help="A spec file, or a bundled spec name such as cloformer_xxs.")
-SetOption = typer.Option(None, "--set", help="Override a value by dotted path, e.g. --set stages.2.depth=8 (repeatable).")
-ImgSizeOption = typer.Option(None, "--img-size", help="Input size: N or HxW (e.g. 224 or 224x288).")
+# what each optional extra brings (pyproject.toml's [project.optional-dependencies]), by top-level module
+EXTRAS = {"search": ("ray", "optuna", "matplotlib", "PIL"), "plot": ("matplotlib", "PIL")}
 
 
 def fail(error: Exception) -> None:
-    err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+def fail_without_extra(extra: str, error: ModuleNotFoundError, command: str) -> None:
+    """A module of an optional extra is missing: say which extra to install, exit 2."""
+    if error.name is None or error.name.split(".")[0] not in EXTRAS[extra]:
+        raise error
+    fail(SpecError(Problem(f"`archdsl {command}` needs the {extra!r} extra, which is not installed (no module "
+                           f"{error.name.split('.')[0]!r}): pip install 'archdsl[{extra}]'")))
+
+
+def _load_plugins(modules: Optional[List[str]]) -> Optional[List[str]]:
+    from archdsl.plugins import load_plugins
+
+    try:
+        load_plugins(modules or ())
+    except SpecError as error:
+        fail(error)
+    return modules
+
+
+SpecArgument = typer.Argument(..., help="A spec file, or a bundled spec name such as cloformer_xxs.")
+SetOption = typer.Option(None, "--set", metavar="PATH=VALUE", help="Override a value by dotted path, e.g. --set stages.2.depth=8 (repeatable).")
+ImgSizeOption = typer.Option(None, "--img-size", metavar="N|HxW", help="Input size: N or HxW (e.g. 224 or 224x288).")
+PluginOption = typer.Option(None, "--plugin", metavar="MODULE", callback=_load_plugins,
+                            help="Import MODULE first, to register its ops (repeatable; also ARCHDSL_PLUGINS and the archdsl.ops entry points).")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from archdsl import __version__
+
+        typer.echo(f"archdsl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")) -> None:
+    """A declarative architecture language for conv/attention vision backbones."""
+    from archdsl.plugins import load_configured_plugins
+
+    try:
+        load_configured_plugins()
+    except SpecError as error:
+        fail(error)
 
 
 def _human(number: float) -> str:
@@ -43,7 +87,9 @@ def build(
     set_: Optional[List[str]] = SetOption,
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Weights to load (archdsl or the authors' checkpoint)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write a checkpoint (resolved spec + weights)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table (with fvcore's counts)."),
+    fvcore: bool = typer.Option(False, "--fvcore", help="Also count FLOPs with fvcore on the built module (slower; always in --json)."),
+    plugin: Optional[List[str]] = PluginOption,
 ) -> None:
     """Validate, lower and compile a spec; print its per-stage summary (shapes, params, FLOPs)."""
     from archdsl.api import create_model, lower_spec
@@ -52,7 +98,7 @@ def build(
 
     try:
         model = create_model(spec, pretrained=pretrained, num_classes=num_classes, img_size=img_size, overrides=set_ or None)
-        summary = summarize(model, lower_spec(model.spec))
+        summary = summarize(model, lower_spec(model.spec), fvcore=fvcore or as_json)
         if output is not None:
             save_checkpoint(model, output)
     except SpecError as error:
@@ -61,21 +107,23 @@ def build(
         typer.echo(json.dumps(summary.as_dict()))
         return
     table = Table(title=f"{summary.name or spec} at {'x'.join(map(str, summary.img_size))}")
-    for column in ("part", "blocks", "output", "params", "FLOPs"):
+    for column in ("part", "blocks", "output", "params (total)", "FLOPs"):
         table.add_column(column, justify="left" if column in ("part", "output") else "right")
     for part in summary.stages:
         table.add_row(part.part, str(part.blocks or ""), "x".join(map(str, part.out_shape)), f"{part.params:,}", _human(part.flops))
     table.add_section()
     table.add_row("total", "", "", f"{summary.params:,}", _human(summary.flops_analytic))
     out.print(table)
-    out.print(f"params {summary.params:,} (trainable {summary.trainable_params:,})   "
-              f"FLOPs {_human(summary.flops)} (fvcore raw {_human(summary.flops_fvcore_raw)}, analytic {_human(summary.flops_analytic)})")
+    counted = (f"FLOPs {_human(summary.flops)} (fvcore raw {_human(summary.flops_fvcore_raw)}, analytic {_human(summary.flops_analytic)})"
+               if summary.flops is not None else f"FLOPs {_human(summary.flops_analytic)} (analytic; --fvcore for fvcore's count)")
+    out.print(f"params {summary.params:,} total, {summary.trainable_params:,} trainable   {counted}")
     if output is not None:
         out.print(f"wrote {output}")
 
 
 @app.command()
-def validate(spec: str = SpecArgument, img_size: Optional[str] = ImgSizeOption, set_: Optional[List[str]] = SetOption) -> None:
+def validate(spec: str = SpecArgument, img_size: Optional[str] = ImgSizeOption, set_: Optional[List[str]] = SetOption,
+             plugin: Optional[List[str]] = PluginOption) -> None:
     """Check a spec (schema and graph: shapes, heads, channel shares, side channels) without building it."""
     from archdsl.api import load_spec, lower_spec
 
@@ -87,7 +135,7 @@ def validate(spec: str = SpecArgument, img_size: Optional[str] = ImgSizeOption, 
 
 
 @app.command()
-def schema() -> None:
+def schema(plugin: Optional[List[str]] = PluginOption) -> None:
     """Print the language's JSON Schema (for YAML completion in editors)."""
     from archdsl.schema import json_schema
 
@@ -101,6 +149,7 @@ def nominations(
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Weights (archdsl or the authors' checkpoint)."),
     output: Path = typer.Option(Path("nominations.png"), "-o", "--output", help="The PNG to write."),
     img_size: Optional[str] = ImgSizeOption,
+    plugin: Optional[List[str]] = PluginOption,
 ) -> None:
     """Save each nominating layer's per-pixel choice for IMAGE as a PNG (NomMer: red/green/blue = CNN/local/global)."""
     from archdsl.api import create_model
@@ -113,26 +162,25 @@ def nominations(
         maps = save_nomination_maps(model, image, output)
     except (SpecError, ValueError) as error:
         fail(error)
+    except ModuleNotFoundError as error:
+        fail_without_extra("plot", error, "nominations")
     for name, weights in maps.items():
         counts = weights[0].argmax(0).flatten().bincount(minlength=weights.shape[1]).tolist()
         out.print(f"{name}: pixels per candidate {counts}")
     out.print(f"wrote {output}")
 
 
-def _flops_help() -> str:
-    from archdsl.search.budget import FLOPS_HELP
-
-    return f"FLOP budget: {FLOPS_HELP} (default: the space's)."
-
-
 @app.command()
 def search(
-    budget: Optional[str] = typer.Option(None, "--budget", help=_flops_help()),
+    # written here, not imported from archdsl.search: that would import Ray Tune for every command's --help
+    budget: Optional[str] = typer.Option(None, "--budget", help="FLOP budget such as 2GFLOPs@224, 2GFLOPs, 600M or 2GMACs, counted "
+                                         "at the @ size (default: the space's input size) whatever --img-size is; one "
+                                         "multiply-add counts as one FLOP (default: the space's budget)."),
     space: Optional[str] = typer.Option(None, "--space", help="A search space file or bundled name (default: the bundled hybrid space)."),
     max_params: Optional[str] = typer.Option(None, "--max-params", help="Parameter budget, such as 10M."),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="Input side the trials train / are scored at (default: the "
                                                                     "space's); the budget stays at its own size (@N)."),
-    objective: str = typer.Option("naswot", "--objective", help="naswot | synflow | grad_norm | params | train."),
+    objective: str = typer.Option("naswot", "--objective", help="naswot | naswot_per_unit | synflow | grad_norm | zico | meco | params | flops | activation_units | train."),
     objectives: Optional[str] = typer.Option(None, "--objectives", help="A multi-objective search (NSGA-II): the score, then "
                                                                         "costs to minimise, e.g. accuracy,flops or accuracy,latency."),
     samples: int = typer.Option(64, "--samples", help="Trials to run."),
@@ -143,8 +191,9 @@ def search(
     address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster (HOST:PORT) instead of a local one."),
     cpus_per_trial: float = typer.Option(1, "--cpus-per-trial"),
     gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", help="Fractions allowed (default: 1 when GPUs exist, else 0)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="For training and labelled proxies: class folders, an .npz, "
-                                                                  "or a dataset name (default: the bundled digits)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="For training and labelled proxies: fashion-mnist (Debian's "
+                                                                  "dataset-fashion-mnist), a folder of IDX files or of class "
+                                                                  "folders, an .npz (default: the bundled 8x8 digits)."),
     epochs: int = typer.Option(4, "--epochs", help="For --objective train: the most epochs a trial trains (ASHA's last rung, >= 4)."),
     proxy_batch: int = typer.Option(16, "--proxy-batch", help="Batch size of the training-free proxies."),
     batch_size: int = typer.Option(64, "--batch-size", help="For --objective train."),
@@ -159,10 +208,14 @@ def search(
     top_k: int = typer.Option(5, "--top-k", help="How many of the best to write as spec files."),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Do not score the bundled paper variants for the Pareto plot."),
     set_: Optional[List[str]] = SetOption,
+    plugin: Optional[List[str]] = PluginOption,
 ) -> None:
-    """Search hybrids of the papers' context mixers under a FLOP budget, on Ray Tune."""
-    from archdsl.search import SearchSettings, run_search
-    from archdsl.search.display import LiveProgress
+    """Search hybrids of the papers' context mixers under a FLOP budget, on Ray Tune (the 'search' extra)."""
+    try:
+        from archdsl.search import SearchSettings, run_search
+        from archdsl.search.display import LiveProgress
+    except ModuleNotFoundError as error:
+        fail_without_extra("search", error, "search")
 
     settings = SearchSettings(
         space=space, overrides=list(set_ or []), budget=budget, max_params=max_params, img_size=img_size, objective=objective,
@@ -179,12 +232,28 @@ def search(
 
 
 @app.command(name="list")
-def list_specs() -> None:
-    """List the bundled specs (usable by name anywhere a spec path is accepted)."""
-    from archdsl.loading import bundled_spec_names
+def list_specs(
+    contains: Optional[str] = typer.Argument(None, help="Only the names that contain this, such as mixformer."),
+    plugin: Optional[List[str]] = PluginOption,
+) -> None:
+    """List the bundled specs (family, parameters, analytic FLOPs at the spec's input size) and
+    search spaces; each is usable by name anywhere a spec (or --space) path is accepted."""
+    from archdsl.api import load_spec, lower_spec
+    from archdsl.loading import bundled_space_descriptions, bundled_spec_names
+    from archdsl.summary import meta_param_count
 
-    for name in bundled_spec_names():
-        typer.echo(name)
+    table = Table(title="bundled specs")
+    for column in ("name", "family", "input", "params (total)", "GFLOPs (analytic)"):
+        table.add_column(column, justify="right" if column.startswith(("params", "GFLOPs")) else "left")
+    for name in (name for name in bundled_spec_names() if contains is None or contains in name):
+        graph = lower_spec(load_spec(name))
+        table.add_row(name, graph.spec.family or "", "x".join(map(str, graph.image_size)),
+                      f"{meta_param_count(graph) / 1e6:.2f} M", f"{graph.flops / 1e9:.3f}")
+    out.print(table)
+    out.print("search spaces (archdsl search --space NAME):")
+    for name, description in bundled_space_descriptions().items():
+        if contains is None or contains in name:
+            typer.echo(f"  {name}: {description}")
 
 
 if __name__ == "__main__":

@@ -120,17 +120,32 @@ def bundled_spec_names() -> list[str]:
     return sorted(entry.name[: -len(".yaml")] for entry in root.iterdir() if entry.name.endswith(".yaml"))
 
 
+def bundled_space_descriptions() -> dict[str, str]:
+    """The bundled search spaces (specs/search/), each with its `description:`."""
+    root = resources.files(BUNDLED_SPECS).joinpath("search")
+    spaces = sorted(entry for entry in root.iterdir() if entry.name.endswith(".yaml"))
+    return {entry.name[: -len(".yaml")]: str(yaml.safe_load(entry.read_text()).get("description", "")) for entry in spaces}
+
+
+def bundled_spec_path(name: str) -> Path | None:
+    """The file of a bundled spec or search space by name (`cloformer_xxs`, `hybrid`), if any."""
+    bundled = resources.files(BUNDLED_SPECS)
+    for candidate in (name, f"{name}.yaml", f"search/{name}", f"search/{name}.yaml"):
+        entry = bundled.joinpath(candidate)
+        if entry.is_file():
+            return Path(str(entry))
+    return None
+
+
 def resolve_spec_path(name_or_path: str | Path) -> Path:
     """A file path as given, or a bundled spec name (`cloformer_xxs`) resolved in specs/."""
     path = Path(name_or_path)
     if path.is_file():
         return path
     text = str(name_or_path)
-    bundled = resources.files(BUNDLED_SPECS)
-    for candidate in (text, f"{text}.yaml", f"search/{text}", f"search/{text}.yaml"):
-        entry = bundled.joinpath(candidate)
-        if entry.is_file():
-            return Path(str(entry))
+    bundled = bundled_spec_path(text)
+    if bundled is not None:
+        return bundled
     import difflib
 
     close = difflib.get_close_matches(path.stem, bundled_spec_names(), n=3)
@@ -193,8 +208,11 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[dict, SourceMap]:
         if not isinstance(base, str):
             raise SpecError(Problem(f"`extends` takes a file path or a list of them, found {base!r}", at, sources.locate(at)))
         base_path = (path.parent / base).resolve()
+        if not base_path.is_file():  # then a bundled spec by name, as everywhere else a spec is named
+            base_path = bundled_spec_path(base) or base_path
         if not base_path.is_file():
-            raise SpecError(Problem(f"base spec {base!r} not found (looked for {base_path}); paths are relative to {path.parent}", at, sources.locate(at)))
+            raise SpecError(Problem(f"base spec {base!r} not found (looked for {base_path}, and for a bundled spec of that name); "
+                                    f"paths are relative to {path.parent}", at, sources.locate(at)))
         if base_path in chain + (path,):
             cycle = " -> ".join(str(p) for p in chain + (path, base_path))
             raise SpecError(Problem(f"`extends` forms a cycle: {cycle}; a spec cannot extend itself, directly or through its bases", at, sources.locate(at)))

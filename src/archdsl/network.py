@@ -10,8 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from archdsl.blocks.heads import HeadModule, classifier
 from archdsl.blocks.layers import DropPath
+from archdsl.training import group_matcher, no_weight_decay
 
 
 class Interaction(nn.Module):
@@ -109,24 +112,94 @@ class Stage(nn.Module):
         super().__init__()
         self.downsample = downsample if downsample is not None else nn.Identity()
         self.blocks = nn.ModuleList(blocks)
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor, side: dict[str, torch.Tensor]) -> torch.Tensor:
         x = self.downsample(x)
         for block in self.blocks:
-            x = block(x, side)
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = self._checkpointed(block, x, side)
+            else:
+                x = block(x, side)
         return x
+
+    @staticmethod
+    def _checkpointed(block: Block, x: torch.Tensor, side: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Run a block keeping none of its activations: the backward pass recomputes them. The
+        recomputation must read the side channels this block read, not what later blocks wrote."""
+        read = dict(side)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            written = dict(read)
+            out = block(x, written)
+            side.update(written)
+            return out
+
+        return checkpoint(run, x, use_reentrant=False)
 
 
 class ArchNet(nn.Module):
     """A compiled spec. `forward_features(x)` gives every stage's map (for necks);
-    `forward(x)` gives logits."""
+    `forward(x)` gives logits (pooled features when built with `num_classes=0`).
 
-    def __init__(self, stem: nn.Module, stages: list[Stage], head: nn.Module, spec=None):
+    The fine-tuning interface follows timm's: `num_features`, `num_classes`, `get_classifier()`,
+    `reset_classifier(n)`, `forward_head(x, pre_logits=)`."""
+
+    def __init__(self, stem: nn.Module, stages: list[Stage], head: HeadModule, spec=None):
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.head = head
         self.spec = spec  # the validated Spec it was compiled from (not a module, not in state_dict)
+
+    @property
+    def num_features(self) -> int:
+        """Width of the pooled features the classifier reads (`forward_head(x, pre_logits=True)`)."""
+        return self.head.num_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.head.classes
+
+    @property
+    def pretrained_cfg(self) -> dict | None:
+        """The input size and the authors' evaluation preprocessing (mean, std, crop_pct,
+        interpolation) of this model's family, as timm's `pretrained_cfg`; None for a hybrid."""
+        from archdsl.pretrained import pretrained_cfg
+
+        return pretrained_cfg(self.spec)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised classifier for `num_classes` (0: none, headless); the
+        spec follows, so a saved checkpoint rebuilds this model."""
+        from archdsl.api import load_spec
+
+        self.spec = load_spec(self.spec, {"head.classes": num_classes})
+        like = next(self.parameters())
+        self.head.fc = classifier(self.num_features, num_classes).to(like.device, like.dtype)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names to exclude from weight decay: norms, biases, position embeddings,
+        relative position tables, class tokens (see archdsl.training)."""
+        return no_weight_decay(self)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's regexes grouping parameters into stem, blocks (or stages) and head, for
+        layer-wise LR decay; `archdsl.training.param_groups` builds the optimizer groups."""
+        return group_matcher(coarse)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them."""
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The last stage's map -> logits, or the pooled features before the classifier."""
+        features = self.head.pre_logits(x)
+        return features if pre_logits else self.head.fc(features)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
@@ -138,4 +211,4 @@ class ArchNet(nn.Module):
         return features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x)[-1])
+        return self.forward_head(self.forward_features(x)[-1])

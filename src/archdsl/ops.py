@@ -134,8 +134,9 @@ def register(cls: type[Op]) -> type[Op]:
     if not isinstance(name, str):
         raise ValueError(f"{cls.__name__}: declare `op: Literal['name'] = 'name'`")
     existing = _REGISTRY[role].get(name)
-    if existing is not None and existing.__qualname__ != cls.__qualname__:
-        raise ValueError(f"op {name!r} ({role}) is already registered by {existing.__module__}.{existing.__qualname__}")
+    if existing is not None and existing is not cls:
+        raise ValueError(f"op {name!r} ({role}) is already registered by {existing.__module__}.{existing.__qualname__}; "
+                         f"{cls.__module__}.{cls.__qualname__} needs another name (or `unregister({role!r}, {name!r})` first)")
     _REGISTRY[role][name] = cls
     for listener in _listeners:
         listener()
@@ -150,6 +151,9 @@ def unregister(role: str, name: str) -> None:
 
 def ops_for(role: str) -> dict[str, type[Op]]:
     import archdsl.blocks  # noqa: F401  (registers the bundled ops)
+    from archdsl.plugins import load_configured_plugins
+
+    load_configured_plugins()
 
     return dict(_REGISTRY[role])
 

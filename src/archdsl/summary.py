@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import torch
+
+from archdsl.compiler import compile_graph
 from archdsl.cost import count_params, fvcore_counts
 from archdsl.graph import ArchGraph
 from archdsl.network import ArchNet
@@ -25,10 +28,11 @@ class ModelSummary:
     img_size: list[int]
     params: int
     trainable_params: int
-    flops: int
-    flops_fvcore_raw: int
+    flops: int | None  # fvcore with the project's handles; None when fvcore was not asked for
+    flops_fvcore_raw: int | None
     flops_analytic: int
     stages: list[PartSummary]
+    pretrained_cfg: dict | None  # the family's evaluation preprocessing (archdsl.pretrained)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -38,7 +42,16 @@ def _params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def summarize(model: ArchNet, graph: ArchGraph) -> ModelSummary:
+def meta_param_count(graph: ArchGraph) -> int:
+    """All parameters of the network a graph compiles to, built on the meta device (no memory, no
+    initialisation)."""
+    with torch.device("meta"):
+        return _params(compile_graph(graph))
+
+
+def summarize(model: ArchNet, graph: ArchGraph, fvcore: bool = True) -> ModelSummary:
+    """`fvcore`: also trace the module with fvcore (seconds for a large model); otherwise only
+    the analytic count is filled in."""
     spec = graph.spec
     parts = [PartSummary("stem", 0, list(graph.node("stem").out_shape), _params(model.stem), graph.node("stem").flops)]
     for index, stage in enumerate(model.stages):
@@ -48,5 +61,5 @@ def summarize(model: ArchNet, graph: ArchGraph) -> ModelSummary:
     head = graph.node("head")
     parts.append(PartSummary("head", 0, list(head.out_shape[:1]), _params(model.head), head.flops))
     trainable, total = count_params(model)
-    flops, raw = fvcore_counts(model, spec.image_size, spec.input.channels)
-    return ModelSummary(spec.name, list(spec.image_size), total, trainable, flops, raw, graph.flops, parts)
+    flops, raw = fvcore_counts(model, spec.image_size, spec.input.channels) if fvcore else (None, None)
+    return ModelSummary(spec.name, list(spec.image_size), total, trainable, flops, raw, graph.flops, parts, model.pretrained_cfg)

@@ -8,6 +8,7 @@ missing, unexpected or misshapen key rejects the whole file, listed.
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Callable
@@ -21,6 +22,8 @@ from archdsl.errors import CheckpointError, Location, Problem
 Converter = Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]]
 _CONVERTERS: dict[str, Converter] = {}
 ARCHDSL_FORMAT = "archdsl-checkpoint-v1"
+CLASSIFIER = "head.fc."  # every head module's classifier (blocks/heads.py)
+_log = logging.getLogger("archdsl")
 
 
 def rename_by_table(key: str, table) -> str | None:
@@ -108,17 +111,69 @@ def _mismatches(state: dict[str, torch.Tensor], model: nn.Module) -> list[str]:
     return lines
 
 
-def load_weights(model: nn.Module, path: str | Path, stored: dict | None = None) -> None:
-    """Load a checkpoint file into `model` (converting an authors' checkpoint), strictly."""
+def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """RGB kernels of a first conv -> kernels for `in_channels` inputs, as timm's
+    `adapt_input_conv`: summed for one channel (a grey image gives what its RGB copy gave);
+    otherwise the RGB kernels repeated and scaled by 3 / in_channels."""
+    weight = weight.float()
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_channels // 3)
+    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (3 / in_channels)
+
+
+def _input_conv_key(model: nn.Module) -> str:
+    """The weight of the stem's first convolution, the only layer that sees the image's channels."""
+    name = next(name for name, module in model.stem.named_modules() if isinstance(module, nn.Conv2d))
+    return f"stem.{name}.weight" if name else "stem.weight"
+
+
+def _adapt_to_input_channels(state: dict[str, torch.Tensor], model: nn.Module, expected: dict) -> dict[str, torch.Tensor]:
+    key = _input_conv_key(model)
+    stored, wanted = state.get(key), expected[key]
+    if stored is None or stored.ndim != 4 or stored.shape[1] != 3 or wanted.shape[1] == 3 or stored.shape[0] != wanted.shape[0]:
+        return state
+    _log.info("%s: converted from 3 to %d input channel(s)", key, wanted.shape[1])
+    return {**state, key: adapt_input_conv(state[key], wanted.shape[1])}
+
+
+def _fresh_classifier(state: dict[str, torch.Tensor], expected: dict, path: Path) -> dict[str, torch.Tensor]:
+    """Drop the checkpoint's classifier where it does not fit the model's (another class count,
+    or none), keeping the model's freshly initialised one, and say so in one line."""
+    unfit = [key for key in state if key.startswith(CLASSIFIER) and (key not in expected or state[key].shape != expected[key].shape)]
+    fitting = {key: value for key, value in state.items() if key not in unfit}
+    fresh = {key: value for key, value in expected.items() if key.startswith(CLASSIFIER) and key not in fitting}
+    if not unfit and not fresh:
+        return state
+    found = ", ".join(f"{key} {list(state[key].shape)}" for key in unfit) or "none"
+    own = (f"re-initialised as {', '.join(f'{key} {list(value.shape)}' for key, value in fresh.items())}" if fresh
+           else "the model has none (headless)")
+    _log.warning("%s: classifier not loaded (checkpoint: %s); %s", path, found, own)
+    return {**fitting, **fresh}
+
+
+def load_weights(model: nn.Module, path: str | Path, stored: dict | None = None, *, new_classifier: bool = False) -> None:
+    """Load a checkpoint file into `model` (converting an authors' checkpoint), strictly.
+
+    `new_classifier`: the model was asked for its own class count, so a checkpoint classifier
+    that does not fit it is left out (logged) instead of refusing the file. A stem conv for
+    another number of input channels is adapted from RGB weights (`adapt_input_conv`)."""
     path = Path(path)
     stored = read_checkpoint(path) if stored is None else stored
     state = state_dict_of(stored, path)
     expected = model.state_dict()
-    if not set(state) <= set(expected) or not set(expected) <= set(state):
+
+    def names(keys) -> set[str]:
+        return {key for key in keys if not (new_classifier and key.startswith(CLASSIFIER))}
+
+    if names(state) != names(expected):
         family = getattr(getattr(model, "spec", None), "family", None)
         converter = _CONVERTERS.get(family) if family else None
         if converter is not None:
             state = converter(dict(state), model)
+    state = _adapt_to_input_channels(state, model, expected)
+    if new_classifier:
+        state = _fresh_classifier(state, expected, path)
     problems = _mismatches(state, model)
     if problems:
         spec = getattr(model, "spec", None)

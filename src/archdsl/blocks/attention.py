@@ -9,6 +9,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import CandidateOp, OpCheckError, Site, register
+from archdsl.training import WithoutWeightDecay
 from archdsl.blocks.layers import FitRule, attend, attention_flops, common_divisors, conv_flops, fit_to_map, linear_flops
 from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
@@ -118,9 +119,11 @@ def relative_position_index(window: int) -> torch.Tensor:
     return relative[0] * (2 * window - 1) + relative[1]
 
 
-class WindowAttentionModule(nn.Module):
+class WindowAttentionModule(WithoutWeightDecay, nn.Module):
     """Multi-head self-attention inside non-overlapping windows, with a learned relative
     position bias; no shift and no mask. Works channel-last inside, NCHW at its boundary."""
+
+    without_weight_decay = ("relative_position_bias_table",)
 
     def __init__(self, in_channels: int, channels: int, heads: int, window: int, input_projection: bool,
                  output_projection: bool, output_norm: NormName | None):

@@ -16,6 +16,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import DownsampleOp, FeatureShape, Op, Site, register
+from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
 from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import AttentionCandidate, PooledAttentionModule
 from archdsl.blocks.ffn import ConvFFNModule, conv_ffn_flops
@@ -214,3 +215,9 @@ def _rename(key: str, net: nn.Module) -> str:
         if in_block is not None:
             return f"{prefix}.{in_block}.{rest}"
     return f"{prefix}.{module}.{rest}"
+
+
+# The authors' evaluation transform (qhfan/CloFormer, classification/data/build.py; see
+# shared/reference/official_notes/cloformer.md, 2.9): bicubic resize of the shorter side to 256,
+# centre crop 224 (crop_pct 224/256), ImageNet mean and std.
+register_preprocessing("cloformer", Preprocessing(IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.875, interpolation="bicubic"))

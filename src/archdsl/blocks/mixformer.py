@@ -19,10 +19,11 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
+from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
 from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import WindowAttentionModule
 from archdsl.blocks.convolution import DepthwiseConvModule
-from archdsl.blocks.heads import HeadOp
+from archdsl.blocks.heads import HeadModule, HeadOp, classifier
 from archdsl.blocks.interactions import ChannelInteractionModule, SpatialInteractionModule
 from archdsl.blocks.layers import conv_flops, linear_flops, strided_size
 from archdsl.blocks.norms import NormName, make_norm, norm_flops
@@ -131,17 +132,16 @@ class NormStridedConv(DownsampleOp):
 # --- head --------------------------------------------------------------------------------------
 
 
-class ProjectionHeadModule(nn.Module):
+class ProjectionHeadModule(HeadModule):
     def __init__(self, channels: int, width: int, classes: int):
-        super().__init__()
+        super().__init__(width)
         self.norm = nn.LayerNorm(channels, eps=1e-5)
         self.projection = nn.Linear(channels, width)
         self.act = nn.GELU()
-        self.fc = nn.Linear(width, classes)
+        self.fc = classifier(width, classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.projection(self.norm(x.permute(0, 2, 3, 1))))
-        return self.fc(x.mean(dim=(1, 2)))
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.projection(self.norm(x.permute(0, 2, 3, 1)))).mean(dim=(1, 2))
 
 
 @register
@@ -156,7 +156,10 @@ class ProjectionHead(HeadOp):
         shape = site.in_shape
         # the token mean is not a multiply-add (fvcore does not count it either)
         return (norm_flops("layer_norm", shape) + linear_flops(shape.channels, self.width, shape.tokens)
-                + linear_flops(self.width, self.classes))
+                + self.classifier_flops(site))
+
+    def num_features(self, site: Site) -> int:
+        return self.width
 
     def build(self, site: Site) -> nn.Module:
         return ProjectionHeadModule(site.in_shape.channels, self.width, self.classes)
@@ -249,3 +252,9 @@ def _rename(key: str, net: nn.Module) -> str:
     mixer = net.stages[stage].blocks[block].mixer
     index = index_of(getattr(mixer, group), kind)
     return f"{prefix}.mixer.{group}.{index}.{name}{leaf}"
+
+
+# The authors' evaluation transform (the PaddleClas MixFormer yaml configs, as read in
+# shared/reference/official_notes/mixformer.md, 3.11): bicubic resize of the shorter side to
+# 256, centre crop 224 (crop_pct 224/256), ImageNet mean and std.
+register_preprocessing("mixformer", Preprocessing(IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.875, interpolation="bicubic"))

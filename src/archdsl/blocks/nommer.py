@@ -32,11 +32,13 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
+from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
+from archdsl.training import WithoutWeightDecay
 from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import AttentionCandidate, PooledAttention, PooledAttentionModule, WindowAttentionModule
 from archdsl.blocks.dct import BlockDCT, BlockIDCT, block_dct_flops
 from archdsl.blocks.fusion import FusionOp
-from archdsl.blocks.heads import HeadOp
+from archdsl.blocks.heads import HeadModule, HeadOp, classifier
 from archdsl.blocks.layers import FitRule, OddKernel, common_divisors, conv_flops, fit_to_map, linear_flops, strided_size
 from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
@@ -307,7 +309,9 @@ class Nomination(FusionOp):
 # --- the reduction module -----------------------------------------------------------------------
 
 
-class ConvMaxPoolModule(nn.Module):
+class ConvMaxPoolModule(WithoutWeightDecay, nn.Module):
+    without_weight_decay = ("position_embedding", "class_token")
+
     def __init__(self, in_channels: int, out_channels: int, kernel: int, pool: int, norm: NormName,
                  position_embedding: tuple[int, int] | None, class_token: bool):
         super().__init__()
@@ -372,14 +376,14 @@ class ConvMaxPool(DownsampleOp):
 # --- head ---------------------------------------------------------------------------------------
 
 
-class ClassTokenHeadModule(nn.Module):
+class ClassTokenHeadModule(HeadModule):
     def __init__(self, channels: int, classes: int, norm: bool):
-        super().__init__()
+        super().__init__(channels)
         self.norm = nn.LayerNorm(channels, eps=1e-5) if norm else nn.Identity()
-        self.fc = nn.Linear(channels, classes)
+        self.fc = classifier(channels, classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.norm(x.flatten(2)[:, :, 0]))
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.flatten(2)[:, :, 0])
 
 
 @register
@@ -392,7 +396,7 @@ class ClassTokenHead(HeadOp):
 
     def flops(self, site: Site) -> int:
         channels = site.in_shape.channels
-        return (norm_flops("layer_norm", FeatureShape(channels, 1, 1)) if self.norm else 0) + linear_flops(channels, self.classes)
+        return (norm_flops("layer_norm", FeatureShape(channels, 1, 1)) if self.norm else 0) + self.classifier_flops(site)
 
     def build(self, site: Site) -> nn.Module:
         return ClassTokenHeadModule(site.in_shape.channels, self.classes, self.norm is not None)
@@ -450,10 +454,6 @@ def colour_map(weights: torch.Tensor, colors=NOMINATION_COLORS) -> torch.Tensor:
     if palette.shape[0] < weights.shape[0]:
         raise ValueError(f"{weights.shape[0]} candidates but only {palette.shape[0]} colours; pass more colors=")
     return torch.einsum("khw,kc->hwc", weights.float().cpu(), palette).clamp(0, 1)
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def load_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
@@ -607,3 +607,9 @@ def _rename(key: str, value: torch.Tensor, net: nn.Module) -> list[tuple[str, to
                 return [(f"{base}query.weight", value[:channels]), (f"{base}key_value.weight", value[channels:])]
             return [(name, value)]
     return [(key, value)]
+
+
+# The authors' evaluation transform (TencentYoutuResearch/VisualRecognition-NomMer: config.py
+# DATA.INTERPOLATION "bicubic" and TEST.CROP True; data/build.py resizes to int(256/224 * size),
+# centre-crops to size and normalises with timm's IMAGENET_DEFAULT_MEAN / STD).
+register_preprocessing("nommer", Preprocessing(IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.875, interpolation="bicubic"))

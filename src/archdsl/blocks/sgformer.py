@@ -38,6 +38,8 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
 from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
+from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
+from archdsl.training import WithoutWeightDecay
 from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import AttentionCandidate, PooledAttentionModule
 from archdsl.blocks.ffn import FFNOp, conv_ffn_flops
@@ -84,7 +86,9 @@ def sincos_position_embedding(height: int, width: int, channels: int) -> torch.T
     return torch.from_numpy(table).float()
 
 
-class SGFormerStemModule(nn.Module):
+class SGFormerStemModule(WithoutWeightDecay, nn.Module):
+    without_weight_decay = ("pos_embed",)
+
     def __init__(self, in_channels: int, channels: int, grid: tuple[int, int], position_embedding: bool):
         super().__init__()
         self.layers = nn.Sequential(
@@ -618,3 +622,10 @@ def convert_sgformer(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str
             [resample_rank_weights(layers[p]["weight"], rate) for p, rate in zip(parts, module.rates)])
         converted[f"{owner}.aggregate.bias"] = torch.cat([layers[p]["bias"].reshape(1).float() for p in parts])
     return converted
+
+
+# The authors' evaluation transform (OliverRensu/SG-Former: main.py's resolve_data_config with
+# --crop-pct, --mean, --std and --interpolation unset takes the model's default_cfg, which
+# sgformer.py sets to timm 0.3.4's vision_transformer._cfg(): crop_pct 0.9, bicubic,
+# IMAGENET_DEFAULT_MEAN / STD).
+register_preprocessing("sgformer", Preprocessing(IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.9, interpolation="bicubic"))
