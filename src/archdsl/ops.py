@@ -174,9 +174,7 @@ def ops_for(role: str) -> dict[str, type[Op]]:
 
 def registered_ops() -> list[type[Op]]:
     """Every registered op, of every role."""
-    import archdsl.blocks  # noqa: F401  (registers the bundled ops)
-
-    return [cls for role in ROLES for cls in _REGISTRY[role].values()]
+    return [cls for role in ROLES for cls in ops_for(role).values()]
 
 
 def on_registry_change(listener: Callable[[], None]) -> None:

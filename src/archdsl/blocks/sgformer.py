@@ -72,7 +72,7 @@ def _input_sizes_that_work(site: Site, side_fits, count: int = 4) -> list[int]:
 def _conv_norm(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
     """Conv without bias, then GroupNorm with one group (the code's `Conv2d_BN`)."""
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
-                         nn.GroupNorm(1, out_channels))
+                         make_norm("group_norm", out_channels))
 
 
 class SGFormerStemModule(nn.Module):

@@ -12,7 +12,7 @@ from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import WindowAttentionModule
 from archdsl.blocks.convolution import BottleneckModule
 from archdsl.blocks.multihead import SpatialReductionAttention
-from archdsl.blocks.nommer import CompressedGlobalAttentionModule
+from archdsl.blocks.nommer import CompressedGlobalAttentionModule, ConvMaxPoolModule
 
 
 @register_converter("nommer")
@@ -33,10 +33,11 @@ def convert_nommer(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, 
     return converted
 
 
-def _downsample_with(net: nn.Module, flag: str) -> str | None:
+def _downsample_with(net: nn.Module, parameter: str) -> str | None:
+    """The path of the first reduction module that has `parameter` (position_embedding, class_token)."""
     for index, stage in enumerate(net.stages):
-        if getattr(stage.downsample, flag, None) is not None:
-            return f"stages.{index}.downsample.{flag}"
+        if isinstance(stage.downsample, ConvMaxPoolModule) and getattr(stage.downsample, parameter) is not None:
+            return f"stages.{index}.downsample.{parameter}"
     return None
 
 
