@@ -11,7 +11,9 @@ from pydantic import PositiveInt
 from torch import nn
 
 import archdsl
-from archdsl.blocks.layers import attend, conv_flops
+from archdsl.blocks.layers import conv_flops
+from archdsl.blocks.multihead import attend
+from archdsl.network import CandidateModule
 from archdsl.ops import CandidateOp, OpCheckError, Site, register, unregister
 
 
@@ -58,12 +60,12 @@ def test_fused_and_traced_attention_agree():
     assert (fused - explicit).abs().max().item() < 1e-5
 
 
-class _BlurModule(nn.Module):
+class _BlurModule(CandidateModule):
     def __init__(self, channels: int, kernel: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, kernel, padding=kernel // 2, groups=channels)
 
-    def forward(self, x):
+    def forward(self, x, value_gate=None, context=None):
         return self.conv(x)
 
 
@@ -119,3 +121,13 @@ def test_flop_handles_count_what_fvcore_skips():
     with_handles, raw = fvcore_counts(Fused(), (8, 8), in_channels=4)
     assert raw == 0
     assert with_handles == 64 * 64 * (4 + 4) + 4 * 8 * 8  # two matmuls + one add per pooled element
+
+
+def test_rectangular_windows_partition_and_merge_back():
+    from archdsl.blocks.multihead import window_merge, window_partition
+
+    x = torch.arange(2 * 6 * 8 * 3, dtype=torch.float32).reshape(2, 6, 8, 3)
+    windows = window_partition(x, (3, 4))
+    assert windows.shape == (2 * 2 * 2, 12, 3)
+    assert torch.equal(windows[1], x[0, :3, 4:8].reshape(12, 3))  # image 0, window row 0, column 1
+    assert torch.equal(window_merge(windows, (3, 4), 6, 8), x)

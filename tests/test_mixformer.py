@@ -17,7 +17,7 @@ from archdsl.api import count_flops, create_model, load_spec, lower_spec
 from archdsl.compiler import compile_graph, count_node_params
 from archdsl.cost import count_params
 from archdsl.errors import CheckpointError, SpecError
-from archdsl.weights import _CONVERTERS, _mismatches, read_checkpoint
+from archdsl.weights import _mismatches, converter_for, read_checkpoint
 
 VARIANTS = [f"mixformer_b{i}" for i in range(7)]
 SPECS = os.path.join(os.path.dirname(__file__), "..", "src", "archdsl", "specs")
@@ -112,7 +112,7 @@ def test_every_official_key_is_consumed(variant, reference):
              for name, shape in keys}
     with torch.device("meta"):
         model = compile_graph(lower_spec(load_spec(spec_path(variant))))
-    converted = _CONVERTERS["mixformer"](state, model)
+    converted = converter_for("mixformer")(state, model)
     assert _mismatches(converted, model) == []
     assert len(converted) == len(model.state_dict())
 

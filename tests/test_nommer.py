@@ -14,12 +14,12 @@ import torch
 from archdsl.api import count_flops, create_model, load_spec, lower_spec
 from archdsl.blocks.dct import BlockDCT, BlockIDCT, dct_basis
 from archdsl.blocks.layers import fit_to_map
-from archdsl.blocks.nommer import (CompressedGlobalAttentionModule, NominationModule, colour_map,
-                                   nomination_maps, save_nomination_maps)
+from archdsl.blocks.nommer import CompressedGlobalAttentionModule, NominationModule
 from archdsl.compiler import compile_graph
 from archdsl.cost import count_params
 from archdsl.errors import SpecError
-from archdsl.weights import _CONVERTERS, _mismatches
+from archdsl.nominations import colour_map, nomination_maps, save_nomination_maps
+from archdsl.weights import _mismatches, converter_for
 
 VARIANTS = ["nommer_t", "nommer_s", "nommer_b"]
 SPECS = os.path.join(os.path.dirname(__file__), "..", "src", "archdsl", "specs")
@@ -91,7 +91,7 @@ def test_every_official_key_is_consumed(variant, reference):
              for name, shape in keys}
     with torch.device("meta"):
         model = compile_graph(lower_spec(load_spec(spec_path(variant))))
-    converted = _CONVERTERS["nommer"](state, model)
+    converted = converter_for("nommer")(state, model)
     assert _mismatches(converted, model) == []
     # to_qkv becomes query + key_value: one key more per global attention
     attentions = sum(1 for name, _ in keys if name.endswith("to_qkv.weight"))

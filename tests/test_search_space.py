@@ -11,6 +11,7 @@ from torch import nn
 
 from archdsl.api import create_model, lower_spec
 from archdsl.errors import SpecError
+from archdsl.network import CandidateModule
 from archdsl.ops import CandidateOp, Site, register, unregister
 from archdsl.search import SearchError, load_space
 from archdsl.search.feasibility import BudgetCheck, ensure_feasible, smallest_flops
@@ -143,6 +144,15 @@ def test_an_impossible_budget_names_the_smallest_flops_the_space_reaches(tiny):
 BUILT: list[int] = []
 
 
+class Conv1x1Module(CandidateModule):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x, value_gate=None, context=None):
+        return self.conv(x)
+
+
 class CountingConv(CandidateOp):
     """A 1x1 conv whose FLOP rule is `cost` MFLOPs; its build() is counted."""
 
@@ -154,7 +164,7 @@ class CountingConv(CandidateOp):
 
     def build(self, site: Site) -> nn.Module:
         BUILT.append(self.cost)
-        return nn.Conv2d(site.in_shape.channels, site.out_channels, 1)
+        return Conv1x1Module(site.in_shape.channels, site.out_channels)
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 import yaml
 
 from archdsl.api import count_flops, create_model, load_spec, lower_spec
-from archdsl.blocks.sgformer import (HybridScaleAttentionModule, RankAggregation, SelfGuidedAttentionModule,
-                                     convert_sgformer, nearest_divisor, resize_position_embedding,
+from archdsl.blocks.position import resize_position_embedding
+from archdsl.blocks.sgformer import (HybridScaleAttentionModule, RankAggregation, SelfGuidedAttentionModule, nearest_divisor,
                                      significance_orders)
+from archdsl.converters.sgformer import convert_sgformer
 from archdsl.compiler import compile_graph, count_node_params
 from archdsl.errors import CheckpointError, SpecError
 
@@ -247,3 +248,19 @@ def test_jit_trace_matches_eager(vector):
         # (traced attention is explicit matmuls, eager is fused: ulp-level differences, which a
         # near-tie in a significance sort can amplify; with trained-like weights they stay small)
         assert (traced(image) - model(image)).abs().max().item() < 1e-4
+
+
+def test_hybrid_scale_attention_without_its_map_attends_fused():
+    """emits: null runs both halves through the fused `attend`; the heads equal the explicit
+    path's (which the map needs), here on rectangular windows."""
+    torch.manual_seed(0)
+    emitting = HybridScaleAttentionModule(32, 32, 4, 4, (4, 8), emit=True).eval()
+    fused = HybridScaleAttentionModule(32, 32, 4, 4, (4, 8), emit=False).eval()
+    fused.load_state_dict(emitting.state_dict())
+    x = torch.randn(2, 32, 16, 24)
+    with torch.no_grad():
+        explicit, significance = emitting(x)
+        out = fused(x)
+    assert significance.shape == (2, 16, 24)
+    assert out.shape == explicit.shape == (2, 32, 16, 24)
+    assert (out - explicit).abs().max().item() < 2e-6  # measured 2.1e-7

@@ -153,7 +153,7 @@ def nominations(
 ) -> None:
     """Save each nominating layer's per-pixel choice for IMAGE as a PNG (NomMer: red/green/blue = CNN/local/global)."""
     from archdsl.api import create_model
-    from archdsl.blocks.nommer import save_nomination_maps
+    from archdsl.nominations import save_nomination_maps
 
     try:
         model = create_model(spec, pretrained=pretrained, img_size=img_size).eval()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from archdsl.blocks.norms import make_norm
+from archdsl.norms import make_norm
 from archdsl.graph import ArchGraph, Node
 from archdsl.network import ArchNet, Block, Interaction, Mixer, Stage
 
@@ -19,8 +19,8 @@ def _build_block(node: Node, drop_path: float) -> Block:
         fusion=plan.fusion.op.build(plan.fusion.site),
         interactions=[Interaction(p.op.build(p.site), p.op.source, p.op.target, p.op.applies_to) for p in plan.interactions],
         order=plan.order,
-        emits=[getattr(p.op, "emits", None) for p in plan.candidates],
-        consumes=[getattr(p.op, "consumes", None) for p in plan.candidates],
+        emits=[p.op.emits for p in plan.candidates],
+        consumes=[p.op.consumes for p in plan.candidates],
         pad_multiple=plan.pad_multiple,
     )
     ffn = plan.ffn.op.build(plan.ffn.site) if plan.ffn else None

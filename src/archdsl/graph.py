@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from archdsl.blocks.norms import norm_flops
+from archdsl.norms import norm_flops
 from archdsl.errors import Problem, SpecError
 from archdsl.loading import SourceMap
 from archdsl.ops import FeatureShape, Op, OpCheckError, Site, ops_for
@@ -148,7 +148,7 @@ def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, 
         site = Site(mixed, op.channels or shape.channels, image_size, stage_index)
         cand_path = path + ("mixer", "candidates", index)
         placed = _place(op, site, cand_path, sources)
-        consumed = getattr(op, "consumes", None)
+        consumed = op.consumes
         if consumed is not None:
             if consumed not in produced:
                 where = cand_path + ("consumes",)
@@ -158,7 +158,7 @@ def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, 
                     f"put a block whose candidate has `emits: {consumed}` before it in the stage's `blocks:` pattern",
                     where, sources.locate(where) if sources else None))
             side_inputs.append(consumed)
-        emitted = getattr(op, "emits", None)
+        emitted = op.emits
         if emitted is not None:
             side_outputs.append(emitted)
         candidates.append(placed)
@@ -173,8 +173,8 @@ def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, 
     order = _candidate_order(interactions, len(candidates), path + ("mixer",), sources)
     for placed in interactions:
         target = candidates[placed.op.target].op
-        if placed.op.applies_to == "values" and not target.accepts_value_gate:
-            takers = sorted(name for name, cls in ops_for("candidate").items() if cls.accepts_value_gate)
+        if placed.op.applies_to == "values" and "value_gate" not in target.capabilities:
+            takers = sorted(name for name, cls in ops_for("candidate").items() if "value_gate" in cls.capabilities)
             where = placed.path + ("target",)
             raise SpecError(Problem(
                 f"{placed.op.op} gates its target's values, but candidate {placed.op.target} ({target.op}) has none to gate; "
@@ -228,8 +228,8 @@ def _check_side_channels(stage, stage_index: int, shape: FeatureShape, sources: 
     pattern = []
     for block in stage.blocks:
         ops = block.mixer.candidates
-        pattern.append(([c for op in ops if (c := getattr(op, "consumes", None)) is not None],
-                        [c for op in ops if (c := getattr(op, "emits", None)) is not None]))
+        pattern.append(([op.consumes for op in ops if op.consumes is not None],
+                        [op.emits for op in ops if op.emits is not None]))
     fault = _side_channel_fault(pattern, stage.depth) if any(emitted for _, emitted in pattern) else None
     if fault is None or fault[0] == "unproduced":  # a consumer with no producer is reported at its own line
         return
@@ -275,7 +275,7 @@ def lower(spec, sources: SourceMap | None = None) -> ArchGraph:
                 f"stage {stage_index} has width {stage.width} but receives {shape.channels} channels and has no downsample to "
                 f"change them; add a `downsample:` or set width: {shape.channels}", path, sources.locate(path) if sources else None))
         next_stage = spec.stages[stage_index + 1] if stage_index + 1 < len(spec.stages) else None
-        next_absorbs = next_stage is not None and next_stage.downsample is not None and next_stage.downsample.replaces_previous_ffn
+        next_absorbs = next_stage is not None and next_stage.downsample is not None and "replaces_previous_ffn" in next_stage.downsample.capabilities
         for block_index in range(stage.depth):
             absorbed = next_absorbs and block_index == stage.depth - 1
             node = _lower_block(spec, stage_index, block_index, shape, sources, absorbed, produced)

@@ -12,9 +12,42 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from archdsl.blocks.heads import HeadModule, classifier
-from archdsl.blocks.layers import DropPath
 from archdsl.training import group_matcher, no_weight_decay
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity in eval)."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
+class CandidateModule(nn.Module):
+    """Base of every context candidate's module: what a `Mixer` calls.
+
+    `forward(x, value_gate, context)` returns the candidate's *features*: `value_gate` is a
+    (B, channels, 1, 1) gate for its values when an interaction gates them (only for ops with
+    the "value_gate" capability), `context` the side channel it consumes (its op's `consumes`);
+    a module whose op `emits` returns (features, map). `finish(features, output_gate)` makes the
+    output from the features; a subclass overrides it to act after the gate (MixFormer gates
+    its branches before their final norm). Interactions always read the features."""
+
+    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None):
+        raise NotImplementedError(f"{type(self).__name__} has no forward")
+
+    def finish(self, features: torch.Tensor, output_gate: torch.Tensor | None) -> torch.Tensor:
+        return features if output_gate is None else features * output_gate
 
 
 class Interaction(nn.Module):
@@ -32,17 +65,18 @@ class Interaction(nn.Module):
 class Mixer(nn.Module):
     """Runs the context candidates on the same input and fuses their outputs.
 
-    A candidate module's forward(x, **inputs) returns its *features*; `inputs` holds
-    `value_gate` when an interaction gates its values and `context` when it consumes a side
-    channel, and a candidate that emits a side channel returns (features, map). If the module
-    has `finish(features, output_gate)`, that makes its output (so a gate can act before a
-    final norm, as MixFormer's spatial interaction does); otherwise the output is the features,
-    times the output gate if any. Interactions always read their source's features.
+    Each candidate is a `CandidateModule`: its forward gives the features (and the map it
+    emits, if any), its `finish` the output after any output gate. Interactions always read
+    their source's features.
     """
 
     def __init__(self, candidates: list[nn.Module], fusion: nn.Module, interactions: list[Interaction],
                  order: list[int], emits: list[str | None], consumes: list[str | None], pad_multiple: int | None = None):
         super().__init__()
+        for candidate in candidates:
+            if not isinstance(candidate, CandidateModule):
+                raise TypeError(f"a candidate op built {type(candidate).__name__}; a candidate's module must subclass "
+                                f"archdsl.network.CandidateModule")
         self.candidates = nn.ModuleList(candidates)
         self.fusion = fusion
         self.interactions = nn.ModuleList(interactions)
@@ -59,13 +93,9 @@ class Mixer(nn.Module):
         features: list[torch.Tensor] = [x] * len(self.candidates)
         value_gates: dict[int, torch.Tensor] = {}
         for index in self.order:
-            inputs: dict[str, torch.Tensor] = {}
-            if index in value_gates:
-                inputs["value_gate"] = value_gates[index]
             consumed = self.consumes[index]
-            if consumed is not None:
-                inputs["context"] = side[consumed]
-            result = self.candidates[index](x, **inputs)
+            context = side[consumed] if consumed is not None else None
+            result = self.candidates[index](x, value_gate=value_gates.get(index), context=context)
             emitted = self.emits[index]
             if emitted is not None:
                 result, side[emitted] = result
@@ -79,10 +109,7 @@ class Mixer(nn.Module):
             for interaction in self.interactions:
                 if interaction.target == index and interaction.applies_to == "output":
                     gate = interaction(features[interaction.source]) if gate is None else gate * interaction(features[interaction.source])
-            if hasattr(candidate, "finish"):
-                outputs.append(candidate.finish(features[index], gate))
-            else:
-                outputs.append(features[index] if gate is None else features[index] * gate)
+            outputs.append(candidate.finish(features[index], gate))
         out = self.fusion(outputs)
         if self.pad_multiple:
             out = out[:, :, :height, :width]
@@ -145,7 +172,7 @@ class ArchNet(nn.Module):
     The fine-tuning interface follows timm's: `num_features`, `num_classes`, `get_classifier()`,
     `reset_classifier(n)`, `forward_head(x, pre_logits=)`."""
 
-    def __init__(self, stem: nn.Module, stages: list[Stage], head: HeadModule, spec=None):
+    def __init__(self, stem: nn.Module, stages: list[Stage], head: nn.Module, spec=None):
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
@@ -176,6 +203,7 @@ class ArchNet(nn.Module):
         """A new, freshly initialised classifier for `num_classes` (0: none, headless); the
         spec follows, so a saved checkpoint rebuilds this model."""
         from archdsl.api import load_spec
+        from archdsl.blocks.heads import classifier  # the core imports no op at import time
 
         self.spec = load_spec(self.spec, {"head.classes": num_classes})
         like = next(self.parameters())

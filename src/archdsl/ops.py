@@ -14,8 +14,9 @@ the schema, the graph and the compiler; none of those name any op.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Literal, NamedTuple
+from typing import Any, Callable, ClassVar, Literal, Mapping, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
 
@@ -65,15 +66,28 @@ class OpCheckError(ValueError):
         self.field = field
 
 
+# What an op can declare in `capabilities`, each read by the graph:
+# * "value_gate" (a candidate): its module uses `value_gate=`, a (B, channels, 1, 1) gate that an
+#   interaction with applies_to "values" multiplies onto its values;
+# * "replaces_previous_ffn" (a downsample): it is the previous block's FFN run with a stride
+#   (CloFormer), so that block has no FFN of its own.
+Capability = Literal["value_gate", "replaces_previous_ffn"]
+
+# fvcore's handle signature: (the traced node's inputs, its outputs) -> FLOPs
+FlopHandle = Callable[[list[Any], list[Any]], int]
+
+
 class Op(BaseModel):
     """Base of every op. Subclasses set `op: Literal["name"] = "name"` and `role`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     role: ClassVar[str]
-    # Side channels: the kind of map an op can emit or consume (SG-Former's significance).
-    emits_kind: ClassVar[str | None] = None
-    consumes_kind: ClassVar[str | None] = None
+    # what the graph may rely on beyond its role's contract (see `Capability`)
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    # aten op -> FLOP rule, for ops this op's module runs that fvcore does not count; cost.py
+    # collects them from every registered op (see `FlopHandle`)
+    fvcore_handles: ClassVar[Mapping[str, FlopHandle]] = {}
 
     def output_shape(self, site: Site) -> FeatureShape:
         return site.in_shape.with_channels(site.out_channels)
@@ -93,9 +107,11 @@ class CandidateOp(Op):
     block width; the whole width when omitted)."""
 
     role: ClassVar[str] = "candidate"
-    # True when the module's forward takes `value_gate=`: a (B, channels, 1, 1) gate that an
-    # interaction with applies_to "values" multiplies onto the candidate's values
-    accepts_value_gate: ClassVar[bool] = False
+    # Side channels (SG-Former's significance map): the name of the map this candidate's module
+    # returns beside its features, and of the map its forward receives as `context=`. An op that
+    # emits or consumes redeclares them as fields, so a spec can name or switch off the channel.
+    emits: ClassVar[str | None] = None
+    consumes: ClassVar[str | None] = None
     channels: PositiveInt | None = None
 
     def feature_shape(self, site: Site) -> FeatureShape:
@@ -104,11 +120,13 @@ class CandidateOp(Op):
         return self.output_shape(site)
 
 
+# pydantic warns when a field shadows a base attribute; for `emits`/`consumes` that is the protocol
+warnings.filterwarnings("ignore", message=r'Field name "(emits|consumes)" in ".*" shadows an attribute in parent',
+                        category=UserWarning)
+
+
 class DownsampleOp(Op):
     role: ClassVar[str] = "downsample"
-    # True for a downsample that is the previous block's FFN run with a stride (CloFormer):
-    # that block then has no FFN of its own.
-    replaces_previous_ffn: ClassVar[bool] = False
 
 
 class InteractionOp(Op):
@@ -156,6 +174,11 @@ def ops_for(role: str) -> dict[str, type[Op]]:
     load_configured_plugins()
 
     return dict(_REGISTRY[role])
+
+
+def registered_ops() -> list[type[Op]]:
+    """Every registered op, of every role."""
+    return [cls for role in ROLES for cls in ops_for(role).values()]
 
 
 def on_registry_change(listener: Callable[[], None]) -> None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt,
 
 from archdsl.errors import Problem, SpecError
 from archdsl.loading import LoadedSpec, SourceMap
-from archdsl.blocks.norms import NormName
+from archdsl.norms import NormName
 from archdsl.ops import Op, on_registry_change, ops_for
 
 

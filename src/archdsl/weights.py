@@ -1,8 +1,8 @@
 """Checkpoints: this project's own (spec + weights), and the authors' released ones.
 
 An authors' checkpoint (a torch file, Paddle's `.pdparams` or a numpy `.npz`: see `READERS`) is
-read into a name -> tensor mapping, renamed by the converter its family registers beside its
-blocks (`@register_converter("cloformer")` in blocks/cloformer.py), and loaded strictly: any
+read into a name -> tensor mapping, renamed by the converter its family registers
+(`@register_converter("cloformer")` in converters/cloformer.py), and loaded strictly: any
 missing, unexpected or misshapen key rejects the whole file, listed.
 """
 
@@ -51,6 +51,13 @@ def register_converter(family: str) -> Callable[[Converter], Converter]:
         return function
 
     return decorator
+
+
+def converter_for(family: str) -> Converter | None:
+    """The converter registered for `family` (the bundled ones are registered on first use)."""
+    import archdsl.converters  # noqa: F401  (registers the bundled converters)
+
+    return _CONVERTERS.get(family)
 
 
 def _refuse(path: Path, message: str) -> CheckpointError:
@@ -168,7 +175,7 @@ def load_weights(model: nn.Module, path: str | Path, stored: dict | None = None,
 
     if names(state) != names(expected):
         family = getattr(getattr(model, "spec", None), "family", None)
-        converter = _CONVERTERS.get(family) if family else None
+        converter = converter_for(family) if family else None
         if converter is not None:
             state = converter(dict(state), model)
     state = _adapt_to_input_channels(state, model, expected)

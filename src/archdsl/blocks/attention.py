@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+from math import prod
 from typing import Literal
 
 import torch
 from pydantic import PositiveInt
 from torch import nn
 
+from archdsl.network import CandidateModule
+from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import CandidateOp, OpCheckError, Site, register
 from archdsl.training import WithoutWeightDecay
-from archdsl.blocks.layers import FitRule, attend, attention_flops, common_divisors, conv_flops, fit_to_map, linear_flops
-from archdsl.blocks.norms import NormName, make_norm, norm_flops
+from archdsl.blocks.layers import FitRule, attention_flops, common_divisors, conv_flops, fit_to_map, linear_flops
+from archdsl.blocks.multihead import (SpatialReductionAttention, attend, merge_heads, sdpa_flops, split_heads, window_merge,
+                                      window_partition)
 
 
 class AttentionCandidate(CandidateOp):
-    """A candidate with heads; `channels / heads` is the head dimension."""
+    """A candidate with heads; `channels / heads` is the head dimension. Its module attends
+    through `multihead.attend`, which is fused SDPA outside tracing: the SDPA rule counts it
+    wherever a tracer records the fused op."""
 
+    fvcore_handles = {"aten::scaled_dot_product_attention": sdpa_flops}
     heads: PositiveInt
 
     def check(self, site: Site) -> None:
@@ -27,31 +34,22 @@ class AttentionCandidate(CandidateOp):
                 field="heads")
 
 
-class PooledAttentionModule(nn.Module):
-    def __init__(self, in_channels: int, channels: int, heads: int, pool: int, qkv_bias: bool = True,
-                 output_projection: bool = False):
-        super().__init__()
-        self.heads = heads
-        self.head_dim = channels // heads
-        self.scale = self.head_dim ** -0.5
-        self.query = nn.Conv2d(in_channels, channels, 1, bias=qkv_bias)
-        self.key_value = nn.Conv2d(in_channels, 2 * channels, 1, bias=qkv_bias)
-        self.pool = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
-        self.projection = nn.Conv2d(channels, channels, 1) if output_projection else None
+def pooled_elements(inputs, outputs) -> int:
+    """fvcore handle for `aten::avg_pool2d`: one add per input element, the rule fvcore itself
+    uses for adaptive pooling (it counts that, but not this)."""
+    from fvcore.nn.jit_handles import get_shape
 
-    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None) -> torch.Tensor:
-        batch, _, height, width = x.shape
-        query = self.query(x).reshape(batch, self.heads, self.head_dim, height * width).transpose(-1, -2)
-        # the input is pooled before the K/V projection: equal to pooling K and V (the
-        # projection is per pixel and affine), and the released CloFormer code does it this way
-        key_value = self.key_value(self.pool(x))
-        key_value = key_value.reshape(batch, 2, self.heads, self.head_dim, -1).transpose(-1, -2)
-        key, value = key_value.unbind(1)
-        if value_gate is not None:
-            value = value * value_gate.reshape(batch, self.heads, 1, self.head_dim)
-        out = attend(query, key, value, self.scale)
-        out = out.transpose(-1, -2).reshape(batch, self.heads * self.head_dim, height, width)
-        return self.projection(out) if self.projection is not None else out
+    return prod(get_shape(inputs[0]))
+
+
+def pooled_attention_module(in_channels: int, channels: int, heads: int, pool: int, qkv_bias: bool = True,
+                            output_projection: bool = False) -> SpatialReductionAttention:
+    """1x1 convs for Q and K/V; the input is pooled before the K/V projection: equal to pooling K
+    and V (the projection is per pixel and affine), and the released CloFormer code does it so."""
+    return SpatialReductionAttention(
+        nn.Conv2d(in_channels, channels, 1, bias=qkv_bias), nn.AvgPool2d(pool) if pool > 1 else nn.Identity(),
+        nn.Conv2d(in_channels, 2 * channels, 1, bias=qkv_bias), heads, channels // heads,
+        nn.Conv2d(channels, channels, 1) if output_projection else None)
 
 
 @register
@@ -63,7 +61,8 @@ class PooledAttention(AttentionCandidate):
     Its values can be gated per channel (`value_gate`, channels ordered head by head)."""
 
     op: Literal["pooled_attention"] = "pooled_attention"
-    accepts_value_gate = True
+    capabilities = frozenset({"value_gate"})
+    fvcore_handles = {**AttentionCandidate.fvcore_handles, "aten::avg_pool2d": pooled_elements}
     pool: PositiveInt = 1
     qkv_bias: bool = True
     output_projection: bool = False
@@ -86,29 +85,15 @@ class PooledAttention(AttentionCandidate):
         return (conv_flops(c_in, channels, 1, (height, width))
                 + conv_flops(c_in, 2 * channels, 1, (height // self.pool, width // self.pool))
                 + attention_flops(self.heads, height * width, keys, channels // self.heads)
-                + (site.in_shape.numel if self.pool > 1 else 0)  # the pooling's sums (cost.py handle)
+                + (site.in_shape.numel if self.pool > 1 else 0)  # the pooling's sums (`pooled_elements`)
                 + (conv_flops(channels, channels, 1, (height, width)) if self.output_projection else 0))
 
     def build(self, site: Site) -> nn.Module:
-        return PooledAttentionModule(site.in_shape.channels, site.out_channels, self.heads, self.pool, self.qkv_bias,
-                                     self.output_projection)
+        return pooled_attention_module(site.in_shape.channels, site.out_channels, self.heads, self.pool, self.qkv_bias,
+                                       self.output_projection)
 
 
 # --- window attention --------------------------------------------------------------------------
-
-
-def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B·nW, window², C): windows image by image, row-major; tokens row-major."""
-    batch, height, width, channels = x.shape
-    x = x.reshape(batch, height // window, window, width // window, window, channels)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, channels)
-
-
-def window_merge(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
-    """The exact inverse of `window_partition`: (B·nW, window², C) -> (B, H, W, C)."""
-    channels = windows.shape[-1]
-    x = windows.reshape(-1, height // window, width // window, window, window, channels)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
 
 
 def relative_position_index(window: int) -> torch.Tensor:
@@ -119,7 +104,7 @@ def relative_position_index(window: int) -> torch.Tensor:
     return relative[0] * (2 * window - 1) + relative[1]
 
 
-class WindowAttentionModule(WithoutWeightDecay, nn.Module):
+class WindowAttentionModule(WithoutWeightDecay, CandidateModule):
     """Multi-head self-attention inside non-overlapping windows, with a learned relative
     position bias; no shift and no mask. Works channel-last inside, NCHW at its boundary."""
 
@@ -128,12 +113,12 @@ class WindowAttentionModule(WithoutWeightDecay, nn.Module):
     def __init__(self, in_channels: int, channels: int, heads: int, window: int, input_projection: bool,
                  output_projection: bool, output_norm: NormName | None):
         super().__init__()
-        self.heads, self.window = heads, window
+        self.heads, self.window = heads, (window, window)
         self.head_dim = channels // heads
         self.scale = self.head_dim ** -0.5
         # MixFormer: the attention branch's own Linear + LayerNorm from the block width to its share
         self.input_projection = nn.Linear(in_channels, channels) if input_projection else None
-        self.input_norm = nn.LayerNorm(channels, eps=1e-5) if input_projection else None
+        self.input_norm = make_token_norm("layer_norm", channels) if input_projection else None
         self.qkv = nn.Linear(channels if input_projection else in_channels, 3 * channels)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -142,23 +127,21 @@ class WindowAttentionModule(WithoutWeightDecay, nn.Module):
         self.projection = nn.Linear(channels, channels) if output_projection else None
         self.output_norm = make_norm(output_norm, channels) if output_norm else None
 
-    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
         batch, _, height, width = x.shape
         x = x.permute(0, 2, 3, 1)
         if self.input_projection is not None:
             x = self.input_norm(self.input_projection(x))
         windows = window_partition(x, self.window)
         count, tokens, _ = windows.shape
-        qkv = self.qkv(windows).reshape(count, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)
+        query, key, value = (split_heads(part, self.heads) for part in self.qkv(windows).chunk(3, dim=-1))
         if value_gate is not None:
             # one gate per image and value channel, shared by all of the image's windows
             gate = value_gate.reshape(batch, 1, self.heads, 1, self.head_dim)
             value = (value.reshape(batch, count // batch, self.heads, tokens, self.head_dim) * gate).flatten(0, 1)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(tokens, tokens, self.heads).permute(2, 0, 1)
-        out = attend(query, key, value, self.scale, bias)
-        out = out.transpose(1, 2).reshape(count, tokens, self.heads * self.head_dim)
+        out = merge_heads(attend(query, key, value, self.scale, bias))
         if self.projection is not None:
             out = self.projection(out)
         return window_merge(out, self.window, height, width).permute(0, 3, 1, 2)
@@ -185,7 +168,7 @@ class WindowAttention(AttentionCandidate):
     gated per channel (`value_gate`, one gate per image shared by its windows)."""
 
     op: Literal["window_attention"] = "window_attention"
-    accepts_value_gate = True
+    capabilities = frozenset({"value_gate"})
     window: PositiveInt = 7
     input_projection: bool = False
     output_projection: bool = True

@@ -8,20 +8,19 @@ code (qhfan/CloFormer @9181f69, see shared/reference/official_notes/cloformer.md
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 import torch
 from pydantic import PositiveInt
 from torch import nn
 
+from archdsl.network import CandidateModule
+from archdsl.norms import NormName, make_norm, norm_flops
 from archdsl.ops import DownsampleOp, FeatureShape, Op, Site, register
 from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
-from archdsl.weights import index_of, register_converter, rename_by_table
-from archdsl.blocks.attention import AttentionCandidate, PooledAttentionModule
+from archdsl.blocks.attention import AttentionCandidate
 from archdsl.blocks.ffn import ConvFFNModule, conv_ffn_flops
 from archdsl.blocks.layers import OddKernel, Swish, conv_flops, strided_size
-from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
 
 # --- stem ---------------------------------------------------------------------------------------
@@ -42,7 +41,7 @@ class CloFormerStemModule(nn.Module):
             _conv_bn_relu(channels, channels, 1),
             nn.Conv2d(channels, channels, 1),
         )
-        self.norm = nn.GroupNorm(1, channels)
+        self.norm = make_norm("group_norm", channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.layers(x))
@@ -77,7 +76,7 @@ class CloFormerStem(Op):
 # --- AttnConv: the local context candidate -------------------------------------------------------
 
 
-class AttnConvModule(nn.Module):
+class AttnConvModule(CandidateModule):
     def __init__(self, in_channels: int, channels: int, heads: int, kernel: int):
         super().__init__()
         self.qkv = nn.Conv2d(in_channels, 3 * channels, 1)
@@ -87,7 +86,7 @@ class AttnConvModule(nn.Module):
         # the released code scales by the per-head dimension, not the branch width
         self.scale = (channels // heads) ** -0.5
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
         query, key, value = self.depthwise(self.qkv(x)).chunk(3, dim=1)
         weights = torch.tanh(self.scale * self.gate(query * key))
         return weights * value
@@ -137,7 +136,7 @@ class StridedConvFFN(DownsampleOp):
     stride 2 and widens, with a strided shortcut beside it. It replaces that block's FFN."""
 
     op: Literal["strided_conv_ffn"] = "strided_conv_ffn"
-    replaces_previous_ffn = True
+    capabilities = frozenset({"replaces_previous_ffn"})
     ratio: PositiveInt = 4
     kernel: OddKernel = 5
     norm: NormName = "group_norm"
@@ -157,64 +156,6 @@ class StridedConvFFN(DownsampleOp):
 
     def build(self, site: Site) -> nn.Module:
         return StridedConvFFNModule(site.in_shape.channels, site.out_channels, self.ratio, self.kernel, self.norm)
-
-
-# --- the authors' checkpoints ------------------------------------------------------------------
-
-
-@register_converter("cloformer")
-def convert_cloformer(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
-    """Official names (layers.{s}.blocks.{b}.attn.qkvs.0, ...) -> this project's module names."""
-    renamed: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        renamed[_rename(key, net)] = value
-    return renamed
-
-
-# official name pattern -> this project's name, outside the blocks
-_NETWORK_NAMES = (
-    (r"patch_embed\.conv([1-4])\.conv\.(\d)\.(.+)", lambda m: f"stem.layers.{int(m[1]) - 1}.{m[2]}.{m[3]}"),
-    (r"patch_embed\.conv5\.(.+)", lambda m: f"stem.layers.4.{m[1]}"),
-    (r"patch_embed\.layernorm\.(.+)", lambda m: f"stem.norm.{m[1]}"),
-    (r"norm\.(.+)", lambda m: f"head.norm.{m[1]}"),
-    (r"head\.(.+)", lambda m: f"head.fc.{m[1]}"),
-)
-# inside a block's `attn`: official prefix -> (the candidate module it belongs to, its name there)
-_CANDIDATE_NAMES = {
-    "global_q": (PooledAttentionModule, "query"),
-    "global_kv": (PooledAttentionModule, "key_value"),
-    "convs.0": (AttnConvModule, "depthwise"),
-    "act_blocks.0.act_block": (AttnConvModule, "gate"),
-    "qkvs.0": (AttnConvModule, "qkv"),
-}
-# the FFN half of a block: official prefix -> (name in a block, name in a downsample)
-_FFN_NAMES = {"norm2": ("norm2", "norm"), "mlp": ("ffn", "ffn"), "downsample": (None, "shortcut")}
-
-
-def _rename(key: str, net: nn.Module) -> str:
-    if (name := rename_by_table(key, _NETWORK_NAMES)) is not None:
-        return name
-    match = re.fullmatch(r"layers\.(\d+)\.blocks\.(\d+)\.(\w+)\.(.+)", key)
-    if not match or int(match[1]) >= len(net.stages) or int(match[2]) >= len(net.stages[int(match[1])].blocks):
-        return key
-    stage, block, module, rest = int(match[1]), int(match[2]), match[3], match[4]
-    prefix = f"stages.{stage}.blocks.{block}"
-    if module == "attn":
-        if rest.startswith("proj."):
-            return f"{prefix}.mixer.fusion.projection.{rest[len('proj.'):]}"
-        for official, (kind, name) in _CANDIDATE_NAMES.items():
-            if rest.startswith(official + "."):
-                index = index_of(net.stages[stage].blocks[block].mixer.candidates, kind)
-                return f"{prefix}.mixer.candidates.{index}.{name}.{rest[len(official) + 1:]}"
-    if module in ("norm2", "mlp", "downsample"):
-        # the block whose FFN downsamples is, in this project, the next stage's downsample
-        downsamples = net.stages[stage].blocks[block].ffn is None and stage + 1 < len(net.stages)
-        in_block, in_downsample = _FFN_NAMES[module]
-        if downsamples:
-            return f"stages.{stage + 1}.downsample.{in_downsample}.{rest}"
-        if in_block is not None:
-            return f"{prefix}.{in_block}.{rest}"
-    return f"{prefix}.{module}.{rest}"
 
 
 # The authors' evaluation transform (qhfan/CloFormer, classification/data/build.py; see

@@ -1,32 +1,35 @@
-"""Convolution context candidates shared by every family."""
+"""Convolution context candidates shared by every family: depthwise conv, ResNet bottleneck, LePE."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
+from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.ops import CandidateOp, FeatureShape, Site, register
+from archdsl.network import CandidateModule
+from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
+from archdsl.ops import CandidateOp, FeatureShape, OpCheckError, Site, register
 from archdsl.blocks.layers import OddKernel, conv_flops, linear_flops
-from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
 
-class DepthwiseConvModule(nn.Module):
+class DepthwiseConvModule(CandidateModule):
     """[Linear + LayerNorm] -> depthwise kxk + BatchNorm + GELU (the features) -> 1x1 conv to the
     candidate's share -> [output gate] -> [norm] (the `finish` step)."""
 
     def __init__(self, in_channels: int, channels: int, kernel: int, input_projection: bool, output_norm: NormName | None):
         super().__init__()
         self.input_projection = nn.Linear(in_channels, in_channels) if input_projection else None
-        self.input_norm = nn.LayerNorm(in_channels, eps=1e-5) if input_projection else None
+        self.input_norm = make_token_norm("layer_norm", in_channels) if input_projection else None
         self.depthwise = nn.Conv2d(in_channels, in_channels, kernel, 1, kernel // 2, groups=in_channels)
         self.depthwise_norm = nn.BatchNorm2d(in_channels)
         self.act = nn.GELU()
         self.projection = nn.Conv2d(in_channels, channels, 1)
         self.output_norm = make_norm(output_norm, channels) if output_norm else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
         if self.input_projection is not None:
             x = self.input_norm(self.input_projection(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
         return self.act(self.depthwise_norm(self.depthwise(x)))
@@ -71,3 +74,84 @@ class DepthwiseConv(CandidateOp):
 
     def build(self, site: Site) -> nn.Module:
         return DepthwiseConvModule(site.in_shape.channels, site.out_channels, self.kernel, self.input_projection, self.output_norm)
+
+
+# --- a ResNet bottleneck (NomMer's CNN candidate) ---------------------------------------------
+
+
+class BottleneckModule(CandidateModule):
+    """relu(x + BN(conv1x1(relu(BN(conv3x3(relu(BN(conv1x1(x))))))))), all convs without bias."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        # the shortcut adds the candidate's input: in a block, the normalised map
+        return F.relu(self.bn3(self.conv3(out)) + x)
+
+
+@register
+class Bottleneck(CandidateOp):
+    """Local context by a ResNet bottleneck (1x1, 3x3, 1x1 convs at width channels/`expansion`,
+    BatchNorm after each, ReLU) with its own shortcut from its input and a final ReLU, so its
+    output is never negative. NomMer's CNN candidate: the paper gives the three convs, the code
+    the rest. Its output has the input's width."""
+
+    op: Literal["bottleneck"] = "bottleneck"
+    expansion: PositiveInt = 4
+
+    def check(self, site: Site) -> None:
+        if site.out_channels != site.in_shape.channels:
+            raise OpCheckError(f"the bottleneck adds its input back, so it must keep the block width "
+                               f"{site.in_shape.channels}; found channels: {site.out_channels}", field="channels")
+        if site.out_channels < self.expansion:
+            raise OpCheckError(f"expansion {self.expansion} leaves no channels of {site.out_channels}; "
+                               f"use at most {site.out_channels}", field="expansion")
+
+    def flops(self, site: Site) -> int:
+        channels, height, width = site.in_shape
+        inner, hw = channels // self.expansion, (height, width)
+        convs = conv_flops(channels, inner, 1, hw) + conv_flops(inner, inner, 3, hw) + conv_flops(inner, channels, 1, hw)
+        return convs + 2 * norm_flops("batch_norm", FeatureShape(inner, height, width)) + norm_flops("batch_norm", site.in_shape)
+
+    def build(self, site: Site) -> nn.Module:
+        return BottleneckModule(site.out_channels, site.out_channels // self.expansion)
+
+
+# --- LePE: the convolutional branch beside an attention (SG-Former) --------------------------------
+
+
+class LePEModule(CandidateModule):
+    def __init__(self, in_channels: int, channels: int, kernel: int):
+        super().__init__()
+        self.linear = nn.Conv2d(in_channels, channels, 1)
+        self.conv = nn.Conv2d(channels, channels, kernel, 1, kernel // 2, groups=channels)
+
+    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(self.linear(x))
+
+
+@register
+class LePE(CandidateOp):
+    """A per-pixel linear layer then a depthwise kxk conv (both with bias): the locally-enhanced
+    positional term SG-Former adds to every attention's output before its projection (fuse with
+    `sum_projection`)."""
+
+    op: Literal["lepe"] = "lepe"
+    kernel: OddKernel = 3
+
+    def flops(self, site: Site) -> int:
+        c_in, height, width = site.in_shape
+        channels = site.out_channels
+        return conv_flops(c_in, channels, 1, (height, width)) + conv_flops(channels, channels, self.kernel, (height, width), groups=channels)
+
+    def build(self, site: Site) -> nn.Module:
+        return LePEModule(site.in_shape.channels, site.out_channels, self.kernel)

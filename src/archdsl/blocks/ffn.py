@@ -17,17 +17,23 @@ class FFNOp(Op):
 
 
 class ConvFFNModule(nn.Module):
-    """1x1 conv, GELU, depthwise kxk conv (optionally strided), 1x1 conv; no norm inside."""
+    """1x1 conv to h, GELU, depthwise kxk conv (optionally strided), 1x1 conv; no norm inside.
+    With `depthwise_residual`: 1x1 conv to h, GELU(h + depthwise(h)), 1x1 conv (SG-Former)."""
 
-    def __init__(self, in_channels: int, hidden: int, out_channels: int, kernel: int, stride: int = 1):
+    def __init__(self, in_channels: int, hidden: int, out_channels: int, kernel: int, stride: int = 1,
+                 depthwise_residual: bool = False):
         super().__init__()
         self.fc1 = nn.Conv2d(in_channels, hidden, 1)
         self.act = nn.GELU()
         self.dwconv = nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden)
         self.fc2 = nn.Conv2d(hidden, out_channels, 1)
+        self.depthwise_residual = depthwise_residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dwconv(self.act(self.fc1(x))))
+        hidden = self.fc1(x)
+        if self.depthwise_residual:
+            return self.fc2(self.act(hidden + self.dwconv(hidden)))
+        return self.fc2(self.dwconv(self.act(hidden)))
 
 
 def conv_ffn_flops(site: Site, ratio: int, kernel: int, stride: int = 1) -> int:
@@ -44,14 +50,26 @@ class ConvFFN(FFNOp):
     """CloFormer's ConvFFN: the MLP with a depthwise conv between its two layers."""
 
     op: Literal["conv_ffn"] = "conv_ffn"
+    depthwise_residual: ClassVar[bool] = False
     ratio: PositiveInt = 4
     kernel: OddKernel = 5
 
     def flops(self, site: Site) -> int:
-        return conv_ffn_flops(site, self.ratio, self.kernel)
+        return conv_ffn_flops(site, self.ratio, self.kernel)  # the residual add, if any, is free
 
     def build(self, site: Site) -> nn.Module:
-        return ConvFFNModule(site.in_shape.channels, site.in_shape.channels * self.ratio, site.out_channels, self.kernel)
+        return ConvFFNModule(site.in_shape.channels, site.in_shape.channels * self.ratio, site.out_channels, self.kernel,
+                             depthwise_residual=self.depthwise_residual)
+
+
+@register
+class DWConvMLP(ConvFFN):
+    """SG-Former's MLP: ConvFFN's layers with the depthwise conv as a residual before the GELU:
+    fc1, h + depthwise kxk conv(h) (unlike PVTv2), GELU, fc2."""
+
+    op: Literal["dwconv_mlp"] = "dwconv_mlp"
+    depthwise_residual: ClassVar[bool] = True
+    kernel: OddKernel = 3
 
 
 class MLPModule(nn.Module):

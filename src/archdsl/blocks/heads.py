@@ -11,7 +11,7 @@ from torch import nn
 
 from archdsl.ops import FeatureShape, Op, Site, register
 from archdsl.blocks.layers import linear_flops
-from archdsl.blocks.norms import NormName, make_norm, norm_flops
+from archdsl.norms import NormName, make_norm, norm_flops
 
 
 def classifier(features: int, classes: int) -> nn.Module:

@@ -15,7 +15,7 @@ from torch import nn
 
 from archdsl.ops import FeatureShape, InteractionOp, OpCheckError, Site, register
 from archdsl.blocks.layers import conv_flops
-from archdsl.blocks.norms import norm_flops
+from archdsl.norms import norm_flops
 
 
 def _bottleneck(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:

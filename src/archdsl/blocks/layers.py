@@ -10,7 +10,6 @@ from math import gcd
 from typing import Annotated, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import AfterValidator, PositiveInt
 from torch import nn
 
@@ -68,47 +67,8 @@ def common_divisors(height: int, width: int) -> list[int]:
     return [d for d in range(1, common + 1) if common % d == 0]
 
 
-def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(scale · q kᵀ + bias) v over (..., tokens, dim) tensors.
-
-    Runs fused `scaled_dot_product_attention` in eager mode and under torch.compile. Under
-    tracing (fvcore, torch.jit.trace, ONNX export) it emits the explicit matmul → softmax →
-    matmul, which every tracer-based tool understands: fvcore then counts attention the way it
-    counts the authors' code. The two paths agree to ~1e-6 (tests/test_attention.py).
-    """
-    if bias is not None:
-        bias = bias.to(query.dtype)  # a float32 bias table under autocast: SDPA wants the query's dtype
-    if torch.jit.is_tracing():
-        scores = (query * scale) @ key.transpose(-2, -1)
-        if bias is not None:
-            scores = scores + bias
-        return scores.softmax(dim=-1) @ value
-    # the CPU kernels copy strided inputs internally, slower than one explicit copy (~1.4x on
-    # CloFormer's global branch, whose queries arrive transposed)
-    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale)
-
-
 class Swish(nn.Module):
     """x · sigmoid(x), written out: nn.SiLU differs in the last ulp from the released code."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(x)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (identity in eval)."""
-
-    def __init__(self, rate: float = 0.0):
-        super().__init__()
-        self.rate = rate
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rate == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"rate={self.rate}"

@@ -1,16 +1,16 @@
 """NomMer (Liu et al., "NomMer: Nominate Synergistic Context in Vision Transformer for Visual Recognition").
 
-Ops: the patch-conv stem, the `bottleneck` (CNN) and `compressed_global_attention` (CGCA)
-context candidates, the `nomination` fusion (the Synergistic Context Nominator), the
+Ops: the patch-conv stem, the `compressed_global_attention` (CGCA) context candidate, the `nomination` fusion (the Synergistic Context Nominator), the
 `conv_max_pool` reduction (with the position embedding and class token the code adds at
 stages 3 and 4), and the `class_token_head`. The local candidate is the shared
-`window_attention`, the G-NomMer attention the shared `pooled_attention` (pool 1), the FFN the
-shared `mlp`, the DCT the shared `blocks.dct` primitive. Numerics follow the released code
-(TencentYoutuResearch/VisualRecognition-NomMer @6e09b71, see
-shared/reference/official_notes/nommer.md); the converter below reads its checkpoints.
+`window_attention`, the G-NomMer attention the shared `pooled_attention` (pool 1), the CNN
+candidate the shared `bottleneck`, the FFN the shared `mlp`, the DCT the shared `blocks.dct`
+primitive. Numerics follow the released code (TencentYoutuResearch/VisualRecognition-NomMer
+@6e09b71, see shared/reference/official_notes/nommer.md); converters/nommer.py reads its
+checkpoints.
 
-Nomination maps (the paper's Fig. 5 and supplement Fig. 1-2) are observable with
-`nomination_maps(model, x)` and written as a PNG with `save_nomination_maps(model, image, path)`.
+Nomination maps (the paper's Fig. 5 and supplement Fig. 1-2) are observed and drawn by
+`archdsl.nominations`.
 
 Token layout: after `conv_max_pool` with `class_token: true` a stage works on a token
 sequence, carried between nodes as a 1×(1 + h·w) map: the class token first, then the h·w
@@ -20,27 +20,22 @@ pixels row-major. Global attention, LayerNorm and the MLP are blind to the layou
 
 from __future__ import annotations
 
-import re
-from collections import OrderedDict
-from functools import partial
-from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
+from archdsl.network import CandidateModule
+from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
+from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
 from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
 from archdsl.training import WithoutWeightDecay
-from archdsl.weights import index_of, register_converter, rename_by_table
-from archdsl.blocks.attention import AttentionCandidate, PooledAttention, PooledAttentionModule, WindowAttentionModule
+from archdsl.blocks.attention import AttentionCandidate, PooledAttention, pooled_attention_module
 from archdsl.blocks.dct import BlockDCT, BlockIDCT, block_dct_flops
 from archdsl.blocks.fusion import FusionOp
 from archdsl.blocks.heads import HeadModule, HeadOp, classifier
 from archdsl.blocks.layers import FitRule, OddKernel, common_divisors, conv_flops, fit_to_map, linear_flops, strided_size
-from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
 
 # --- stem ---------------------------------------------------------------------------------------
@@ -77,60 +72,10 @@ class NomMerStem(Op):
         return PatchConvStemModule(site.in_shape.channels, site.out_channels, self.patch)
 
 
-# --- the CNN candidate: a ResNet bottleneck ----------------------------------------------------
-
-
-class BottleneckModule(nn.Module):
-    """relu(x + BN(conv1x1(relu(BN(conv3x3(relu(BN(conv1x1(x))))))))), all convs without bias."""
-
-    def __init__(self, channels: int, width: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        # the shortcut adds the candidate's input: in a block, the normalised map
-        return F.relu(self.bn3(self.conv3(out)) + x)
-
-
-@register
-class Bottleneck(CandidateOp):
-    """Local context by a ResNet bottleneck (1x1, 3x3, 1x1 convs at width channels/`expansion`,
-    BatchNorm after each, ReLU) with its own shortcut from its input and a final ReLU, so its
-    output is never negative. NomMer's CNN candidate: the paper gives the three convs, the code
-    the rest. Its output has the input's width."""
-
-    op: Literal["bottleneck"] = "bottleneck"
-    expansion: PositiveInt = 4
-
-    def check(self, site: Site) -> None:
-        if site.out_channels != site.in_shape.channels:
-            raise OpCheckError(f"the bottleneck adds its input back, so it must keep the block width "
-                               f"{site.in_shape.channels}; found channels: {site.out_channels}", field="channels")
-        if site.out_channels < self.expansion:
-            raise OpCheckError(f"expansion {self.expansion} leaves no channels of {site.out_channels}; "
-                               f"use at most {site.out_channels}", field="expansion")
-
-    def flops(self, site: Site) -> int:
-        channels, height, width = site.in_shape
-        inner, hw = channels // self.expansion, (height, width)
-        convs = conv_flops(channels, inner, 1, hw) + conv_flops(inner, inner, 3, hw) + conv_flops(inner, channels, 1, hw)
-        return convs + 2 * norm_flops("batch_norm", FeatureShape(inner, height, width)) + norm_flops("batch_norm", site.in_shape)
-
-    def build(self, site: Site) -> nn.Module:
-        return BottleneckModule(site.out_channels, site.out_channels // self.expansion)
-
-
 # --- the compressed global context aggregator ---------------------------------------------------
 
 
-class CompressedGlobalAttentionModule(nn.Module):
+class CompressedGlobalAttentionModule(CandidateModule):
     """Block DCT (low-frequency corner) -> grouped 1x1 compression + BatchNorm -> global
     attention on the compressed map -> grouped 1x1 expansion -> truncated inverse DCT."""
 
@@ -140,11 +85,11 @@ class CompressedGlobalAttentionModule(nn.Module):
         self.dct = BlockDCT(in_channels, block, keep)
         self.compress = nn.Conv2d(in_channels * coefficients, channels, 1, groups=groups, bias=False)
         self.compress_norm = nn.BatchNorm2d(channels)
-        self.attention = PooledAttentionModule(channels, channels, heads, 1, qkv_bias=False, output_projection=True)
+        self.attention = pooled_attention_module(channels, channels, heads, 1, qkv_bias=False, output_projection=True)
         self.expand = nn.Conv2d(channels, channels * coefficients, 1, groups=groups, bias=False)
         self.idct = BlockIDCT(channels, block, keep)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
         x = self.compress_norm(self.compress(self.dct(x)))
         return self.idct(self.expand(self.attention(x)))
 
@@ -379,7 +324,7 @@ class ConvMaxPool(DownsampleOp):
 class ClassTokenHeadModule(HeadModule):
     def __init__(self, channels: int, classes: int, norm: bool):
         super().__init__(channels)
-        self.norm = nn.LayerNorm(channels, eps=1e-5) if norm else nn.Identity()
+        self.norm = make_token_norm("layer_norm", channels) if norm else nn.Identity()
         self.fc = classifier(channels, classes)
 
     def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -400,213 +345,6 @@ class ClassTokenHead(HeadOp):
 
     def build(self, site: Site) -> nn.Module:
         return ClassTokenHeadModule(site.in_shape.channels, self.classes, self.norm is not None)
-
-
-# --- nomination maps ----------------------------------------------------------------------------
-
-# candidate k of a nomination is drawn in colour k: NomMer's specs list the CNN, local and
-# global candidates in this order, the paper's red, green and blue
-NOMINATION_COLORS = ((1.0, 0.0, 0.0), (0.0, 0.8, 0.0), (0.0, 0.0, 1.0), (1.0, 0.85, 0.0), (1.0, 0.0, 1.0), (0.0, 0.9, 0.9))
-
-
-def nomination_maps(model: nn.Module, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-    """Run `model` once on `x` (no gradients, in its current mode) and return every
-    nomination's per-pixel choice, in execution order: block name (`stages.0.blocks.1`) ->
-    (B, K, H, W) float weights, channel k for candidate k. In eval mode these are 0/1 (one 1
-    per pixel; several on an exact tie); in training mode the Gumbel-softmax samples.
-    `.argmax(1)` gives the chosen candidate's index. Forward hooks; nothing about the model
-    changes. Maps a mixer padded are cropped to the block's input size."""
-    maps: OrderedDict[str, torch.Tensor] = OrderedDict()
-    sizes: dict[str, tuple[int, int]] = {}
-    handles = []
-
-    def record_size(name, module, args):
-        sizes[name] = tuple(args[0].shape[-2:])
-
-    def record_choice(name, module, args, output):
-        height, width = sizes[name]
-        maps[name] = output.permute(0, 3, 1, 2)[:, :, :height, :width].detach()
-
-    for name, module in model.named_modules():
-        if isinstance(module, NominationModule) and name.endswith(".mixer.fusion"):
-            block = name[: -len(".mixer.fusion")]
-            handles.append(model.get_submodule(f"{block}.mixer").register_forward_pre_hook(partial(record_size, block)))
-            handles.append(module.choice.register_forward_hook(partial(record_choice, block)))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return maps
-
-
-def layer_label(block: str) -> str:
-    """`stages.0.blocks.1` -> `Layer 1_2`, the paper's name for that layer."""
-    stage, index = (int(n) for n in re.fullmatch(r"stages\.(\d+)\.blocks\.(\d+)", block).groups())
-    return f"Layer {stage + 1}_{index + 1}"
-
-
-def colour_map(weights: torch.Tensor, colors=NOMINATION_COLORS) -> torch.Tensor:
-    """(K, H, W) candidate weights -> (H, W, 3) RGB in [0, 1]: candidate k in colour k (an
-    exact tie mixes the tied colours)."""
-    palette = torch.tensor(colors[: weights.shape[0]], dtype=torch.float32)
-    if palette.shape[0] < weights.shape[0]:
-        raise ValueError(f"{weights.shape[0]} candidates but only {palette.shape[0]} colours; pass more colors=")
-    return torch.einsum("khw,kc->hwc", weights.float().cpu(), palette).clamp(0, 1)
-
-
-def load_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
-    """An image file -> a (1, 3, H, W) ImageNet-normalised tensor: shorter side resized to
-    size/0.875, centre crop (the usual evaluation transform)."""
-    from PIL import Image
-    import numpy as np
-
-    image = Image.open(path).convert("RGB")
-    scale = max(size) / 0.875 / min(image.size)
-    image = image.resize((max(size[1], round(image.size[0] * scale)), max(size[0], round(image.size[1] * scale))), Image.BICUBIC)
-    left, top = (image.size[0] - size[1]) // 2, (image.size[1] - size[0]) // 2
-    image = image.crop((left, top, left + size[1], top + size[0]))
-    tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    return ((tensor - mean) / std).unsqueeze(0)
-
-
-def save_nomination_maps(model: nn.Module, image, path: str | Path, colors=NOMINATION_COLORS) -> "OrderedDict[str, torch.Tensor]":
-    """Write the input image and each nominating layer's map side by side as a PNG at `path`
-    (candidate k in colour k: for NomMer red = CNN, green = local, blue = global, as in the
-    paper) and return the maps (see `nomination_maps`).
-
-    `image`: an image file (resized and normalised for the model's input size, see
-    `load_image`) or a preprocessed (1, 3, H, W) tensor. The model runs in its current mode;
-    call `model.eval()` first for the deterministic argmax maps."""
-    # a bare Figure (no pyplot): draws off-screen without touching the caller's matplotlib backend
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    if isinstance(image, (str, Path)):
-        spec = getattr(model, "spec", None)
-        size = spec.image_size if spec is not None else (224, 224)
-        image = load_image(image, size)
-    if image.ndim == 3:
-        image = image.unsqueeze(0)
-    maps = nomination_maps(model, image)
-    if not maps:
-        raise ValueError("this model has no nomination fusion: there are no nomination maps to draw")
-    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
-    shown = (image[0].detach().float().cpu() * std + mean).clamp(0, 1).permute(1, 2, 0)
-
-    panels = [("input", shown)] + [(layer_label(name), colour_map(weights[0], colors)) for name, weights in maps.items()]
-    columns = min(len(panels), 5)
-    rows = -(-len(panels) // columns)
-    figure = Figure(figsize=(2.4 * columns, 2.6 * rows + 0.4))
-    axes = figure.subplots(rows, columns, squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, (title, picture) in zip(axes.flat, panels):
-        axis.imshow(picture.numpy(), interpolation="nearest")
-        axis.set_title(title, fontsize=9)
-    names = _candidate_names(model, next(iter(maps)))
-    figure.legend(handles=[Patch(color=colors[k], label=name) for k, name in enumerate(names)],
-                  loc="lower center", ncol=len(names), fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.06, 1, 1))
-    figure.savefig(path, dpi=100)
-    return maps
-
-
-def _candidate_names(model: nn.Module, block: str) -> list[str]:
-    spec = getattr(model, "spec", None)
-    mixer = model.get_submodule(f"{block}.mixer")
-    if spec is None:
-        return [f"candidate {k}" for k in range(len(mixer.candidates))]
-    stage, index = (int(n) for n in re.fullmatch(r"stages\.(\d+)\.blocks\.(\d+)", block).groups())
-    return [candidate.op for candidate in spec.block_at(stage, index).mixer.candidates]
-
-
-# --- the authors' checkpoints ------------------------------------------------------------------
-
-
-@register_converter("nommer")
-def convert_nommer(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
-    """Official names (transformer1.layers.0.0.fn.attentionG.dw, ...) -> this project's.
-
-    The global attention's fused `to_qkv` Linear is split into the query and key/value 1x1
-    convs; Linear weights that are 1x1 convs here are reshaped; the position embedding and the
-    class token are stored channel-first here."""
-    expected = net.state_dict()
-    converted: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        for name, part in _rename(key, value, net):
-            target = expected.get(name)
-            if target is not None and part.ndim == 2 and target.ndim == 4:
-                part = part.reshape(*part.shape, 1, 1)
-            converted[name] = part
-    return converted
-
-
-def _downsample_with(net: nn.Module, flag: str) -> str | None:
-    for index, stage in enumerate(net.stages):
-        if getattr(stage.downsample, flag, None) is not None:
-            return f"stages.{index}.downsample.{flag}"
-    return None
-
-
-# a mixer's official names (after `fn.`) -> (the candidate module kind, its name there); QKV:
-# the fused to_qkv weight, split into the query and key/value projections
-_MIXER_KEYS = [
-    (r"cnn\.(.+)", BottleneckModule, r"\1"),
-    (r"attention\.proj\.(.+)", WindowAttentionModule, r"projection.\1"),
-    (r"attention\.(.+)", WindowAttentionModule, r"\1"),
-    (r"attentionG\.dct_conv_8x8\.(.+)", CompressedGlobalAttentionModule, r"dct.\1"),
-    (r"attentionG\.idct_conv\.0\.(.+)", CompressedGlobalAttentionModule, r"idct.\1"),
-    (r"attentionG\.dw\.(.+)", CompressedGlobalAttentionModule, r"compress.\1"),
-    (r"attentionG\.bn1\.(.+)", CompressedGlobalAttentionModule, r"compress_norm.\1"),
-    (r"attentionG\.up\.(.+)", CompressedGlobalAttentionModule, r"expand.\1"),
-    (r"attentionG\.attn\.to_qkv\.weight", CompressedGlobalAttentionModule, "attention.QKV"),
-    (r"attentionG\.attn\.to_out\.0\.(.+)", CompressedGlobalAttentionModule, r"attention.projection.\1"),
-    (r"to_qkv\.weight", PooledAttentionModule, "QKV"),
-    (r"to_out\.0\.(.+)", PooledAttentionModule, r"projection.\1"),
-]
-
-
-# official name pattern -> this project's name, outside the blocks
-_NETWORK_NAMES = (
-    (r"cnn1\.(.+)", lambda m: f"stem.conv.{m[1]}"),
-    (r"bn1\.(.+)", lambda m: f"stem.norm.{m[1]}"),
-    (r"mlp_head\.([01])\.(.+)", lambda m: f"head.{'norm' if m[1] == '0' else 'fc'}.{m[2]}"),
-    (r"merge(\d)\.(.+)", lambda m: f"stages.{m[1]}.downsample.{m[2]}"),
-)
-
-
-def _rename(key: str, value: torch.Tensor, net: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    if key == "pos_embedding":
-        return [(_downsample_with(net, "position_embedding") or key, value.permute(0, 3, 1, 2))]
-    if key == "cls_token":
-        return [(_downsample_with(net, "class_token") or key, value.reshape(1, -1, 1, 1))]
-    if (name := rename_by_table(key, _NETWORK_NAMES)) is not None:
-        return [(name, value)]
-    match = re.fullmatch(r"transformer(\d)\.layers\.(\d+)\.([01])\.(.+)", key)
-    if not match or int(match[1]) - 1 >= len(net.stages) or int(match[2]) >= len(net.stages[int(match[1]) - 1].blocks):
-        return [(key, value)]
-    stage, block, half, rest = int(match[1]) - 1, int(match[2]), int(match[3]), match[4]
-    prefix = f"stages.{stage}.blocks.{block}"
-    if match := re.fullmatch(r"norm\.(.+)", rest):  # layers.i.0 is the mixer's pre-norm, layers.i.1 the FFN's
-        return [(f"{prefix}.norm{half + 1}.{match[1]}", value)]
-    if match := re.fullmatch(r"fn\.net\.([03])\.(.+)", rest):
-        return [(f"{prefix}.ffn.{'fc1' if match[1] == '0' else 'fc2'}.{match[2]}", value)]
-    if match := re.fullmatch(r"fn\.fc\.(.+)", rest):
-        return [(f"{prefix}.mixer.fusion.fc.{match[1]}", value)]
-    inner = rest[len("fn."):] if rest.startswith("fn.") else None
-    for pattern, kind, template in _MIXER_KEYS:
-        if inner is not None and (match := re.fullmatch(pattern, inner)):
-            index = index_of(net.stages[stage].blocks[block].mixer.candidates, kind)
-            name = f"{prefix}.mixer.candidates.{index}.{match.expand(template)}"
-            if name.endswith("QKV"):
-                channels = value.shape[0] // 3
-                base = name[: -len("QKV")]
-                return [(f"{base}query.weight", value[:channels]), (f"{base}key_value.weight", value[channels:])]
-            return [(name, value)]
-    return [(key, value)]
 
 
 # The authors' evaluation transform (TencentYoutuResearch/VisualRecognition-NomMer: config.py

@@ -2,11 +2,12 @@
 
 Ops: the GroupNorm conv stem with its learnable sin-cos-initialised position embedding, the
 conv patch-merging downsample, hybrid-scale attention (which *emits* the significance map as a
-side channel), self-guided attention (which *consumes* it), the LePE branch that joins each
-attention before its output projection (fused by the shared `sum_projection`), and the MLP with
-a residual depthwise conv. Stage 4's plain attention is the shared `pooled_attention` with
-pool 1. Numerics follow the released code (OliverRensu/SG-Former @b982803, see
-shared/reference/official_notes/sgformer.md), not the paper where they differ.
+side channel) and self-guided attention (which *consumes* it). The LePE branch that joins each
+attention before its output projection is the shared `lepe` (fused by the shared
+`sum_projection`), the MLP with a residual depthwise conv the shared `dwconv_mlp`, stage 4's
+plain attention the shared `pooled_attention` with pool 1. Numerics follow the released code
+(OliverRensu/SG-Former @b982803, see shared/reference/official_notes/sgformer.md), not the
+paper where they differ; converters/sgformer.py reads its checkpoints.
 
 No resolution is hard-coded. The code's constants hold at 224 only; here they are derived
 from the map each op sees (the same rule, `nearest_divisor`, for all of them):
@@ -28,7 +29,7 @@ as large); a tie goes to the smaller (finer) value.
 from __future__ import annotations
 
 import math
-import re
+from math import prod
 from typing import Literal
 
 import numpy as np
@@ -37,14 +38,16 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
-from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
+from archdsl.network import CandidateModule
+from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
+from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
 from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
 from archdsl.training import WithoutWeightDecay
-from archdsl.weights import index_of, register_converter, rename_by_table
-from archdsl.blocks.attention import AttentionCandidate, PooledAttentionModule
-from archdsl.blocks.ffn import FFNOp, conv_ffn_flops
-from archdsl.blocks.layers import OddKernel, attend, attention_flops, conv_flops, linear_flops, strided_size
-from archdsl.blocks.norms import NormName, make_norm, norm_flops
+from archdsl.blocks.attention import AttentionCandidate
+from archdsl.blocks.layers import attention_flops, conv_flops, linear_flops, strided_size
+from archdsl.blocks.multihead import (PixelLinear, SpatialReductionAttention, attend, map_to_tokens, merge_heads, split_heads,
+                                      tokens_to_map, window_merge, window_partition)
+from archdsl.blocks.position import sincos_position_embedding
 
 
 # --- derivation of resolution-dependent sizes ---------------------------------------------------
@@ -71,19 +74,7 @@ def _input_sizes_that_work(site: Site, side_fits, count: int = 4) -> list[int]:
 def _conv_norm(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
     """Conv without bias, then GroupNorm with one group (the code's `Conv2d_BN`)."""
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
-                         nn.GroupNorm(1, out_channels))
-
-
-def sincos_position_embedding(height: int, width: int, channels: int) -> torch.Tensor:
-    """(height*width, channels): token i*width + j gets sin(j w), cos(j w), sin(i w), cos(i w),
-    w_k = 10000^(-k/(channels/4)): the column index first, as the code's helper does; computed
-    in float64 and rounded to float32, as the code does."""
-    quarter = channels // 4
-    omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)
-    rows, cols = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
-    by_col, by_row = np.outer(cols.reshape(-1), omega), np.outer(rows.reshape(-1), omega)
-    table = np.concatenate([np.sin(by_col), np.cos(by_col), np.sin(by_row), np.cos(by_row)], axis=1)
-    return torch.from_numpy(table).float()
+                         make_norm("group_norm", out_channels))
 
 
 class SGFormerStemModule(WithoutWeightDecay, nn.Module):
@@ -96,7 +87,7 @@ class SGFormerStemModule(WithoutWeightDecay, nn.Module):
             _conv_norm(channels, channels, 3, 1), nn.GELU(),
             _conv_norm(channels, channels, 3, 2),  # no activation after the last GroupNorm
         )
-        self.norm = nn.LayerNorm(channels)  # eps 1e-5 here (the block norms use 1e-6)
+        self.norm = make_token_norm("layer_norm", channels)  # eps 1e-5 here (the block norms use 1e-6)
         self.grid = grid
         self.pos_embed = nn.Parameter(sincos_position_embedding(*grid, channels).unsqueeze(0)) if position_embedding else None
 
@@ -130,7 +121,7 @@ class SGFormerStem(Op):
         out = self.output_shape(site)
         convs = (conv_flops(c_in, channels, 3, half[1:]) + conv_flops(channels, channels, 3, half[1:])
                  + conv_flops(channels, channels, 3, out[1:]))
-        return convs + 2 * norm_flops("group_norm", half) + 2 * norm_flops("group_norm", out)  # 3 GN + the LayerNorm
+        return convs + 2 * norm_flops("group_norm", half) + norm_flops("group_norm", out) + norm_flops("layer_norm", out)
 
     def build(self, site: Site) -> nn.Module:
         out = self.output_shape(site)
@@ -179,68 +170,6 @@ class ConvPatchMerging(DownsampleOp):
         return ConvPatchMergingModule(site.in_shape.channels, site.out_channels, self.norm)
 
 
-# --- FFN ------------------------------------------------------------------------------------------
-
-
-class DWConvMLPModule(nn.Module):
-    def __init__(self, channels: int, hidden: int, kernel: int):
-        super().__init__()
-        self.fc1 = nn.Conv2d(channels, hidden, 1)
-        self.dwconv = nn.Conv2d(hidden, hidden, kernel, 1, kernel // 2, groups=hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Conv2d(hidden, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.fc1(x)
-        return self.fc2(self.act(hidden + self.dwconv(hidden)))
-
-
-@register
-class DWConvMLP(FFNOp):
-    """fc1, h + depthwise kxk conv(h) (a residual inside the MLP, unlike PVTv2), GELU, fc2."""
-
-    op: Literal["dwconv_mlp"] = "dwconv_mlp"
-    ratio: PositiveInt = 4
-    kernel: OddKernel = 3
-
-    def flops(self, site: Site) -> int:
-        return conv_ffn_flops(site, self.ratio, self.kernel)  # the same layers as ConvFFN; the residual add is free
-
-    def build(self, site: Site) -> nn.Module:
-        return DWConvMLPModule(site.in_shape.channels, site.in_shape.channels * self.ratio, self.kernel)
-
-
-# --- LePE: the convolutional branch beside every attention -----------------------------------------
-
-
-class LePEModule(nn.Module):
-    def __init__(self, in_channels: int, channels: int, kernel: int):
-        super().__init__()
-        self.linear = nn.Conv2d(in_channels, channels, 1)
-        self.conv = nn.Conv2d(channels, channels, kernel, 1, kernel // 2, groups=channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(self.linear(x))
-
-
-@register
-class LePE(CandidateOp):
-    """A per-pixel linear layer then a depthwise kxk conv (both with bias): the locally-enhanced
-    positional term SG-Former adds to every attention's output before its projection (fuse with
-    `sum_projection`)."""
-
-    op: Literal["lepe"] = "lepe"
-    kernel: OddKernel = 3
-
-    def flops(self, site: Site) -> int:
-        c_in, height, width = site.in_shape
-        channels = site.out_channels
-        return conv_flops(c_in, channels, 1, (height, width)) + conv_flops(channels, channels, self.kernel, (height, width), groups=channels)
-
-    def build(self, site: Site) -> nn.Module:
-        return LePEModule(site.in_shape.channels, site.out_channels, self.kernel)
-
-
 # --- hybrid-scale attention: emits the significance map --------------------------------------------
 
 
@@ -253,68 +182,63 @@ def _check_even_heads(op: AttentionCandidate, site: Site) -> None:
                            f"even head counts that divide its {channels} channels: {fits}", field="heads")
 
 
-class HybridScaleAttentionModule(nn.Module):
-    """Half the heads attend globally over a `scale`-strided conv-merged grid, half within
-    windows; returns the concatenated heads (coarse half first) and, if `emit`, the significance
-    map (B, H, W): the attention each key receives, averaged over heads and queries, the coarse
-    half's upsampled to the map (nearest), plus the windowed half's."""
+class GridMerge(nn.Module):
+    """The coarse half's reduction: a `scale`x`scale` stride conv, then LayerNorm and GELU over its
+    tokens (run on the row-major tokens, as the code runs them: GELU's last bits depend on the
+    layout); returns a channel-last view of the merged map."""
+
+    def __init__(self, channels: int, scale: int):
+        super().__init__()
+        self.merge = nn.Conv2d(channels, channels, scale, scale)
+        self.norm = make_token_norm("layer_norm", channels)  # eps 1e-5, as the code has it
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        merged = self.merge(x)
+        return self.act(self.norm(map_to_tokens(merged))).transpose(1, 2).unflatten(-1, merged.shape[-2:])
+
+
+class HybridScaleAttentionModule(CandidateModule):
+    """Half the heads attend globally over a `scale`-strided conv-merged grid (a spatial-reduction
+    attention), half within windows; returns the concatenated heads (coarse half first) and, if
+    `emit`, the significance map (B, H, W): the attention each key receives, averaged over heads
+    and queries, the coarse half's upsampled to the map (nearest), plus the windowed half's."""
 
     def __init__(self, in_channels: int, channels: int, heads: int, scale: int, window: tuple[int, int], emit: bool):
         super().__init__()
         self.half_heads = heads // 2
-        self.head_dim = channels // heads
-        self.scale = self.head_dim ** -0.5
+        head_dim = channels // heads
+        self.scale = head_dim ** -0.5
+        self.merge_stride = scale
         self.window = window
         self.emit = emit
-        self.coarse_query = nn.Linear(in_channels, channels // 2)
-        self.coarse_merge = nn.Conv2d(in_channels, in_channels, scale, scale)
-        self.coarse_norm = nn.LayerNorm(in_channels)  # eps 1e-5, as the code has it
-        self.coarse_act = nn.GELU()
-        self.coarse_key_value = nn.Linear(in_channels, channels)
+        self.coarse = SpatialReductionAttention(PixelLinear(in_channels, channels // 2), GridMerge(in_channels, scale),
+                                                PixelLinear(in_channels, channels), self.half_heads, head_dim)
         self.window_query = nn.Linear(in_channels, channels // 2)
         self.window_key_value = nn.Linear(in_channels, channels)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None):
         batch, _, height, width = x.shape
-        heads, dim = self.half_heads, self.head_dim
-        tokens = x.flatten(2).transpose(1, 2)
-
-        # coarse half: all queries against the merged grid
-        query = self.coarse_query(tokens).reshape(batch, -1, heads, dim).transpose(1, 2)
-        merged = self.coarse_merge(x)
-        grid = merged.shape[-2:]
-        merged = self.coarse_act(self.coarse_norm(merged.flatten(2).transpose(1, 2)))
-        key, value = self.coarse_key_value(merged).reshape(batch, -1, 2, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.emit:  # the map needs the probabilities themselves
-            coarse_probs = ((query @ key.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # B h N Ng
-            coarse = coarse_probs @ value  # B h N d
-        else:
-            coarse = attend(query, key, value, self.scale)
+        coarse = self.coarse(x, return_probabilities=self.emit)
+        coarse, coarse_probs = coarse if self.emit else (coarse, None)
 
         # fine half: attention within non-overlapping windows
-        wh, ww = self.window
-        rows, cols = height // wh, width // ww
-        query = self.window_query(tokens).reshape(batch, rows, wh, cols, ww, heads, dim)
-        query = query.permute(0, 5, 1, 3, 2, 4, 6).reshape(batch, heads, rows * cols, wh * ww, dim)
-        key_value = self.window_key_value(tokens).reshape(batch, rows, wh, cols, ww, 2, heads, dim)
-        key, value = key_value.permute(5, 0, 6, 1, 3, 2, 4, 7).reshape(2, batch, heads, rows * cols, wh * ww, dim).unbind(0)
-        if self.emit:
-            window_probs = ((query @ key.transpose(-2, -1)) * self.scale).softmax(dim=-1)  # B h windows L L
-            fine = window_probs @ value
-        else:
-            fine = attend(query, key, value, self.scale)
-        fine = fine.reshape(batch, heads, rows, cols, wh, ww, dim)
-        fine = fine.permute(0, 1, 2, 4, 3, 5, 6).reshape(batch, heads, height * width, dim)
-
-        # heads are head-major in channels: channel = head * dim + e
-        out = torch.cat([coarse, fine], dim=1).transpose(-1, -2).reshape(batch, -1, height, width)
+        tokens = map_to_tokens(x)
+        query = split_heads(window_partition(self.window_query(tokens).unflatten(1, (height, width)), self.window), self.half_heads)
+        key_value = window_partition(self.window_key_value(tokens).unflatten(1, (height, width)), self.window)
+        key, value = (split_heads(part, self.half_heads) for part in key_value.chunk(2, dim=-1))
+        fine = attend(query, key, value, self.scale, return_probabilities=self.emit)
+        fine, window_probs = fine if self.emit else (fine, None)
+        fine = window_merge(merge_heads(fine), self.window, height, width).flatten(1, 2)
+        out = torch.cat([coarse, tokens_to_map(fine, height, width)], dim=1)  # heads head-major in channels
         if not self.emit:
             return out
         with torch.no_grad():
+            grid = (height // self.merge_stride, width // self.merge_stride)
             coarse_map = coarse_probs.detach().mean(1).mean(1).reshape(batch, 1, *grid)
             coarse_map = F.interpolate(coarse_map, size=(height, width), mode="nearest")[:, 0]
-            fine_map = window_probs.detach().mean(1).mean(2).reshape(batch, rows, cols, wh, ww)
-            fine_map = fine_map.permute(0, 1, 3, 2, 4).reshape(batch, height, width)
+            fine_map = window_probs.detach().mean(1).mean(1)  # (B·windows, tokens of a window)
+            fine_map = window_merge(fine_map.unsqueeze(-1), self.window, height, width)[..., 0]
             significance = fine_map + coarse_map
         return out, significance
 
@@ -350,8 +274,9 @@ class HybridScaleAttention(AttentionCandidate):
         half, head_dim = channels // 2, channels // self.heads
         grid = (height // self.scale) * (width // self.scale)
         wh, ww = self.windows(site)
-        coarse = (linear_flops(c_in, half, tokens) + conv_flops(c_in, c_in, self.scale, (height // self.scale, width // self.scale))
-                  + 5 * grid * c_in + linear_flops(c_in, channels, grid) + attention_flops(self.heads // 2, tokens, grid, head_dim))
+        merged = FeatureShape(c_in, height // self.scale, width // self.scale)
+        coarse = (linear_flops(c_in, half, tokens) + conv_flops(c_in, c_in, self.scale, merged[1:]) + norm_flops("layer_norm", merged)
+                  + linear_flops(c_in, channels, grid) + attention_flops(self.heads // 2, tokens, grid, head_dim))
         fine = linear_flops(c_in, half, tokens) + linear_flops(c_in, channels, tokens) + attention_flops(self.heads // 2, tokens, wh * ww, head_dim)
         upsample = tokens if self.emits is not None else 0  # fvcore counts the nearest upsample's output elements
         return coarse + fine + upsample
@@ -405,6 +330,17 @@ class RankAggregation(nn.Module):
         return bags.view(count, batch, self.runs, channels) + self.bias[self.run_part].to(tokens.dtype).unsqueeze(-1)
 
 
+def weighted_bag_flops(inputs, outputs) -> int:
+    """fvcore handle for `aten::embedding_bag` with per-sample weights: one multiply-add per
+    gathered element (the authors' code computes the same sums with one Linear per run length)."""
+    from fvcore.nn.jit_handles import get_shape
+
+    # aten::embedding_bag(weight, indices, offsets, scale_grad_by_freq, mode, sparse, per_sample_weights, ...)
+    if inputs[6].type().kind() == "NoneType":
+        return 0  # plain sums, uncounted like every other addition
+    return prod(get_shape(inputs[1])) * get_shape(inputs[0])[-1]
+
+
 def significance_orders(significance: torch.Tensor) -> torch.Tensor:
     """(B, H, W) map -> (2, B, H*W) token ids in ascending significance: of the row-major
     flattening, and of the column-major one (as the code sorts both). Stable sorts: ties keep
@@ -416,7 +352,7 @@ def significance_orders(significance: torch.Tensor) -> torch.Tensor:
     return torch.stack([row_order, column_order])
 
 
-class SelfGuidedAttentionModule(nn.Module):
+class SelfGuidedAttentionModule(CandidateModule):
     """All heads query every token; keys and values come from the significance-sorted,
     aggregated tokens: heads 0..h/2-1 from the row-major sort (kv1), h/2..h-1 from the
     column-major sort (kv2). The two orders differ only where the map has ties."""
@@ -424,30 +360,30 @@ class SelfGuidedAttentionModule(nn.Module):
     def __init__(self, in_channels: int, channels: int, heads: int, part_sizes: list[int], rates: list[int]):
         super().__init__()
         self.heads = heads
-        self.head_dim = channels // heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = (channels // heads) ** -0.5
         self.query = nn.Linear(in_channels, channels)
         self.row_key_value = nn.Linear(in_channels, channels)
         self.column_key_value = nn.Linear(in_channels, channels)
         self.aggregate = RankAggregation(part_sizes, rates)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = x.shape
-        tokens = x.flatten(2).transpose(1, 2)
+    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+        _, _, height, width = x.shape
+        tokens = map_to_tokens(x)
         row_runs, column_runs = self.aggregate(tokens, significance_orders(context.detach())).unbind(0)
         half = self.heads // 2
-        row_kv = self.row_key_value(row_runs).reshape(batch, -1, 2, half, self.head_dim)
-        column_kv = self.column_key_value(column_runs).reshape(batch, -1, 2, half, self.head_dim)
-        key, value = torch.cat([row_kv, column_kv], dim=3).permute(2, 0, 3, 1, 4).unbind(0)
-        query = self.query(tokens).reshape(batch, -1, self.heads, self.head_dim).transpose(1, 2)
-        out = attend(query, key, value, self.scale)
-        return out.transpose(-1, -2).reshape(batch, -1, height, width)
+        row_key, row_value = (split_heads(part, half) for part in self.row_key_value(row_runs).chunk(2, dim=-1))
+        column_key, column_value = (split_heads(part, half) for part in self.column_key_value(column_runs).chunk(2, dim=-1))
+        key, value = torch.cat([row_key, column_key], dim=1), torch.cat([row_value, column_value], dim=1)
+        out = attend(split_heads(self.query(tokens), self.heads), key, value, self.scale)
+        return tokens_to_map(merge_heads(out), height, width)
 
 
 @register
 class SelfGuidedAttention(AttentionCandidate):
     """SG-Former's self-guided attention: keys and values from tokens sorted by the significance
     map (side channel `consumes`) and aggregated at a rate per sub-region (IAM)."""
+
+    fvcore_handles = {**AttentionCandidate.fvcore_handles, "aten::embedding_bag": weighted_bag_flops}
 
     op: Literal["self_guided_attention"] = "self_guided_attention"
     shares: list[PositiveInt] = Field(min_length=1, description="sub-region sizes in proportion, least significant first")
@@ -493,135 +429,6 @@ class SelfGuidedAttention(AttentionCandidate):
     def build(self, site: Site) -> nn.Module:
         sizes, rates = self.layout(site)
         return SelfGuidedAttentionModule(site.in_shape.channels, site.out_channels, self.heads, sizes, rates)
-
-
-# --- the authors' checkpoints ------------------------------------------------------------------
-
-
-def _is_square(count: int) -> bool:
-    return math.isqrt(count) ** 2 == count
-
-
-def resize_position_embedding(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(1, g*g, C) from a square g x g grid -> (1, gh*gw, C), bicubic with antialiasing, in
-    float32, as timm's `resample_abs_pos_embed` does (the result stays float32, so an fp16
-    checkpoint is not rounded twice)."""
-    side = math.isqrt(table.shape[1])
-    channels = table.shape[-1]
-    image = table.float().reshape(1, side, side, channels).permute(0, 3, 1, 2)
-    image = F.interpolate(image, size=grid, mode="bicubic", antialias=True, align_corners=False)
-    return image.permute(0, 2, 3, 1).reshape(1, -1, channels)
-
-
-def resample_rank_weights(weight: torch.Tensor, rate: int) -> torch.Tensor:
-    """A run's weights (r,) -> (rate,): linear resampling over rank position, scaled by r / rate
-    so the run's total weight is kept (used where the derived rate differs from the checkpoint's)."""
-    weight = weight.reshape(-1).float()
-    if weight.numel() == rate:
-        return weight
-    resampled = F.interpolate(weight.view(1, 1, -1), size=rate, mode="linear", align_corners=False).view(-1)
-    return resampled * (weight.numel() / rate)
-
-
-_HYBRID_NAMES = {"sr": "coarse_merge", "norm": "coarse_norm", "q1": "coarse_query", "kv1": "coarse_key_value",
-                 "q2": "window_query", "kv2": "window_key_value"}
-_SELF_GUIDED_NAMES = {"q": "query", "kv1": "row_key_value", "kv2": "column_key_value"}
-_PLAIN_NAMES = {"q": "query", "kv": "key_value"}
-_ATTENTION_NAMES = {HybridScaleAttentionModule: _HYBRID_NAMES, SelfGuidedAttentionModule: _SELF_GUIDED_NAMES,
-                    PooledAttentionModule: _PLAIN_NAMES}
-
-
-def _candidate(net: nn.Module, stage: int, block: int, kinds: tuple[type, ...]) -> tuple[int, nn.Module | None]:
-    candidates = net.stages[stage].blocks[block].mixer.candidates
-    index = index_of(candidates, kinds)
-    return index, candidates[index] if index >= 0 else None
-
-
-def _self_guided_candidate(net: nn.Module, stage: int, block: int) -> str | None:
-    """The module path of the self-guided candidate of stages.{stage}.blocks.{block}, if any."""
-    if not (0 <= stage < len(net.stages) and block < len(net.stages[stage].blocks)):
-        return None
-    index, module = _candidate(net, stage, block, (SelfGuidedAttentionModule,))
-    return f"stages.{stage}.blocks.{block}.mixer.candidates.{index}" if module is not None else None
-
-
-# official name pattern -> this project's name, outside the blocks (c/bn: a conv and its norm)
-_NETWORK_NAMES = (
-    (r"pos_embed", lambda m: "stem.pos_embed"),
-    (r"patch_embed1\.conv\.(\d)\.(c|bn)\.(.+)", lambda m: f"stem.layers.{m[1]}.{0 if m[2] == 'c' else 1}.{m[3]}"),
-    (r"patch_embed1\.norm\.(.+)", lambda m: f"stem.norm.{m[1]}"),
-    (r"patch_embed(\d+)\.conv(\d)\.(c|bn)\.(.+)",
-     lambda m: f"stages.{int(m[1]) - 1}.downsample.layers.{2 * (int(m[2]) - 1)}.{0 if m[3] == 'c' else 1}.{m[4]}"),
-    (r"head\.(.+)", lambda m: f"head.fc.{m[1]}"),
-)
-
-
-def _rename(key: str, net: nn.Module) -> str:
-    last_stage = len(net.stages)
-    if (name := rename_by_table(key, _NETWORK_NAMES)) is not None:
-        return name
-    if match := re.fullmatch(r"norm(\d+)\.(.+)", key):  # a stage's closing norm: the next downsample's, or the head's
-        stage = int(match[1])
-        return f"head.norm.{match[2]}" if stage == last_stage else f"stages.{stage}.downsample.norm.{match[2]}"
-    match = re.fullmatch(r"block(\d+)\.(\d+)\.(.+)", key)
-    if not match or not 1 <= int(match[1]) <= last_stage or int(match[2]) >= len(net.stages[int(match[1]) - 1].blocks):
-        return key
-    stage, block, rest = int(match[1]) - 1, int(match[2]), match[3]
-    prefix = f"stages.{stage}.blocks.{block}"
-    if match := re.fullmatch(r"mlp\.(fc1|fc2|dwconv\.dwconv)\.(.+)", rest):
-        return f"{prefix}.ffn.{match[1].split('.')[0]}.{match[2]}"
-    if match := re.fullmatch(r"attn\.(lepe_linear|lepe_conv)\.(.+)", rest):
-        index, _ = _candidate(net, stage, block, (LePEModule,))
-        return f"{prefix}.mixer.candidates.{index}.{'linear' if match[1] == 'lepe_linear' else 'conv'}.{match[2]}"
-    if match := re.fullmatch(r"attn\.proj\.(.+)", rest):
-        return f"{prefix}.mixer.fusion.projection.{match[1]}"
-    if match := re.fullmatch(r"attn\.(\w+)\.(.+)", rest):
-        index, module = _candidate(net, stage, block, tuple(_ATTENTION_NAMES))
-        names = _ATTENTION_NAMES[type(module)] if module is not None else {}
-        if match[1] in names:
-            return f"{prefix}.mixer.candidates.{index}.{names[match[1]]}.{match[2]}"
-    return f"{prefix}.{rest}"
-
-
-@register_converter("sgformer")
-def convert_sgformer(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
-    """Official names (block1.0.attn.q1, patch_embed2.conv1.c, ...) -> this project's modules.
-
-    Shapes: Linear weights become 1x1 conv weights where this project uses convs; a position
-    embedding for another input size is resized bicubically; the f1/f2/f3 aggregation layers of
-    each self-guided block are joined into its `aggregate.weight` / `aggregate.bias`, resampled
-    where the rate derived for this input size differs from the checkpoint's (not at 224)."""
-    expected = net.state_dict()
-    converted: dict[str, torch.Tensor] = {}
-    rank_layers: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
-    for key, value in state.items():
-        if match := re.fullmatch(r"block(\d+)\.(\d+)\.attn\.f(\d)\.(weight|bias)", key):
-            owner = _self_guided_candidate(net, int(match[1]) - 1, int(match[2]))
-            if owner is None:
-                converted[key] = value  # reported as unexpected
-            else:
-                rank_layers.setdefault(owner, {}).setdefault(int(match[3]), {})[match[4]] = value
-            continue
-        name = _rename(key, net)
-        if name in expected and value.shape != expected[name].shape:
-            shape = tuple(expected[name].shape)
-            if name == "stem.pos_embed" and value.dim() == 3 and value.shape[-1] == shape[-1] and _is_square(value.shape[1]):
-                value = resize_position_embedding(value, net.stem.grid)
-            elif shape == tuple(value.shape) + (1, 1):
-                value = value.reshape(shape)  # Linear [out, in] -> 1x1 conv [out, in, 1, 1]
-        converted[name] = value
-    for owner, layers in rank_layers.items():
-        module = net.get_submodule(f"{owner}.aggregate")
-        parts = sorted(layers)
-        if parts != list(range(1, len(module.rates) + 1)) or any(set(layers[p]) != {"weight", "bias"} for p in parts):
-            for part in parts:
-                for kind, value in layers[part].items():
-                    converted[f"{owner}.f{part}.{kind}"] = value  # reported as unexpected, with the missing aggregate
-            continue
-        converted[f"{owner}.aggregate.weight"] = torch.cat(
-            [resample_rank_weights(layers[p]["weight"], rate) for p, rate in zip(parts, module.rates)])
-        converted[f"{owner}.aggregate.bias"] = torch.cat([layers[p]["bias"].reshape(1).float() for p in parts])
-    return converted
 
 
 # The authors' evaluation transform (OliverRensu/SG-Former: main.py's resolve_data_config with

@@ -75,7 +75,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archdsl.blocks.layers import DropPath, Swish
+from archdsl.blocks.layers import Swish
+from archdsl.network import DropPath
 from archdsl.network import ArchNet
 from archdsl.search.data import ImageData
 

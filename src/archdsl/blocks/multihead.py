@@ -1,0 +1,133 @@
+"""Softmax attention, written once: every attention op of every family is composed of these.
+
+* `attend`: softmax(scale · q kᵀ + bias) v, optionally with the probabilities;
+* `split_heads` / `merge_heads`: channel-last tokens <-> per-head tokens (head-major channels);
+* `window_partition` / `window_merge`: a channel-last map <-> its rectangular windows;
+* `SpatialReductionAttention`: every pixel's query against keys and values projected from a
+  reduced map (pooled, merged by a strided conv, or the map itself).
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archdsl.network import CandidateModule
+
+
+def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, bias: torch.Tensor | None = None,
+           return_probabilities: bool = False):
+    """softmax(scale · q kᵀ + bias) v over (..., tokens, dim) tensors; with
+    `return_probabilities`, (that, the softmax probabilities).
+
+    Runs fused `scaled_dot_product_attention` in eager mode and under torch.compile. Under
+    tracing (fvcore, torch.jit.trace, ONNX export), and when the probabilities are wanted, it
+    computes the explicit matmul → softmax → matmul, which every tracer-based tool understands:
+    fvcore then counts attention the way it counts the authors' code. The two paths agree to
+    ~1e-6 (tests/test_compiler.py)."""
+    if bias is not None:
+        bias = bias.to(query.dtype)  # a float32 bias table under autocast: SDPA wants the query's dtype
+    if return_probabilities or torch.jit.is_tracing():
+        # scaled after the product, as the released SG-Former code computes its significance
+        scores = (query @ key.transpose(-2, -1)) * scale
+        if bias is not None:
+            scores = scores + bias
+        probabilities = scores.softmax(dim=-1)
+        out = probabilities @ value
+        return (out, probabilities) if return_probabilities else out
+    # the CPU kernels copy strided inputs internally, slower than one explicit copy (~1.4x on
+    # CloFormer's global branch, whose queries arrive transposed)
+    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale)
+
+
+def sdpa_flops(inputs, outputs) -> int:
+    """fvcore handle for `aten::scaled_dot_product_attention`: its two matmuls."""
+    from fvcore.nn.jit_handles import get_shape
+
+    query, key, value = (get_shape(inputs[i]) for i in range(3))
+    return prod(query[:-1]) * key[-2] * (query[-1] + value[-1])
+
+
+def split_heads(tokens: torch.Tensor, heads: int) -> torch.Tensor:
+    """(..., N, heads·d) -> (..., heads, N, d): channel h·d + e is head h's e (a view)."""
+    return tokens.unflatten(-1, (heads, -1)).transpose(-3, -2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of `split_heads`: (..., heads, N, d) -> (..., N, heads·d)."""
+    return x.transpose(-3, -2).flatten(-2)
+
+
+def window_partition(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W, C) -> (B·nW, wh·ww, C): `window` = (wh, ww) windows image by image, row-major;
+    tokens row-major inside each."""
+    batch, height, width, channels = x.shape
+    wh, ww = window
+    x = x.reshape(batch, height // wh, wh, width // ww, ww, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, channels)
+
+
+def window_merge(windows: torch.Tensor, window: tuple[int, int], height: int, width: int) -> torch.Tensor:
+    """The exact inverse of `window_partition`: (B·nW, wh·ww, C) -> (B, H, W, C)."""
+    wh, ww = window
+    channels = windows.shape[-1]
+    x = windows.reshape(-1, height // wh, width // ww, wh, ww, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H·W, C), row-major (a view)."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def tokens_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, H·W, C) -> a contiguous (B, C, H, W) (convolutions after it give other last bits on a
+    channel-last layout)."""
+    return tokens.transpose(1, 2).contiguous().unflatten(-1, (height, width))
+
+
+class PixelLinear(nn.Linear):
+    """A Linear applied at every pixel of an NCHW map (over its row-major tokens, as the released
+    codes' token Linears run; the result is a channel-last view of the map)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(map_to_tokens(x)).transpose(1, 2).unflatten(-1, x.shape[-2:])
+
+
+class SpatialReductionAttention(CandidateModule):
+    """Multi-head attention of every pixel's query over keys and values projected from a
+    reduced map (PVT's spatial reduction): q = query(x), [k | v] = key_value(reduce(x)),
+    softmax attention per head, then `projection` if given. NCHW in and out; the projections
+    are per-pixel maps (1x1 convs or `PixelLinear`s), `reduce` any map -> map module (average
+    pooling, a strided conv with its norm, `nn.Identity` for global attention).
+
+    Its values can be gated per channel (`value_gate`, channels ordered head by head), and it
+    can return the attention probabilities (B, heads, H·W, keys) beside its output."""
+
+    def __init__(self, query: nn.Module, reduce: nn.Module, key_value: nn.Module, heads: int, head_dim: int,
+                 projection: nn.Module | None = None):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.scale = head_dim ** -0.5
+        self.query = query
+        self.reduce = reduce
+        self.key_value = key_value
+        self.projection = projection
+
+    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                return_probabilities: bool = False):
+        batch, _, height, width = x.shape
+        query = split_heads(map_to_tokens(self.query(x)), self.heads)
+        key, value = (split_heads(part, self.heads) for part in map_to_tokens(self.key_value(self.reduce(x))).chunk(2, dim=-1))
+        if value_gate is not None:
+            value = value * value_gate.reshape(batch, self.heads, 1, self.head_dim)
+        attended = attend(query, key, value, self.scale, return_probabilities=return_probabilities)
+        out, probabilities = attended if return_probabilities else (attended, None)
+        out = tokens_to_map(merge_heads(out), height, width)
+        if self.projection is not None:
+            out = self.projection(out)
+        return (out, probabilities) if return_probabilities else out
