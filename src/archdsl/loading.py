@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+import reprlib
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -395,7 +396,7 @@ def _normalise_overrides(overrides) -> list[tuple[tuple, Any, str]]:
     if isinstance(overrides, Mapping):
         items = []
         for key, value in overrides.items():
-            items.append((override_path(str(key)), value, f"override {key}={value!r}"))
+            items.append((override_path(str(key)), value, f"override {key}={reprlib.repr(value)}"))
         return items
     result = []
     for text in overrides:

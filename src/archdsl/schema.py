@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import reprlib
 import types
 import typing
 from typing import Annotated, Any, Optional, Union
@@ -43,6 +44,15 @@ def op_slot(role: str, optional: bool = False):
     return Annotated[union, Field(discriminator="op"), BeforeValidator(_shorthand)]
 
 
+# Validation time must not grow with the numbers in a spec (an op's check may list a size's
+# divisors): every integer is capped far above what any network here could use.
+MAX_INTEGER = 2**24
+MAX_IMAGE_SIDE = 65536  # a 65536² image's first feature map alone is hundreds of GB
+MAX_STAGE_DEPTH = 10_000  # lowering visits every block
+
+ImageSide = Annotated[int, Field(gt=0, le=MAX_IMAGE_SIDE)]
+
+
 def default_op(name: str):
     return Field(name, validate_default=True)
 
@@ -57,7 +67,7 @@ def spec_models() -> types.SimpleNamespace:
 
     class Input(Strict):
         channels: PositiveInt = 3
-        size: PositiveInt | tuple[PositiveInt, PositiveInt] = 224
+        size: ImageSide | tuple[ImageSide, ImageSide] = 224
 
         @property
         def hw(self) -> tuple[int, int]:
@@ -81,7 +91,7 @@ def spec_models() -> types.SimpleNamespace:
 
     class Stage(Strict):
         width: PositiveInt
-        depth: PositiveInt
+        depth: Annotated[int, Field(gt=0, le=MAX_STAGE_DEPTH)]
         downsample: op_slot("downsample", optional=True) = None
         blocks: Annotated[list[Block], Field(min_length=1, description="block pattern, repeated to fill `depth`")]
 
@@ -176,6 +186,25 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
+def _slot_ops(path: tuple, data: Any) -> list[str]:
+    """The op names that may fill the slot at `path` (none if it is not an op slot)."""
+    while path and isinstance(path[-1], int):
+        path = path[:-1]
+    parent = model_at(path[:-1], data) if path else None
+    if parent is None or path[-1] not in parent.model_fields:
+        return []
+    return sorted(m.model_fields["op"].default for m in _unwrap(parent.model_fields[path[-1]].annotation) if issubclass(m, Op))
+
+
+_shortener = reprlib.Repr()  # a found value is shown, not printed whole
+_shortener.maxlist = _shortener.maxdict = 4
+_shortener.maxstring = _shortener.maxother = 40
+_short = _shortener.repr
+
+# pydantic's error types for "a mapping was expected here"
+_NOT_A_MAPPING = ("model_type", "model_attributes_type", "dict_type")
+
+
 def _problem_from(error: dict, loaded: LoadedSpec) -> Problem:
     path = _strip_tags(error["loc"], loaded.data)
     kind = error["type"]
@@ -188,23 +217,56 @@ def _problem_from(error: dict, loaded: LoadedSpec) -> Problem:
         message = f"unknown key {key!r}.{_did_you_mean(key, valid)}{valid_text}"
         path = path if path and path[-1] == key else path + (key,)
     elif kind in ("union_tag_invalid", "union_tag_not_found"):
-        names = [name.strip().strip("'") for name in str(ctx.get("expected_tags", "")).split(",")]
+        names = _slot_ops(path, loaded.data)
         if kind == "union_tag_invalid":
             message = f"unknown op {ctx.get('tag')!r}.{_did_you_mean(ctx.get('tag'), names)} Valid ops here: {', '.join(names)}."
             path = path + ("op",)
         else:
-            message = f"missing `op:`; valid ops here: {', '.join(names)}."
+            message = f"missing `op:`; write `op: NAME` with one of the ops valid here: {', '.join(names)}."
     elif kind == "missing":
         message = f"required key {error['loc'][-1]!r} is missing"
         path = path + (error["loc"][-1],)
-    else:
+    elif kind in _NOT_A_MAPPING:
         found = error.get("input")
-        message = f"{error['msg'][0].lower()}{error['msg'][1:]}; found {found!r}"
+        ops = _slot_ops(path, loaded.data)
+        model = model_at(path, loaded.data)
+        if ops:
+            expected = f"an op: its name (one of {', '.join(ops)}) or a mapping with `op:` and its parameters"
+        elif model is not None:
+            expected = f"a mapping with the keys {', '.join(model.model_fields)}"
+        else:
+            expected = "a mapping"
+        message = f"expected {expected}; found {_describe(found)}"
+    elif kind == "list_type":
+        message = f"expected a list (- item lines, or [a, b]); found {_describe(error.get('input'))}"
+    else:
+        message = f"{error['msg'][0].lower()}{error['msg'][1:]}; found {_short(error.get('input'))}"
     return Problem(message, path, loaded.sources.locate(path))
+
+
+def _oversized(data: Any, path: tuple, loaded: LoadedSpec) -> list[Problem]:
+    if isinstance(data, dict):
+        return [problem for key, value in data.items() for problem in _oversized(value, path + (key,), loaded)]
+    if isinstance(data, list):
+        return [problem for index, value in enumerate(data) for problem in _oversized(value, path + (index,), loaded)]
+    if isinstance(data, int) and not isinstance(data, bool) and abs(data) > MAX_INTEGER:
+        return [Problem(f"{data:,} is beyond any size a network can use: widths, channels, heads, kernels, classes and other "
+                        f"counts are at most {MAX_INTEGER:,} (2^24)", path, loaded.sources.locate(path))]
+    return []
+
+
+def _describe(value: Any) -> str:
+    kind = {dict: "a mapping", list: "a list", str: "the text", bool: "the boolean"}.get(type(value), "the value")
+    if isinstance(value, (dict, list)):
+        kind += f" of {len(value)} items"
+    return f"{kind} {_short(value)}"
 
 
 def validate(loaded: LoadedSpec):
     """Validate loaded data into a `Spec`, or raise a `SpecError` naming every problem's line."""
+    oversized = _oversized(loaded.data, (), loaded)
+    if oversized:
+        raise SpecError(oversized)
     try:
         spec = spec_models().Spec.model_validate(loaded.data)
     except ValidationError as error:

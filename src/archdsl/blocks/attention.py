@@ -9,7 +9,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.ops import CandidateOp, OpCheckError, Site, register
-from archdsl.blocks.layers import FitRule, attend, attention_flops, common_divisors, conv_flops, fit_to_map, linear_flops
+from archdsl.blocks.layers import FitRule, attend, attention_flops, common_divisors, conv_flops, divisors, fit_to_map, linear_flops
 from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
 
@@ -20,9 +20,8 @@ class AttentionCandidate(CandidateOp):
 
     def check(self, site: Site) -> None:
         if site.out_channels % self.heads:
-            divisors = [h for h in range(1, site.out_channels + 1) if site.out_channels % h == 0]
             raise OpCheckError(
-                f"{self.heads} heads do not divide this candidate's {site.out_channels} channels; heads that do: {divisors}",
+                f"{self.heads} heads do not divide this candidate's {site.out_channels} channels; heads that do: {divisors(site.out_channels)}",
                 field="heads")
 
 

@@ -21,6 +21,7 @@ pixels row-major. Global attention, LayerNorm and the MLP are blind to the layou
 from __future__ import annotations
 
 import re
+from math import gcd
 from collections import OrderedDict
 from functools import partial
 from pathlib import Path
@@ -37,7 +38,7 @@ from archdsl.blocks.attention import AttentionCandidate, PooledAttention, Pooled
 from archdsl.blocks.dct import BlockDCT, BlockIDCT, block_dct_flops
 from archdsl.blocks.fusion import FusionOp
 from archdsl.blocks.heads import HeadOp
-from archdsl.blocks.layers import FitRule, OddKernel, common_divisors, conv_flops, fit_to_map, linear_flops, strided_size
+from archdsl.blocks.layers import FitRule, OddKernel, common_divisors, conv_flops, divisors, fit_to_map, linear_flops, strided_size
 from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
 
@@ -196,7 +197,7 @@ class CompressedGlobalAttention(AttentionCandidate):
         coefficients = keep * keep
         for what, count in (("the DCT coefficients", c_in * coefficients), ("the candidate's channels", site.out_channels)):
             if count % self.groups:
-                fits = [g for g in range(1, site.out_channels + 1) if site.out_channels % g == 0 and (c_in * coefficients) % g == 0]
+                fits = divisors(gcd(site.out_channels, c_in * coefficients))
                 raise OpCheckError(f"{self.groups} groups do not divide {what} ({count}); groups that divide both "
                                    f"{c_in * coefficients} coefficients and {site.out_channels} channels: {fits}", field="groups")
 

@@ -41,7 +41,7 @@ from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, Op, OpCheckErro
 from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import AttentionCandidate, PooledAttentionModule
 from archdsl.blocks.ffn import FFNOp, conv_ffn_flops
-from archdsl.blocks.layers import OddKernel, attend, attention_flops, conv_flops, linear_flops, strided_size
+from archdsl.blocks.layers import OddKernel, attend, attention_flops, conv_flops, divisors, linear_flops, strided_size
 from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
 
@@ -50,8 +50,7 @@ from archdsl.blocks.norms import NormName, make_norm, norm_flops
 
 def nearest_divisor(n: int, target: int) -> int:
     """The divisor of `n` nearest to `target` on a log scale; a tie goes to the smaller."""
-    divisors = {d for k in range(1, math.isqrt(n) + 1) if n % k == 0 for d in (k, n // k)}
-    return min(sorted(divisors), key=lambda d: abs(math.log(d / target)))
+    return min(divisors(n), key=lambda d: abs(math.log(d / target)))
 
 
 def _input_sizes_that_work(site: Site, side_fits, count: int = 4) -> list[int]:
@@ -244,7 +243,7 @@ def _check_even_heads(op: AttentionCandidate, site: Site) -> None:
     AttentionCandidate.check(op, site)
     if op.heads % 2:
         channels = site.out_channels
-        fits = [h for h in range(2, channels + 1, 2) if channels % h == 0]
+        fits = [h for h in divisors(channels) if h % 2 == 0]
         raise OpCheckError(f"{op.op} splits its heads in two halves, so it needs an even head count, not {op.heads}; "
                            f"even head counts that divide its {channels} channels: {fits}", field="heads")
 
