@@ -10,6 +10,7 @@ from torch import nn
 from archdsl.compiler import compile_graph
 from archdsl.cost import FlopCount, fvcore_counts
 from archdsl.errors import Location, Problem, SpecError
+from archdsl.footprint import check_fits
 from archdsl.graph import ArchGraph, lower
 from archdsl.loading import load_data
 from archdsl.network import ArchNet
@@ -80,17 +81,20 @@ def _stored_checkpoint(source) -> dict | None:
 
 
 def create_model(source, pretrained: str | Path | None = None, num_classes: int | None = None,
-                 img_size: ImageSize = None, overrides: Overrides = None) -> ArchNet:
+                 img_size: ImageSize = None, overrides: Overrides = None, max_memory: str | int | None = None) -> ArchNet:
     """Build a model from a spec (object, file, bundled name) or an archdsl checkpoint (.pt).
 
     `pretrained`: weights to load (an archdsl checkpoint or the authors' released format);
-    the model is returned in eval mode when given."""
+    the model is returned in eval mode when given. A network whose parameters and activations
+    (batch 1) exceed `max_memory` (bytes or "8G"; default: this machine's memory) is refused."""
     stored = _stored_checkpoint(source)
     if stored is not None:
         spec = load_spec(stored["spec"], overrides, img_size=img_size, num_classes=num_classes)
     else:
         spec = load_spec(source, overrides, img_size=img_size, num_classes=num_classes)
-    model = compile_graph(lower_spec(spec))
+    graph = lower_spec(spec)
+    check_fits(graph, max_memory)
+    model = compile_graph(graph)
     if stored is not None:
         load_weights(model, source, stored)
     if pretrained is not None:

@@ -13,18 +13,43 @@ from rich.table import Table
 
 from archdsl.errors import Location, Problem, SpecError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="A declarative architecture language for conv/attention vision backbones.")
 out = Console()
 err = Console(stderr=True)
+
+ISSUE_HINT = "This is a bug in archdsl, not in your spec: please report it on the archdsl issue tracker with the command you ran."
+
+
+class App(typer.Typer):
+    """The command line: a spec error exits 2 with its located message, a crash of archdsl's own
+    code exits 1 as an internal error; neither prints a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except SpecError as error:  # from a command that does not catch it itself
+            report(error)
+            raise SystemExit(2) from None
+        except Exception as error:  # noqa: BLE001  (the last stop before the user's terminal)
+            err.print("[bold red]internal error:[/] ", end="")
+            err.print(f"{type(error).__name__}: {error}\n{ISSUE_HINT}", highlight=False, soft_wrap=True, markup=False)
+            raise SystemExit(1) from None
+
+
+app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+          help="A declarative architecture language for conv/attention vision backbones.")
 
 SpecArgument = typer.Argument(..., help="A spec file, or a bundled spec name such as cloformer_xxs.")
 SetOption = typer.Option(None, "--set", help="Override a value by dotted path, e.g. --set stages.2.depth=8 (repeatable).")
 ImgSizeOption = typer.Option(None, "--img-size", help="Input size: N or HxW (e.g. 224 or 224x288).")
 
 
+def report(error: Exception) -> None:
+    err.print("[bold red]error:[/] ", end="")
+    err.print(str(error), highlight=False, soft_wrap=True, markup=False)  # spec text may hold [brackets]
+
+
 def fail(error: Exception) -> None:
-    err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    report(error)
     raise typer.Exit(code=2)
 
 

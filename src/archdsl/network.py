@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archdsl.blocks.layers import DropPath
+from archdsl.errors import Problem, SpecError
 
 
 class Interaction(nn.Module):
@@ -129,6 +130,24 @@ class ArchNet(nn.Module):
         self.spec = spec  # the validated Spec it was compiled from (not a module, not in state_dict)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        built = self.spec.image_size if self.spec is not None else None
+        given = tuple(x.shape[-2:])
+        if built is None or given == built:  # the size every module was checked and built for
+            return self._stage_maps(x)
+        try:  # at another size some modules run (convs, pooled attention) and some cannot (windows, position tables)
+            return self._stage_maps(x)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as error:
+            size = f"{given[0]}" if given[0] == given[1] else f"'{given[0]}x{given[1]}'"
+            where = ("input", "size")
+            raise SpecError(Problem(
+                f"this model was built for {built[0]}x{built[1]} inputs and cannot run on a {given[0]}x{given[1]} input "
+                f"({str(error).splitlines()[0]}); build it for that size: create_model(spec, img_size={size}) or "
+                f"`archdsl build SPEC --img-size {given[0]}x{given[1]}`", where,
+                self.spec._sources.locate(where) if self.spec._sources else None)) from None
+
+    def _stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
         side: dict[str, torch.Tensor] = {}  # side channels live within a forward pass
         features = []
