@@ -112,11 +112,11 @@ def validate(spec: str = SpecArgument, img_size: Optional[str] = ImgSizeOption, 
 
 
 @app.command()
-def schema() -> None:
+def schema(space: bool = typer.Option(False, "--space", help="The schema of search spaces (choice nodes allowed anywhere).")) -> None:
     """Print the language's JSON Schema (for YAML completion in editors)."""
     from archdsl.schema import json_schema
 
-    typer.echo(json.dumps(json_schema(), indent=2))
+    typer.echo(json.dumps(json_schema(space=space), indent=2))
 
 
 @app.command()

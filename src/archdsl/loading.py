@@ -192,8 +192,9 @@ def parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
             _measure(node, 0, file, {}, set())
         data = None if node is None else _construct(loader, node, (), sources, file)
     except yaml.reader.ReaderError as error:
-        raise SpecError(Problem(f"cannot read YAML: character {error.character!r} is not allowed in YAML text "
-                                f"(control characters must be escaped in a double-quoted string, such as \"\\x07\")",
+        character = chr(error.character) if isinstance(error.character, int) else error.character
+        raise SpecError(Problem(f"cannot read YAML: character {character!r} is not allowed in YAML text (a control "
+                                f"character must be escaped in a double-quoted string, such as \"\\x{ord(character):02x}\")",
                                 (), _location_in(text, error.position, file))) from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark

@@ -121,8 +121,110 @@ def spec_models() -> types.SimpleNamespace:
 on_registry_change(spec_models.cache_clear)
 
 
-def json_schema() -> dict:
-    return spec_models().Spec.model_json_schema()
+def json_schema(space: bool = False) -> dict:
+    """The language as a JSON Schema (Draft 2020-12), for editors: a spec, or one with `extends:`
+    (then every key is optional and a mapping of list indices patches an inherited list), or with
+    `space`, a search space (any value may be a choice node: choice, range, subset, expr)."""
+    generated = spec_models().Spec.model_json_schema(ref_template="#/$defs/{model}")
+    defs = generated.pop("$defs")
+    defs["Spec"] = generated
+    op_names = {name: definition["properties"]["op"]["const"] for name, definition in defs.items()
+                if "const" in definition.get("properties", {}).get("op", {})}
+    defs = {name: _with_shorthand(definition, op_names) for name, definition in defs.items()}
+    if space:
+        spaced = {f"Space{name}": _variant(definition, "Space", _with_choice_nodes) for name, definition in defs.items()}
+        spaced["SpaceSpec"]["properties"]["search"] = {
+            "type": "object", "additionalProperties": False, "description": "the space's defaults for `archdsl search`",
+            "properties": {"budget": {"type": ["string", "number"], "description": "FLOP budget, such as 2GFLOPs"},
+                           "max_params": {"type": ["string", "number"], "description": "parameter budget, such as 10M"}}}
+        return {"$schema": _DRAFT, "title": "archdsl search space", "$defs": {**defs, **spaced}, "$ref": "#/$defs/SpaceSpec"}
+    partial = {f"Partial{name}": _variant(definition, "Partial", _as_patch) for name, definition in defs.items()}
+    extends = {"description": "base spec file(s), relative to this file; this file's values win, a mapping of list indices "
+                              "patches an inherited list", "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+    partial["PartialSpec"]["properties"]["extends"] = extends
+    return {"$schema": _DRAFT, "title": "archdsl spec", "$defs": {**defs, **partial},
+            "if": {"required": ["extends"]}, "then": {"$ref": "#/$defs/PartialSpec"}, "else": {"$ref": "#/$defs/Spec"}}
+
+
+_DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _op_refs(node: dict, op_names: dict[str, str]) -> list[str]:
+    """The op names an op slot's schema admits (none if it is not an op slot)."""
+    refs = [node] if "$ref" in node else node.get("oneOf", [])
+    names = [op_names.get(ref.get("$ref", "").rsplit("/", 1)[-1]) for ref in refs]
+    return names if names and all(names) else []
+
+
+def _with_shorthand(node: Any, op_names: dict[str, str]) -> Any:
+    """Every op slot also takes the op's bare name (`norm: group_norm`)."""
+    if isinstance(node, list):
+        return [_with_shorthand(item, op_names) for item in node]
+    if not isinstance(node, dict):
+        return node
+    names = _op_refs(node, op_names)
+    if names:
+        slot = {key: value for key, value in node.items() if key != "description"}
+        shorthand = {"type": "string", "enum": names, "description": "an op's name: the op with its default parameters"}
+        return {**({"description": node["description"]} if "description" in node else {}), "anyOf": [slot, shorthand]}
+    return {key: _with_shorthand(value, op_names) for key, value in node.items()}
+
+
+def _variant(node: Any, prefix: str, transform) -> Any:
+    """A copy of a schema whose local references point at the `prefix` variants of their
+    definitions and whose every sub-schema went through `transform`."""
+    if isinstance(node, list):
+        return [_variant(item, prefix, transform) for item in node]
+    if not isinstance(node, dict):
+        return node
+    copied = {key: _variant(value, prefix, transform) for key, value in node.items()}
+    if "$ref" in copied:
+        copied["$ref"] = copied["$ref"].replace("#/$defs/", f"#/$defs/{prefix}")
+    return transform(copied)
+
+
+def _as_patch(node: dict) -> dict:
+    """Under `extends:` nothing is required, an op may be patched without naming it, and a list
+    may be patched by index (`stages: {2: {depth: 8}}`)."""
+    node = {key: value for key, value in node.items() if key not in ("required", "discriminator")}
+    if "oneOf" in node:
+        node["anyOf"] = node.pop("oneOf")
+    if node.get("type") == "array":
+        items = node.get("items", {})
+        by_index = {"type": "object", "patternProperties": {"^-?[0-9]+$": items}, "additionalProperties": False,
+                    "description": "patches of the inherited list's items, by index"}
+        return {"description": node.get("description", ""), "anyOf": [node, by_index]}
+    return node
+
+
+_CHOICE_NODES = [
+    {"type": "object", "required": ["range"], "additionalProperties": False, "description": "a number drawn from [low, high]",
+     "properties": {"range": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2, "description": "[low, high]"},
+                    "step": {"type": "number", "description": "spacing of the values drawn"},
+                    "log": {"type": "boolean", "description": "draw on a log scale"}}},
+    {"type": "object", "required": ["expr"], "additionalProperties": False, "description": "a value derived from the sampled ones",
+     "properties": {"expr": {"type": "string", "description": "an expression such as share or divisor(channels, channels / 16)"}}},
+]
+
+
+def _with_choice_nodes(node: dict) -> dict:
+    """In a search space a value may be drawn: a choice among options, a range, a subset of a
+    list, or an expression of other drawn values."""
+    if "properties" not in node or node.get("type") != "object":
+        return node
+    properties = {}
+    for name, value in node["properties"].items():
+        alternatives = [value, {"type": "object", "required": ["choice"], "additionalProperties": False,
+                                "description": "one of the options, drawn by the search",
+                                "properties": {"choice": {"type": "array", "minItems": 1, "items": value, "description": "the options"}}},
+                        *_CHOICE_NODES]
+        if value.get("type") == "array":
+            alternatives.append({"type": "object", "required": ["subset"], "additionalProperties": False,
+                                 "description": "some of the items, drawn by the search",
+                                 "properties": {"subset": value, "size": {"description": "[fewest, most] items drawn",
+                                                                           "anyOf": [{"type": "integer"}, {"type": "array", "items": {"type": "integer"}}]}}})
+        properties[name] = {"description": value.get("description", ""), "anyOf": alternatives}
+    return {**node, "properties": properties}
 
 
 # --- pydantic errors -> located problems ------------------------------------------------------
