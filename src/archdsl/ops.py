@@ -68,7 +68,7 @@ class OpCheckError(ValueError):
 class Op(BaseModel):
     """Base of every op. Subclasses set `op: Literal["name"] = "name"` and `role`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     role: ClassVar[str]
     # Side channels: the kind of map an op can emit or consume (SG-Former's significance).
@@ -97,6 +97,7 @@ class CandidateOp(Op):
     # interaction with applies_to "values" multiplies onto the candidate's values
     accepts_value_gate: ClassVar[bool] = False
     channels: PositiveInt | None = None
+    """output channels: this candidate's share of the block width (the whole width when omitted)"""
 
     def feature_shape(self, site: Site) -> FeatureShape:
         """What interactions whose source is this candidate read (its output, unless its
@@ -118,7 +119,9 @@ class InteractionOp(Op):
     role: ClassVar[str] = "interaction"
     applies_to: ClassVar[Literal["values", "output"]] = "output"
     source: NonNegativeInt
+    """index of the candidate the gate is computed from"""
     target: NonNegativeInt
+    """index of the candidate the gate is applied to"""
 
 
 _REGISTRY: dict[str, dict[str, type[Op]]] = {role: {} for role in ROLES}

@@ -53,12 +53,8 @@ MAX_STAGE_DEPTH = 10_000  # lowering visits every block
 ImageSide = Annotated[int, Field(gt=0, le=MAX_IMAGE_SIDE)]
 
 
-def default_op(name: str):
-    return Field(name, validate_default=True)
-
-
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 @functools.cache
@@ -66,8 +62,8 @@ def spec_models() -> types.SimpleNamespace:
     """Build the language's models from the ops registered now (rebuilt when that changes)."""
 
     class Input(Strict):
-        channels: PositiveInt = 3
-        size: ImageSide | tuple[ImageSide, ImageSide] = 224
+        channels: PositiveInt = Field(3, description="image channels (3 for RGB)")
+        size: ImageSide | tuple[ImageSide, ImageSide] = Field(224, description="input side N, or [height, width]; `--img-size` overrides it")
 
         @property
         def hw(self) -> tuple[int, int]:
@@ -76,34 +72,36 @@ def spec_models() -> types.SimpleNamespace:
     class Mixer(Strict):
         """The token mixer: context candidates, each reading the block's input; one fusion rule."""
 
-        candidates: Annotated[list[op_slot("candidate")], Field(min_length=1)]
-        fusion: op_slot("fusion") = default_op("sum")
-        interactions: list[op_slot("interaction")] = []
+        candidates: Annotated[list[op_slot("candidate")], Field(
+            min_length=1, description="context candidates, each reading the block's normalised input")]
+        fusion: op_slot("fusion") = Field("sum", validate_default=True, description="how the candidates' outputs are joined")
+        interactions: list[op_slot("interaction")] = Field([], description="gates from one candidate onto another's values or output")
         pad_multiple: PositiveInt | None = Field(
             None, description="zero-pad the normalised map (bottom, right) to a multiple of this before the candidates run; crop after")
 
     class Block(Strict):
         """x + mixer(norm(x)), then x + ffn(norm(x)): pre-norm residuals."""
 
-        mixer: Mixer
-        ffn: op_slot("ffn", optional=True) = None
-        norm: NormName = "layer_norm"
+        mixer: Mixer = Field(description="the token mixer: candidates and their fusion")
+        ffn: op_slot("ffn", optional=True) = Field(None, description="the feed-forward network after the mixer (none when null)")
+        norm: NormName = Field("layer_norm", description="the norm before the mixer and before the FFN")
 
     class Stage(Strict):
-        width: PositiveInt
-        depth: Annotated[int, Field(gt=0, le=MAX_STAGE_DEPTH)]
-        downsample: op_slot("downsample", optional=True) = None
+        width: PositiveInt = Field(description="channels of the stage's blocks")
+        depth: Annotated[int, Field(gt=0, le=MAX_STAGE_DEPTH, description="number of blocks")]
+        downsample: op_slot("downsample", optional=True) = Field(
+            None, description="the op that brings the previous map to this stage's width and size (none when null)")
         blocks: Annotated[list[Block], Field(min_length=1, description="block pattern, repeated to fill `depth`")]
 
     class Spec(Strict):
-        name: str | None = None
+        name: str | None = Field(None, description="the network's name")
         family: str | None = Field(None, description="selects the weight converter for the authors' checkpoints")
-        description: str | None = None
-        input: Input = Input()
-        stem: op_slot("stem")
-        stages: Annotated[list[Stage], Field(min_length=1)]
-        head: op_slot("head")
-        drop_path_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+        description: str | None = Field(None, description="free text")
+        input: Input = Field(Input(), description="the input image: channels and size")
+        stem: op_slot("stem") = Field(description="the op that turns the image into the first feature map")
+        stages: Annotated[list[Stage], Field(min_length=1, description="the stages, in order; each may downsample, then runs its blocks")]
+        head: op_slot("head") = Field(description="the classifier on the last stage's map")
+        drop_path_rate: Annotated[float, Field(ge=0.0, lt=1.0, description="stochastic depth, rising linearly to this over the blocks")] = 0.0
         # where each value was written, so that errors found after validation point at YAML lines
         _sources: SourceMap | None = PrivateAttr(None)
 
@@ -128,6 +126,9 @@ def json_schema(space: bool = False) -> dict:
     generated = spec_models().Spec.model_json_schema(ref_template="#/$defs/{model}")
     defs = generated.pop("$defs")
     defs["Spec"] = generated
+    for definition in defs.values():  # `op:` selects the op the rest of the mapping configures
+        if "const" in definition.get("properties", {}).get("op", {}):
+            definition["properties"]["op"]["description"] = (definition.get("description") or definition["properties"]["op"]["const"]).split("\n")[0]
     op_names = {name: definition["properties"]["op"]["const"] for name, definition in defs.items()
                 if "const" in definition.get("properties", {}).get("op", {})}
     defs = {name: _with_shorthand(definition, op_names) for name, definition in defs.items()}

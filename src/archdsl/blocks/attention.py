@@ -17,6 +17,7 @@ class AttentionCandidate(CandidateOp):
     """A candidate with heads; `channels / heads` is the head dimension."""
 
     heads: PositiveInt
+    """attention heads; they must divide the candidate's channels"""
 
     def check(self, site: Site) -> None:
         if site.out_channels % self.heads:
@@ -63,8 +64,11 @@ class PooledAttention(AttentionCandidate):
     op: Literal["pooled_attention"] = "pooled_attention"
     accepts_value_gate = True
     pool: PositiveInt = 1
+    """side of the average pool applied to keys and values (1: plain global attention)"""
     qkv_bias: bool = True
+    """bias in the query, key and value projections"""
     output_projection: bool = False
+    """a linear projection after the attention"""
 
     def check(self, site: Site) -> None:
         super().check(site)
@@ -183,10 +187,15 @@ class WindowAttention(AttentionCandidate):
     op: Literal["window_attention"] = "window_attention"
     accepts_value_gate = True
     window: PositiveInt = 7
+    """window side in tokens"""
     input_projection: bool = False
+    """a 1x1 projection before the attention"""
     output_projection: bool = True
+    """a linear projection after the attention"""
     output_norm: NormName | None = None
+    """a norm on the output (none when null)"""
     fit: FitRule = "exact"
+    """exact: the window must divide the map; nearest_divisor: the common divisor of the map sides nearest to it"""
 
     def window_at(self, site: Site) -> int:
         return fit_to_map(self.window, site.in_shape.height, site.in_shape.width, self.fit)

@@ -51,8 +51,11 @@ class DepthwiseConv(CandidateOp):
 
     op: Literal["depthwise_conv"] = "depthwise_conv"
     kernel: OddKernel = 3
+    """depthwise kernel (odd)"""
     input_projection: bool = False
+    """a 1x1 projection before the depthwise conv"""
     output_norm: NormName | None = None
+    """a norm on the output (none when null)"""
 
     def feature_shape(self, site: Site) -> FeatureShape:
         return site.in_shape

@@ -45,7 +45,9 @@ class ConvFFN(FFNOp):
 
     op: Literal["conv_ffn"] = "conv_ffn"
     ratio: PositiveInt = 4
+    """hidden channels = ratio x block width"""
     kernel: OddKernel = 5
+    """depthwise kernel (odd)"""
 
     def flops(self, site: Site) -> int:
         return conv_ffn_flops(site, self.ratio, self.kernel)
@@ -73,6 +75,7 @@ class MLP(FFNOp):
 
     op: Literal["mlp"] = "mlp"
     ratio: PositiveInt = 4
+    """hidden channels = ratio x block width"""
 
     def flops(self, site: Site) -> int:
         c_in, height, width = site.in_shape

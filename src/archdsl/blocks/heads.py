@@ -16,6 +16,7 @@ from archdsl.blocks.norms import NormName, make_norm, norm_flops
 class HeadOp(Op):
     role: ClassVar[str] = "head"
     classes: PositiveInt = 1000
+    """classifier outputs"""
 
     def output_shape(self, site: Site) -> FeatureShape:
         return FeatureShape(self.classes, 1, 1)
@@ -38,6 +39,7 @@ class PoolLinear(HeadOp):
 
     op: Literal["pool_linear"] = "pool_linear"
     norm: NormName | None = None
+    """a norm before pooling (none when null)"""
 
     def flops(self, site: Site) -> int:
         shape = site.in_shape

@@ -64,6 +64,7 @@ class NomMerStem(Op):
     role = "stem"
     op: Literal["nommer_stem"] = "nommer_stem"
     patch: PositiveInt = 4
+    """stride of the patch embedding"""
 
     def output_shape(self, site: Site) -> FeatureShape:
         return FeatureShape(site.out_channels, *(strided_size(s, self.patch, self.patch, 0) for s in site.in_shape[1:]))
@@ -107,6 +108,7 @@ class Bottleneck(CandidateOp):
 
     op: Literal["bottleneck"] = "bottleneck"
     expansion: PositiveInt = 4
+    """hidden channels = expansion x channels"""
 
     def check(self, site: Site) -> None:
         if site.out_channels != site.in_shape.channels:
@@ -164,9 +166,13 @@ class CompressedGlobalAttention(AttentionCandidate):
 
     op: Literal["compressed_global_attention"] = "compressed_global_attention"
     block: PositiveInt = 8
+    """DCT block side in pixels"""
     keep: PositiveInt | None = None
+    """DCT frequencies kept per axis (default: block / 2)"""
     groups: PositiveInt = 8
+    """groups of the conv on the DCT coefficients"""
     fit: FitRule = "exact"
+    """exact: the block must divide the map; nearest_divisor: the common divisor of the map sides nearest to it"""
 
     def block_at(self, site: Site) -> int:
         return fit_to_map(self.block, site.in_shape.height, site.in_shape.width, self.fit)
@@ -284,7 +290,9 @@ class Nomination(FusionOp):
 
     op: Literal["nomination"] = "nomination"
     temperature: float = 1.0
+    """softmax temperature of the per-pixel nomination"""
     hard: bool = True
+    """hard (one-hot, straight-through) nomination instead of a soft mix"""
 
     def check(self, site: Site) -> None:
         if not self.temperature > 0:
@@ -341,10 +349,15 @@ class ConvMaxPool(DownsampleOp):
 
     op: Literal["conv_max_pool"] = "conv_max_pool"
     kernel: OddKernel = 3
+    """kernel of the conv before pooling (odd)"""
     pool: PositiveInt = 2
+    """max-pool side and stride"""
     norm: NormName = "layer_norm"
+    """norm after pooling"""
     position_embedding: bool = False
+    """a learnable position embedding"""
     class_token: bool = False
+    """a class token prepended to the tokens"""
 
     def _pooled(self, site: Site) -> FeatureShape:
         _, height, width = site.in_shape
@@ -390,6 +403,7 @@ class ClassTokenHead(HeadOp):
 
     op: Literal["class_token_head"] = "class_token_head"
     norm: Literal["layer_norm"] | None = "layer_norm"
+    """a LayerNorm on the class token before the classifier (none when null)"""
 
     def flops(self, site: Site) -> int:
         channels = site.in_shape.channels

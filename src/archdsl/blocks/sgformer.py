@@ -113,6 +113,7 @@ class SGFormerStem(Op):
     role = "stem"
     op: Literal["sgformer_stem"] = "sgformer_stem"
     position_embedding: bool = True
+    """a learnable position embedding, one row per output pixel (sin-cos initialised)"""
 
     def output_shape(self, site: Site) -> FeatureShape:
         height, width = (strided_size(strided_size(s, 3, 2, 1), 3, 2, 1) for s in site.in_shape[1:])
@@ -156,6 +157,7 @@ class ConvPatchMerging(DownsampleOp):
 
     op: Literal["conv_patch_merging"] = "conv_patch_merging"
     norm: NormName | None = None
+    """a norm before the merge (it closes the previous stage; none when null)"""
 
     def output_shape(self, site: Site) -> FeatureShape:
         _, height, width = site.in_shape
@@ -196,7 +198,9 @@ class DWConvMLP(FFNOp):
 
     op: Literal["dwconv_mlp"] = "dwconv_mlp"
     ratio: PositiveInt = 4
+    """hidden channels = ratio x block width"""
     kernel: OddKernel = 3
+    """kernel of the residual depthwise conv (odd)"""
 
     def flops(self, site: Site) -> int:
         return conv_ffn_flops(site, self.ratio, self.kernel)  # the same layers as ConvFFN; the residual add is free
@@ -226,6 +230,7 @@ class LePE(CandidateOp):
 
     op: Literal["lepe"] = "lepe"
     kernel: OddKernel = 3
+    """kernel of the depthwise conv (odd)"""
 
     def flops(self, site: Site) -> int:
         c_in, height, width = site.in_shape
@@ -325,6 +330,7 @@ class HybridScaleAttention(AttentionCandidate):
     scale: PositiveInt = Field(description="merge stride of the coarse half's keys and values (the code's sr_ratio; 1: global attention)")
     window: PositiveInt = Field(7, description="preferred window side of the fine half; per side, the nearest divisor of the map side is used")
     emits: str | None = "significance"
+    """name of the side channel the significance map is emitted as (null: none)"""
 
     def windows(self, site: Site) -> tuple[int, int]:
         return nearest_divisor(site.in_shape.height, self.window), nearest_divisor(site.in_shape.width, self.window)
@@ -448,6 +454,7 @@ class SelfGuidedAttention(AttentionCandidate):
     shares: list[PositiveInt] = Field(min_length=1, description="sub-region sizes in proportion, least significant first")
     rates: list[PositiveInt] = Field(min_length=1, description="preferred aggregation rate per sub-region; the nearest divisor of its token count is used")
     consumes: str = "significance"
+    """name of the side channel read as the significance map"""
 
     @model_validator(mode="after")
     def _same_length(self):
