@@ -12,7 +12,7 @@ import torch
 
 import archdsl
 from archdsl.errors import SpecError
-from archdsl.loading import MAX_VALUES, load_data
+from archdsl.loading import load_data
 
 
 def write(tmp_path, name, text: str | bytes):
@@ -39,7 +39,7 @@ def problems_of(call) -> list[str]:
 def test_alias_bomb_is_refused_at_its_line(tmp_path):
     path = write(tmp_path, "bomb.yaml", alias_bomb(9))  # 10**9 values: minutes of work on main
     [problem] = problems_of(lambda: load_data(path))
-    assert problem.startswith(f"{path}:6:5: ") and f"over {MAX_VALUES:,} values" in problem
+    assert problem.startswith(f"{path}:6:5: ") and "over 100,000 values" in problem
 
 
 def test_alias_bomb_through_set_and_extends(tmp_path):
@@ -62,7 +62,7 @@ def test_a_shared_anchor_within_the_limit_still_loads(tmp_path):
     ("a: &x [*x]\n", r"1:4: this alias refers to the collection that contains it"),
     ("a: &x {b: *x}\n", r"1:4: this alias refers to the collection that contains it"),
     ("".join(f"l{n}: &l{n} [{'*l%d' % (n - 1) if n else 'x'}]\n" for n in range(80)), r"deeper than 64 levels"),
-])
+], ids=["1000 brackets", "anchor in its list", "anchor in its mapping", "80 chained aliases"])
 def test_nesting_and_self_reference_are_errors_not_recursion(tmp_path, text, expected):
     [problem] = problems_of(lambda: load_data(write(tmp_path, "deep.yaml", text)))
     assert pytest.importorskip("re").search(expected, problem), problem
@@ -76,7 +76,7 @@ def test_nesting_and_self_reference_are_errors_not_recursion(tmp_path, text, exp
     (b"name: a\x07b\n", ":1:8: cannot read YAML: character '\\x07' is not allowed"),
     (b"size: " + b"9" * 5000 + b"\n", ":1:7: size: cannot read"),
     (b"when: !!int abc\n", ":1:7: when: cannot read 'abc' as int"),
-])
+], ids=["bad UTF-8", "control character", "5000 digits", "bad !!int"])
 def test_unreadable_text_is_located(tmp_path, raw, expected):
     path = write(tmp_path, "bad.yaml", raw)
     [problem] = problems_of(lambda: load_data(path))
@@ -87,7 +87,7 @@ def test_unreadable_text_is_located(tmp_path, raw, expected):
     ('"a\\0b.yaml"', "embedded null byte"),
     ("a" * 5000 + ".yaml", "File name too long"),
     ("loop1.yaml", "Symlink loop"),
-])
+], ids=["NUL byte", "5000 characters", "symlink loop"])
 def test_unopenable_bases_are_located(tmp_path, base, expected):
     (tmp_path / "loop1.yaml").symlink_to(tmp_path / "loop2.yaml")
     (tmp_path / "loop2.yaml").symlink_to(tmp_path / "loop1.yaml")
