@@ -3,10 +3,6 @@ no other exception escapes, and the CLI exits 2 without a traceback (issue #10).
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 
@@ -106,19 +102,24 @@ def test_override_paths(override, expected):
     assert problem.startswith(expected) and problem.count(override) == 1
 
 
-def test_cli_exits_2_without_traceback_and_crashes_are_internal_errors(tmp_path):
-    def cli(*args, code="import sys; from archdsl.cli import app; sys.exit(app())"):
-        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+def test_cli_exits_2_without_traceback_and_crashes_are_internal_errors(capsys, monkeypatch):
+    from archdsl.cli import app
 
-    result = cli("validate", "cloformer_xxs", "--set", "stages.²=1")
-    assert result.returncode == 2 and "Traceback" not in result.stderr and "--set stages.²=1: stages.²:" in result.stderr
-    crash = ("import sys, archdsl.api\n"
-             "def lower_spec(spec): raise KeyError('boom')\n"
-             "archdsl.api.lower_spec = lower_spec\n"
-             "from archdsl.cli import app; sys.exit(app())")
-    result = cli("validate", "cloformer_xxs", code=crash)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "internal error: KeyError: 'boom'" in result.stderr and "issue tracker" in result.stderr
+    def cli(*args) -> tuple[int, str]:
+        with pytest.raises(SystemExit) as exited:
+            app(list(args), prog_name="archdsl")  # as the console script calls it
+        return exited.value.code, capsys.readouterr().err
+
+    code, stderr = cli("validate", "cloformer_xxs", "--set", "stages.²=1")
+    assert code == 2 and "Traceback" not in stderr and "--set stages.²=1: stages.²:" in stderr
+
+    def crash(spec):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(archdsl.api, "lower_spec", crash)
+    code, stderr = cli("validate", "cloformer_xxs")
+    assert code == 1 and "Traceback" not in stderr
+    assert "internal error: KeyError: 'boom'" in stderr and "issue tracker" in stderr
 
 
 # --- 2: validation time bounded for any integer ------------------------------------------------------
@@ -252,3 +253,14 @@ def test_parameters_beyond_max_memory_are_refused_with_the_figures():
                             "1,815,360 values at batch 1 (6.9 MB), more than the --max-memory of 500.0 MB; make the network or "
                             "its input smaller")
     assert archdsl.create_model("cloformer_xxs", num_classes=1000, max_memory="500M").head.fc.out_features == 1000
+
+
+def test_cli_max_memory():
+    from typer.testing import CliRunner
+
+    from archdsl.cli import app
+
+    result = CliRunner().invoke(app, ["validate", "cloformer_xxs", "--max-memory", "1.5M"])
+    assert result.exit_code == 2 and "more than the --max-memory of 1.5 MB" in result.output
+    result = CliRunner().invoke(app, ["validate", "cloformer_xxs", "--max-memory", "lots"])
+    assert result.exit_code == 2 and "--max-memory: memory 'lots' is not a size such as 8G" in result.output

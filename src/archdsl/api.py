@@ -32,7 +32,10 @@ def parse_image_size(value: ImageSize) -> int | list[int] | None:
         except ValueError:
             raise SpecError(Problem(f"image size {value!r} is not N or HxW (such as 224 or 224x288)", ("input", "size"), Location("img_size"))) from None
         return numbers[0] if len(numbers) == 1 else numbers
-    return [int(v) for v in value]
+    try:
+        return [int(v) for v in value]
+    except (TypeError, ValueError):
+        raise SpecError(Problem(f"image size {value!r} is not N, HxW or (H, W)", ("input", "size"), Location("img_size"))) from None
 
 
 def _with_build_overrides(overrides: Overrides, img_size: ImageSize, num_classes: int | None) -> Overrides:

@@ -41,6 +41,8 @@ app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=F
 SpecArgument = typer.Argument(..., help="A spec file, or a bundled spec name such as cloformer_xxs.")
 SetOption = typer.Option(None, "--set", help="Override a value by dotted path, e.g. --set stages.2.depth=8 (repeatable).")
 ImgSizeOption = typer.Option(None, "--img-size", help="Input size: N or HxW (e.g. 224 or 224x288).")
+MaxMemoryOption = typer.Option(None, "--max-memory", help="Refuse a network whose parameters and batch-1 activations exceed "
+                                                           "this (e.g. 8G; default: this machine's memory).")
 
 
 def report(error: Exception) -> None:
@@ -69,6 +71,7 @@ def build(
     pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Weights to load (archdsl or the authors' checkpoint)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write a checkpoint (resolved spec + weights)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    max_memory: Optional[str] = MaxMemoryOption,
 ) -> None:
     """Validate, lower and compile a spec; print its per-stage summary (shapes, params, FLOPs)."""
     from archdsl.api import create_model, lower_spec
@@ -76,7 +79,8 @@ def build(
     from archdsl.weights import save_checkpoint
 
     try:
-        model = create_model(spec, pretrained=pretrained, num_classes=num_classes, img_size=img_size, overrides=set_ or None)
+        model = create_model(spec, pretrained=pretrained, num_classes=num_classes, img_size=img_size, overrides=set_ or None,
+                             max_memory=max_memory)
         summary = summarize(model, lower_spec(model.spec))
         if output is not None:
             save_checkpoint(model, output)
@@ -100,12 +104,15 @@ def build(
 
 
 @app.command()
-def validate(spec: str = SpecArgument, img_size: Optional[str] = ImgSizeOption, set_: Optional[List[str]] = SetOption) -> None:
-    """Check a spec (schema and graph: shapes, heads, channel shares, side channels) without building it."""
+def validate(spec: str = SpecArgument, img_size: Optional[str] = ImgSizeOption, set_: Optional[List[str]] = SetOption,
+             max_memory: Optional[str] = MaxMemoryOption) -> None:
+    """Check a spec (schema and graph: shapes, heads, channel shares, side channels, memory) without building it."""
     from archdsl.api import load_spec, lower_spec
+    from archdsl.footprint import check_fits
 
     try:
         graph = lower_spec(load_spec(spec, set_ or None, img_size=img_size))
+        check_fits(graph, max_memory)
     except SpecError as error:
         fail(error)
     out.print(f"ok: {graph.spec.name or spec} is valid at {'x'.join(map(str, graph.image_size))}, {_human(graph.flops)} FLOPs (analytic)")

@@ -36,7 +36,8 @@ def parse_memory(text: str | int) -> int:
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text).lower())
     if not match:
         raise SpecError(Problem(f"memory {text!r} is not a size such as 8G, 512M or 1.5GB", (), Location("--max-memory")))
-    return int(float(match[1]) * 1024 ** "kmgt".find(match[2]) * 1024) if match[2] else int(float(match[1]))
+    scale = 1024 ** ("kmgt".index(match[2]) + 1) if match[2] else 1
+    return int(float(match[1]) * scale)
 
 
 def _size(count: int) -> str:

@@ -400,7 +400,7 @@ def _normalise_overrides(overrides) -> list[tuple[tuple, Any, str]]:
             items.append((override_path(str(key)), value, f"override {key}={reprlib.repr(value)}"))
         return items
     result = []
-    for text in overrides:
+    for text in map(str, overrides):
         path, value = parse_override(text)
         result.append((path, value, f"--set {text}"))
     return result
