@@ -78,6 +78,11 @@ def _refuse_tag(node: yaml.Node, path: tuple, file: str) -> SpecError:
                              path, _mark(node.start_mark, file)))
 
 
+def _too_deep(mark: yaml.Mark, file: str, expanded: bool = False) -> SpecError:
+    how = "with its aliases expanded " if expanded else ""
+    return SpecError(Problem(f"{how}the YAML nests deeper than {MAX_NESTING} levels; a spec needs about 10", (), _mark(mark, file)))
+
+
 class _SpecLoader(yaml.SafeLoader):
     """SafeLoader whose composer refuses to nest deeper than MAX_NESTING (it recurses per level)."""
 
@@ -89,16 +94,14 @@ class _SpecLoader(yaml.SafeLoader):
     def fetch_flow_collection_start(self, TokenClass):
         # the scanner keeps one pending simple key per open `[`/`{`: stop before that grows quadratic
         if self.flow_level >= MAX_NESTING:
-            raise SpecError(Problem(f"the YAML nests deeper than {MAX_NESTING} levels; a spec needs about 10",
-                                    (), _mark(self.get_mark(), self.file)))
+            raise _too_deep(self.get_mark(), self.file)
         super().fetch_flow_collection_start(TokenClass)
 
     def compose_node(self, parent, index):
         self.nesting += 1
         try:
             if self.nesting > MAX_NESTING:
-                raise SpecError(Problem(f"the YAML nests deeper than {MAX_NESTING} levels; a spec needs about 10",
-                                        (), _mark(self.peek_event().start_mark, self.file)))
+                raise _too_deep(self.peek_event().start_mark, self.file)
             return super().compose_node(parent, index)
         finally:
             self.nesting -= 1
@@ -123,8 +126,7 @@ def _measure(node: yaml.Node, depth: int, file: str, measured: dict[int, tuple[i
                                 (), _mark(node.start_mark, file)))
     if key not in measured:
         if depth > MAX_NESTING:
-            raise SpecError(Problem(f"with its aliases expanded the YAML nests deeper than {MAX_NESTING} levels",
-                                    (), _mark(node.start_mark, file)))
+            raise _too_deep(node.start_mark, file, expanded=True)
         open_nodes.add(key)
         values, height = 1, 0
         for child in _children(node):
@@ -137,8 +139,7 @@ def _measure(node: yaml.Node, depth: int, file: str, measured: dict[int, tuple[i
         measured[key] = (values, height)
     values, height = measured[key]
     if depth + height > MAX_NESTING:
-        raise SpecError(Problem(f"with its aliases expanded the YAML nests deeper than {MAX_NESTING} levels",
-                                (), _mark(node.start_mark, file)))
+        raise _too_deep(node.start_mark, file, expanded=True)
     return values, height
 
 
@@ -208,8 +209,6 @@ def parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
         if loader is not None:
             loader.dispose()
     return data, sources
-
-
 
 
 def bundled_spec_names() -> list[str]:
@@ -363,7 +362,7 @@ def apply_override(data: dict, sources: SourceMap, path: tuple, value: Any, orig
             if last:
                 break
         else:
-            raise SpecError(Problem(f"{format_path(path[:depth])} is a value ({target!r}), not a mapping or list, so it has no "
+            raise SpecError(Problem(f"{format_path(path[:depth])} is a value ({reprlib.repr(target)}), not a mapping or list, so it has no "
                                     f"{part!r}", here, Location(origin)))
         target = target[part]
     target[path[-1]] = value

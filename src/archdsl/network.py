@@ -130,15 +130,14 @@ class ArchNet(nn.Module):
         self.spec = spec  # the validated Spec it was compiled from (not a module, not in state_dict)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        built = self.spec.image_size if self.spec is not None else None
-        given = tuple(x.shape[-2:])
-        if built is None or given == built:  # the size every module was checked and built for
+        try:
             return self._stage_maps(x)
-        try:  # at another size some modules run (convs, pooled attention) and some cannot (windows, position tables)
-            return self._stage_maps(x)
-        except torch.OutOfMemoryError:
-            raise
         except RuntimeError as error:
+            # at a size other than the one every module was checked and built for, some modules run
+            # (convs, pooled attention) and some cannot (fixed windows, position tables)
+            built, given = (self.spec.image_size if self.spec is not None else None), tuple(x.shape[-2:])
+            if built is None or given == built or isinstance(error, torch.OutOfMemoryError):
+                raise
             size = f"{given[0]}" if given[0] == given[1] else f"'{given[0]}x{given[1]}'"
             where = ("input", "size")
             raise SpecError(Problem(
