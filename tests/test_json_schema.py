@@ -48,10 +48,18 @@ def test_what_validation_refuses_by_shape_the_schema_refuses(validator, patch):
     assert list(checker.iter_errors(spec))
 
 
-def test_patches_under_extends_are_partial_but_checked():
-    checker = jsonschema.Draft202012Validator(json_schema())
+def test_patches_under_extends_are_partial_but_checked(validator):
+    _, checker = validator
     assert not list(checker.iter_errors({"extends": "base.yaml", "head": {"classes": 10}, "stages": {"1": {"depth": 3}}}))
     assert list(checker.iter_errors({"extends": "base.yaml", "stages": {"1": {"dept": 3}}}))
+
+
+def test_a_space_may_extend_another():
+    checker = jsonschema.Draft202012Validator(json_schema(space=True))
+    narrower = {"extends": "hybrid.yaml", "name": "narrow", "search": {"budget": "400MFLOPs"},
+                "stages": {"0": {"width": {"choice": [24, 32]}, "depth": {"range": [1, 2]}}, "2": {"depth": {"range": [2, 6], "step": 2}}}}
+    assert not list(checker.iter_errors(narrower))
+    assert list(checker.iter_errors({**narrower, "stages": {"0": {"width": {"choise": [24]}}}}))
 
 
 def test_every_field_is_described(validator):

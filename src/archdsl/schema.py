@@ -138,13 +138,18 @@ def json_schema(space: bool = False) -> dict:
             "type": "object", "additionalProperties": False, "description": "the space's defaults for `archdsl search`",
             "properties": {"budget": {"type": ["string", "number"], "description": "FLOP budget, such as 2GFLOPs"},
                            "max_params": {"type": ["string", "number"], "description": "parameter budget, such as 10M"}}}
-        return {"$schema": _DRAFT, "title": "archdsl search space", "$defs": {**defs, **spaced}, "$ref": "#/$defs/SpaceSpec"}
+        return _with_extends({**defs, **spaced}, "SpaceSpec", "archdsl search space")
+    return _with_extends(defs, "Spec", "archdsl spec")
+
+
+def _with_extends(defs: dict, root: str, title: str) -> dict:
+    """The schema of `root`, or, when the file has `extends:`, of a patch of it."""
     partial = {f"Partial{name}": _variant(definition, "Partial", _as_patch) for name, definition in defs.items()}
-    extends = {"description": "base spec file(s), relative to this file; this file's values win, a mapping of list indices "
-                              "patches an inherited list", "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
-    partial["PartialSpec"]["properties"]["extends"] = extends
-    return {"$schema": _DRAFT, "title": "archdsl spec", "$defs": {**defs, **partial},
-            "if": {"required": ["extends"]}, "then": {"$ref": "#/$defs/PartialSpec"}, "else": {"$ref": "#/$defs/Spec"}}
+    partial[f"Partial{root}"]["properties"]["extends"] = {
+        "description": "base file(s), relative to this file; this file's values win, a mapping of list indices patches an "
+                       "inherited list", "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+    return {"$schema": _DRAFT, "title": title, "$defs": {**defs, **partial},
+            "if": {"required": ["extends"]}, "then": {"$ref": f"#/$defs/Partial{root}"}, "else": {"$ref": f"#/$defs/{root}"}}
 
 
 _DRAFT = "https://json-schema.org/draft/2020-12/schema"
