@@ -82,7 +82,7 @@ def test_schema_is_json_schema_of_the_language():
     text = json.dumps(schema)
     for op in ("attn_conv", "pooled_attention", "cloformer_stem", "strided_conv_ffn", "concat_projection"):
         assert op in text
-    assert "stages" in schema["properties"]
+    assert "stages" in schema["$defs"]["Spec"]["properties"]
 
 
 def test_console_script_errors_have_no_traceback(tmp_path):

@@ -58,8 +58,7 @@ def cluster():
     head = _ray_start(env, temp_dir, "--head", "--port", str(port), "--include-dashboard", "false")
     worker = None
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
+        for _ in range(120):  # the head is up when its port accepts (the driver's ray.init reports it otherwise)
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
@@ -75,30 +74,34 @@ def cluster():
 
 
 DRIVER = """
-import json, sys, time
+import json, os, sys
 sys.path.insert(0, {tests!r})
 import ray
-import search_helpers
-ray.cloudpickle.register_pickle_by_value(search_helpers)
 from archdsl.search import run_search
+from archdsl.search.objectives import Objective
 
-nodes = []
-def watch(progress):  # run_search joined the cluster: count its live nodes while trials run
-    if progress.phase == "searching" and ray.is_initialized():
-        nodes.append(sum(node["Alive"] for node in ray.nodes()))
 
-deadline = time.time() + 60
-while True:  # the worker node may still be joining
-    ray.init(address={address!r}, log_to_driver=False)
-    alive = sum(node["Alive"] for node in ray.nodes())
-    ray.shutdown()
-    if alive >= 2 or time.time() > deadline:
-        break
-    time.sleep(1)
+class WhereItRan(Objective):
+    \"\"\"The parameter count, logging the Ray cluster (its GCS address) and node each trial ran on.\"\"\"
+
+    name = "where_it_ran"
+    uses_data = False
+
+    def score(self, model, context):
+        runtime = ray.get_runtime_context()
+        with open({log!r}, "a") as handle:
+            handle.write(json.dumps({{"gcs": runtime.gcs_address, "node": runtime.get_node_id(), "pid": os.getpid()}}) + "\\n")
+        return float(sum(p.numel() for p in model.parameters()))
+
+
+ray.init(address={address!r}, log_to_driver=False)
+cluster_nodes = {{node["NodeID"] for node in ray.nodes()}}
+cluster_gcs = ray.get_runtime_context().gcs_address  # Ray names the head by its node IP
+ray.shutdown()
 result = run_search(None, budget="25M@32", img_size=32, samples=4, searcher="random", seed=3, baselines=False,
-                    objective=search_helpers.SlowParams({log!r}, 2.0), address={address!r}, cpus_per_trial=1,
-                    out={out!r}, progress=watch)
-json.dump({{"done": result.progress.done, "nodes": max(nodes), "connected_after": ray.is_initialized()}}, open({report!r}, "w"))
+                    objective=WhereItRan(), address={address!r}, cpus_per_trial=1, out={out!r})
+json.dump({{"done": result.progress.done, "cluster_nodes": sorted(cluster_nodes), "cluster_gcs": cluster_gcs, "driver_pid": os.getpid(),
+            "connected_after": ray.is_initialized()}}, open({report!r}, "w"))
 """
 
 
@@ -109,7 +112,12 @@ def test_search_on_a_cluster_by_address(cluster, tmp_path):
     finished = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     outcome = json.loads(report.read_text())
-    assert outcome == {"done": 4, "nodes": 2, "connected_after": False}  # it disconnected; the cluster stays the test's
-    pids = {int(line.split()[1]) for line in log.read_text().splitlines()}
-    assert len(pids) >= 2  # two nodes of one CPU each ran trials side by side
+    assert outcome["done"] == 4 and outcome["connected_after"] is False  # it disconnected; the cluster stays the test's
+    trials = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(trials) == 4
+    # every trial ran in a worker of the cluster the driver reached by address (whichever node Ray chose)
+    assert outcome["cluster_gcs"].rsplit(":", 1)[1] == address.rsplit(":", 1)[1]
+    assert {trial["gcs"] for trial in trials} == {outcome["cluster_gcs"]}
+    assert {trial["node"] for trial in trials} <= set(outcome["cluster_nodes"])
+    assert outcome["driver_pid"] not in {trial["pid"] for trial in trials}
     assert json.loads((out / "summary.json").read_text())["trials"] == {"done": 4, "failed": 0}

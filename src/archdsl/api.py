@@ -11,6 +11,7 @@ from archdsl.compiler import compile_graph
 from archdsl.cost import FlopCount, fvcore_counts
 from archdsl.errors import Location, Problem, SpecError
 from archdsl.features import FeatureNet, stage_feature_info
+from archdsl.footprint import check_fits
 from archdsl.graph import ArchGraph, lower
 from archdsl.loading import load_data
 from archdsl.network import ArchNet
@@ -32,7 +33,10 @@ def parse_image_size(value: ImageSize) -> int | list[int] | None:
         except ValueError:
             raise SpecError(Problem(f"image size {value!r} is not N or HxW (such as 224 or 224x288)", ("input", "size"), Location("img_size"))) from None
         return numbers[0] if len(numbers) == 1 else numbers
-    return [int(v) for v in value]
+    try:
+        return [int(v) for v in value]
+    except (TypeError, ValueError):
+        raise SpecError(Problem(f"image size {value!r} is not N, HxW or (H, W)", ("input", "size"), Location("img_size"))) from None
 
 
 def _with_build_overrides(overrides: Overrides, img_size: ImageSize, num_classes: int | None,
@@ -87,7 +91,8 @@ def _stored_checkpoint(source) -> dict | None:
 
 def create_model(source, pretrained: str | Path | None = None, num_classes: int | None = None,
                  img_size: ImageSize = None, overrides: Overrides = None, in_chans: int | None = None,
-                 features_only: bool = False, out_indices: tuple[int, ...] = (0, 1, 2, 3)) -> ArchNet | FeatureNet:
+                 features_only: bool = False, out_indices: tuple[int, ...] = (0, 1, 2, 3),
+                 max_memory: str | int | None = None) -> ArchNet | FeatureNet:
     """Build a model from a spec (object, file, bundled name) or an archdsl checkpoint (.pt).
 
     `pretrained`: weights to load (an archdsl checkpoint or the authors' released format);
@@ -97,13 +102,16 @@ def create_model(source, pretrained: str | Path | None = None, num_classes: int 
     one initialised (logged as a warning on the "archdsl" logger), as for fine-tuning.
     `in_chans`: input channels; the stem's first conv is adapted from RGB weights.
     `features_only`: a `FeatureNet` (no head) whose forward returns the maps of the stages in
-    `out_indices`, described by its `feature_info`."""
+    `out_indices`, described by its `feature_info`.
+    `max_memory`: a network whose parameters and activations (batch 1) exceed it (bytes or "8G";
+    default: this machine's memory) is refused before it is built."""
     stored = _stored_checkpoint(source)
     spec = load_spec(stored["spec"] if stored is not None else source, overrides,
                      img_size=img_size, num_classes=num_classes, in_chans=in_chans)
     graph = lower_spec(spec)
     if features_only:
         stage_feature_info(graph, out_indices)  # a wrong index is refused before anything is built
+    check_fits(graph, max_memory)
     model = compile_graph(graph)
     new_classifier = num_classes is not None
     if stored is not None:

@@ -9,22 +9,48 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from archdsl.errors import Location, Problem, SpecError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="A declarative architecture language for conv/attention vision backbones.")
 out = Console()
 err = Console(stderr=True)
 
 # what each optional extra brings (pyproject.toml's [project.optional-dependencies]), by top-level module
 EXTRAS = {"search": ("ray", "optuna", "matplotlib", "PIL"), "plot": ("matplotlib", "PIL")}
+ISSUE_HINT = "This is a bug in archdsl, not in your spec: please report it on the archdsl issue tracker with the command you ran."
+
+
+class App(typer.Typer):
+    """The command line: a spec error exits 2 with its located message, a crash of archdsl's own
+    code exits 1 as an internal error; neither prints a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except SpecError as error:  # from a command that does not catch it itself
+            report(error)
+            raise SystemExit(2) from None
+        except Exception as error:  # noqa: BLE001  (the last stop before the user's terminal)
+            err.print("[bold red]internal error:[/] ", end="")
+            err.print(f"{type(error).__name__}: {error}\n{ISSUE_HINT}", highlight=False, soft_wrap=True, markup=False)
+            raise SystemExit(1) from None
+
+
+app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+          help="A declarative architecture language for conv/attention vision backbones.")
+
+MaxMemoryOption = typer.Option(None, "--max-memory", help="Refuse a network whose parameters and batch-1 activations exceed "
+                                                           "this (e.g. 8G; default: this machine's memory).")
+
+
+def report(error: Exception) -> None:
+    err.print("[bold red]error:[/] ", end="")
+    err.print(str(error), highlight=False, soft_wrap=True, markup=False)  # spec text may hold [brackets]
 
 
 def fail(error: Exception) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+    report(error)
     raise typer.Exit(code=2)
 
 
@@ -90,6 +116,7 @@ def build(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table (with fvcore's counts)."),
     fvcore: bool = typer.Option(False, "--fvcore", help="Also count FLOPs with fvcore on the built module (slower; always in --json)."),
     plugin: Optional[List[str]] = PluginOption,
+    max_memory: Optional[str] = MaxMemoryOption,
 ) -> None:
     """Validate, lower and compile a spec; print its per-stage summary (shapes, params, FLOPs)."""
     from archdsl.api import create_model, lower_spec
@@ -97,7 +124,8 @@ def build(
     from archdsl.weights import save_checkpoint
 
     try:
-        model = create_model(spec, pretrained=pretrained, num_classes=num_classes, img_size=img_size, overrides=set_ or None)
+        model = create_model(spec, pretrained=pretrained, num_classes=num_classes, img_size=img_size, overrides=set_ or None,
+                             max_memory=max_memory)
         summary = summarize(model, lower_spec(model.spec), fvcore=fvcore or as_json)
         if output is not None:
             save_checkpoint(model, output)
@@ -123,23 +151,26 @@ def build(
 
 @app.command()
 def validate(spec: str = SpecArgument, img_size: Optional[str] = ImgSizeOption, set_: Optional[List[str]] = SetOption,
-             plugin: Optional[List[str]] = PluginOption) -> None:
-    """Check a spec (schema and graph: shapes, heads, channel shares, side channels) without building it."""
+             plugin: Optional[List[str]] = PluginOption, max_memory: Optional[str] = MaxMemoryOption) -> None:
+    """Check a spec (schema and graph: shapes, heads, channel shares, side channels, memory) without building it."""
     from archdsl.api import load_spec, lower_spec
+    from archdsl.footprint import check_fits
 
     try:
         graph = lower_spec(load_spec(spec, set_ or None, img_size=img_size))
+        check_fits(graph, max_memory)
     except SpecError as error:
         fail(error)
     out.print(f"ok: {graph.spec.name or spec} is valid at {'x'.join(map(str, graph.image_size))}, {_human(graph.flops)} FLOPs (analytic)")
 
 
 @app.command()
-def schema(plugin: Optional[List[str]] = PluginOption) -> None:
+def schema(space: bool = typer.Option(False, "--space", help="The schema of search spaces (choice nodes allowed anywhere)."),
+           plugin: Optional[List[str]] = PluginOption) -> None:
     """Print the language's JSON Schema (for YAML completion in editors)."""
     from archdsl.schema import json_schema
 
-    typer.echo(json.dumps(json_schema(), indent=2))
+    typer.echo(json.dumps(json_schema(space=space), indent=2))
 
 
 @app.command()

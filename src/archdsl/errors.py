@@ -12,11 +12,11 @@ class Location:
     file: str
     line: int | None = None
     column: int | None = None
+    via: str | None = None  # the spec that inherited this value through `extends:`
 
     def __str__(self) -> str:
-        if self.line is None:
-            return self.file
-        return f"{self.file}:{self.line}:{self.column}"
+        where = self.file if self.line is None else f"{self.file}:{self.line}:{self.column}"
+        return where if self.via is None else f"{where} (inherited by {self.via})"
 
 
 def format_path(path: tuple) -> str:

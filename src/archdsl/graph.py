@@ -133,7 +133,7 @@ def _candidate_order(interactions: list[Placed], count: int, path: tuple, source
 
 
 def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, sources: SourceMap | None,
-                 absorbed: bool, produced: dict[str, str]) -> Node:
+                 absorbed: bool, produced: dict[str, tuple[str, FeatureShape]]) -> Node:
     pattern_index = block_index % len(spec.stages[stage_index].blocks)
     path = ("stages", stage_index, "blocks", pattern_index)
     block = spec.stages[stage_index].blocks[pattern_index]
@@ -157,6 +157,14 @@ def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, 
                     f"of this stage emits it (a {mixed.height}x{mixed.width} map here; side channels do not cross stages); "
                     f"put a block whose candidate has `emits: {consumed}` before it in the stage's `blocks:` pattern",
                     where, sources.locate(where) if sources else None))
+            producer, emitted_on = produced[consumed]
+            if (emitted_on.height, emitted_on.width) != (mixed.height, mixed.width):
+                where = path + ("mixer", "pad_multiple") if pad else cand_path + ("consumes",)
+                raise SpecError(Problem(
+                    f"side channel {consumed!r} is a {emitted_on.height}x{emitted_on.width} map (emitted by {producer}), but block "
+                    f"{block_index} of stage {stage_index} reads it on a {mixed.height}x{mixed.width} map"
+                    f"{f' (padded to a multiple of {pad})' if pad else ''}; give the emitting and the consuming blocks the same "
+                    f"`pad_multiple`", where, sources.locate(where) if sources else None))
             side_inputs.append(consumed)
         emitted = op.emits
         if emitted is not None:
@@ -251,42 +259,71 @@ def _check_side_channels(stage, stage_index: int, shape: FeatureShape, sources: 
     raise SpecError(Problem(message, path, sources.locate(path) if sources else None))
 
 
+def _emitted(stage, block_index: int) -> list[str]:
+    return [channel for op in stage.blocks[block_index % len(stage.blocks)].mixer.candidates
+            if (channel := getattr(op, "emits", None)) is not None]
+
+
 def lower(spec, sources: SourceMap | None = None) -> ArchGraph:
-    """Lower a validated spec; raise a located SpecError for anything that cannot run."""
+    """Lower a validated spec; raise one located SpecError listing every problem that keeps it from
+    running (blocks keep their shape, so lowering goes on past a faulty block; only a faulty stem or
+    downsample, whose output shape is then unknown, ends it early)."""
     image_size = spec.image_size
     graph = ArchGraph(spec, image_size)
     shape = FeatureShape(spec.input.channels, *image_size)
+    problems: dict[tuple, Problem] = {}  # one per YAML path: a pattern's blocks repeat its faults
+
+    def attempt(lowering, *args):
+        try:
+            return lowering(*args)
+        except SpecError as error:
+            for problem in error.problems:
+                problems.setdefault(problem.path, problem)
+            return None
+
+    def result() -> SpecError:
+        return SpecError(list(problems.values()))
 
     stem = _place(spec.stem, Site(shape, spec.stages[0].width, image_size, 0), ("stem",), sources)
     graph.add(Node("stem", "stem", None, ("stem",), shape, stem.out_shape, stem.flops, op=stem), None)
     previous, shape = "stem", stem.out_shape
 
     for stage_index, stage in enumerate(spec.stages):
-        produced: dict[str, str] = {}  # side channels emitted so far in this stage -> producing node
+        produced: dict[str, tuple[str, FeatureShape]] = {}  # side channels emitted so far in this stage
         if stage.downsample is not None:
             path = ("stages", stage_index, "downsample")
-            placed = _place(stage.downsample, Site(shape, stage.width, image_size, stage_index), path, sources)
+            placed = attempt(_place, stage.downsample, Site(shape, stage.width, image_size, stage_index), path, sources)
+            if placed is None:
+                raise result()
             name = f"stages.{stage_index}.downsample"
             graph.add(Node(name, "downsample", stage_index, path, shape, placed.out_shape, placed.flops, op=placed), previous)
             previous, shape = name, placed.out_shape
         elif shape.channels != stage.width:
             path = ("stages", stage_index, "width")
-            raise SpecError(Problem(
+            problems.setdefault(path, Problem(
                 f"stage {stage_index} has width {stage.width} but receives {shape.channels} channels and has no downsample to "
                 f"change them; add a `downsample:` or set width: {shape.channels}", path, sources.locate(path) if sources else None))
+            shape = shape.with_channels(stage.width)
         next_stage = spec.stages[stage_index + 1] if stage_index + 1 < len(spec.stages) else None
         next_absorbs = next_stage is not None and next_stage.downsample is not None and "replaces_previous_ffn" in next_stage.downsample.capabilities
         for block_index in range(stage.depth):
             absorbed = next_absorbs and block_index == stage.depth - 1
-            node = _lower_block(spec, stage_index, block_index, shape, sources, absorbed, produced)
+            node = attempt(_lower_block, spec, stage_index, block_index, shape, sources, absorbed, produced)
+            if node is None:  # its faults are recorded; what it would emit still counts for the blocks after it
+                for channel in _emitted(stage, block_index):
+                    produced[channel] = (f"stages.{stage_index}.blocks.{block_index}", shape)
+                continue
             graph.add(node, previous)
             for channel in node.side_inputs:
-                graph.graph.add_edge(produced[channel], node.name, channel=channel)
-            for channel in node.side_outputs:
-                produced[channel] = node.name
+                graph.graph.add_edge(produced[channel][0], node.name, channel=channel)
+            for candidate in node.block.candidates:
+                if (channel := getattr(candidate.op, "emits", None)) is not None:
+                    produced[channel] = (node.name, candidate.site.in_shape)
             previous = node.name
-        _check_side_channels(stage, stage_index, shape, sources)
+        attempt(_check_side_channels, stage, stage_index, shape, sources)
 
-    head = _place(spec.head, Site(shape, spec.head.classes, image_size, len(spec.stages) - 1), ("head",), sources)
+    head = attempt(_place, spec.head, Site(shape, spec.head.classes, image_size, len(spec.stages) - 1), ("head",), sources)
+    if problems:
+        raise result()
     graph.add(Node("head", "head", None, ("head",), shape, head.out_shape, head.flops, op=head), previous)
     return graph

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from archdsl.errors import Problem, SpecError
 from archdsl.training import group_matcher, no_weight_decay
 
 
@@ -230,6 +231,23 @@ class ArchNet(nn.Module):
         return features if pre_logits else self.head.fc(features)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        try:
+            return self._stage_maps(x)
+        except RuntimeError as error:
+            # at a size other than the one every module was checked and built for, some modules run
+            # (convs, pooled attention) and some cannot (fixed windows, position tables)
+            built, given = (self.spec.image_size if self.spec is not None else None), tuple(x.shape[-2:])
+            if built is None or given == built or isinstance(error, torch.OutOfMemoryError):
+                raise
+            size = f"{given[0]}" if given[0] == given[1] else f"'{given[0]}x{given[1]}'"
+            where = ("input", "size")
+            raise SpecError(Problem(
+                f"this model was built for {built[0]}x{built[1]} inputs and cannot run on a {given[0]}x{given[1]} input "
+                f"({str(error).splitlines()[0]}); build it for that size: create_model(spec, img_size={size}) or "
+                f"`archdsl build SPEC --img-size {given[0]}x{given[1]}`", where,
+                self.spec._sources.locate(where) if self.spec._sources else None)) from None
+
+    def _stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
         side: dict[str, torch.Tensor] = {}  # side channels live within a forward pass
         features = []

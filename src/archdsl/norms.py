@@ -53,9 +53,11 @@ NormKind = Literal[tuple(NORMS)]  # type: ignore[valid-type]  (built from the re
 class NormWithEps(BaseModel):
     """A norm with its epsilon given: `{name: layer_norm, eps: 1.0e-6}`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
     name: NormKind
+    """the norm: layer_norm, group_norm or batch_norm"""
     eps: PositiveFloat = DEFAULT_EPS
+    """epsilon added to the variance"""
 
 
 # what a spec may write wherever a norm is named: a bare name, or a name with its epsilon

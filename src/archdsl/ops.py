@@ -80,7 +80,7 @@ FlopHandle = Callable[[list[Any], list[Any]], int]
 class Op(BaseModel):
     """Base of every op. Subclasses set `op: Literal["name"] = "name"` and `role`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     role: ClassVar[str]
     # what the graph may rely on beyond its role's contract (see `Capability`)
@@ -113,6 +113,7 @@ class CandidateOp(Op):
     emits: ClassVar[str | None] = None
     consumes: ClassVar[str | None] = None
     channels: PositiveInt | None = None
+    """output channels: this candidate's share of the block width (the whole width when omitted)"""
 
     def feature_shape(self, site: Site) -> FeatureShape:
         """What interactions whose source is this candidate read (its output, unless its
@@ -136,7 +137,9 @@ class InteractionOp(Op):
     role: ClassVar[str] = "interaction"
     applies_to: ClassVar[Literal["values", "output"]] = "output"
     source: NonNegativeInt
+    """index of the candidate the gate is computed from"""
     target: NonNegativeInt
+    """index of the candidate the gate is applied to"""
 
 
 _REGISTRY: dict[str, dict[str, type[Op]]] = {role: {} for role in ROLES}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import reprlib
 import types
 import typing
 from typing import Annotated, Any, Optional, Union
@@ -43,12 +44,17 @@ def op_slot(role: str, optional: bool = False):
     return Annotated[union, Field(discriminator="op"), BeforeValidator(_shorthand)]
 
 
-def default_op(name: str):
-    return Field(name, validate_default=True)
+# Validation time must not grow with the numbers in a spec (an op's check may list a size's
+# divisors): every integer is capped far above what any network here could use.
+MAX_INTEGER = 2**24
+MAX_IMAGE_SIDE = 65536  # a 65536² image's first feature map alone is hundreds of GB
+MAX_STAGE_DEPTH = 10_000  # lowering visits every block
+
+ImageSide = Annotated[int, Field(gt=0, le=MAX_IMAGE_SIDE)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 @functools.cache
@@ -56,8 +62,8 @@ def spec_models() -> types.SimpleNamespace:
     """Build the language's models from the ops registered now (rebuilt when that changes)."""
 
     class Input(Strict):
-        channels: PositiveInt = 3
-        size: PositiveInt | tuple[PositiveInt, PositiveInt] = 224
+        channels: PositiveInt = Field(3, description="image channels (3 for RGB)")
+        size: ImageSide | tuple[ImageSide, ImageSide] = Field(224, description="input side N, or [height, width]; `--img-size` overrides it")
 
         @property
         def hw(self) -> tuple[int, int]:
@@ -66,34 +72,36 @@ def spec_models() -> types.SimpleNamespace:
     class Mixer(Strict):
         """The token mixer: context candidates, each reading the block's input; one fusion rule."""
 
-        candidates: Annotated[list[op_slot("candidate")], Field(min_length=1)]
-        fusion: op_slot("fusion") = default_op("sum")
-        interactions: list[op_slot("interaction")] = []
+        candidates: Annotated[list[op_slot("candidate")], Field(
+            min_length=1, description="context candidates, each reading the block's normalised input")]
+        fusion: op_slot("fusion") = Field("sum", validate_default=True, description="how the candidates' outputs are joined")
+        interactions: list[op_slot("interaction")] = Field([], description="gates from one candidate onto another's values or output")
         pad_multiple: PositiveInt | None = Field(
             None, description="zero-pad the normalised map (bottom, right) to a multiple of this before the candidates run; crop after")
 
     class Block(Strict):
         """x + mixer(norm(x)), then x + ffn(norm(x)): pre-norm residuals."""
 
-        mixer: Mixer
-        ffn: op_slot("ffn", optional=True) = None
-        norm: NormName = "layer_norm"
+        mixer: Mixer = Field(description="the token mixer: candidates and their fusion")
+        ffn: op_slot("ffn", optional=True) = Field(None, description="the feed-forward network after the mixer (none when null)")
+        norm: NormName = Field("layer_norm", description="the norm before the mixer and before the FFN")
 
     class Stage(Strict):
-        width: PositiveInt
-        depth: PositiveInt
-        downsample: op_slot("downsample", optional=True) = None
+        width: PositiveInt = Field(description="channels of the stage's blocks")
+        depth: Annotated[int, Field(gt=0, le=MAX_STAGE_DEPTH, description="number of blocks")]
+        downsample: op_slot("downsample", optional=True) = Field(
+            None, description="the op that brings the previous map to this stage's width and size (none when null)")
         blocks: Annotated[list[Block], Field(min_length=1, description="block pattern, repeated to fill `depth`")]
 
     class Spec(Strict):
-        name: str | None = None
+        name: str | None = Field(None, description="the network's name")
         family: str | None = Field(None, description="selects the weight converter for the authors' checkpoints")
-        description: str | None = None
-        input: Input = Input()
-        stem: op_slot("stem")
-        stages: Annotated[list[Stage], Field(min_length=1)]
-        head: op_slot("head")
-        drop_path_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+        description: str | None = Field(None, description="free text")
+        input: Input = Field(Input(), description="the input image: channels and size")
+        stem: op_slot("stem") = Field(description="the op that turns the image into the first feature map")
+        stages: Annotated[list[Stage], Field(min_length=1, description="the stages, in order; each may downsample, then runs its blocks")]
+        head: op_slot("head") = Field(description="the classifier on the last stage's map")
+        drop_path_rate: Annotated[float, Field(ge=0.0, lt=1.0, description="stochastic depth, rising linearly to this over the blocks")] = 0.0
         # where each value was written, so that errors found after validation point at YAML lines
         _sources: SourceMap | None = PrivateAttr(None)
 
@@ -111,8 +119,118 @@ def spec_models() -> types.SimpleNamespace:
 on_registry_change(spec_models.cache_clear)
 
 
-def json_schema() -> dict:
-    return spec_models().Spec.model_json_schema()
+def json_schema(space: bool = False) -> dict:
+    """The language as a JSON Schema (Draft 2020-12), for editors: a spec, or one with `extends:`
+    (then every key is optional and a mapping of list indices patches an inherited list), or with
+    `space`, a search space (any value may be a choice node: choice, range, subset, expr)."""
+    generated = spec_models().Spec.model_json_schema(ref_template="#/$defs/{model}")
+    defs = generated.pop("$defs")
+    defs["Spec"] = generated
+    for definition in defs.values():  # `op:` selects the op the rest of the mapping configures
+        if "const" in definition.get("properties", {}).get("op", {}):
+            definition["properties"]["op"]["description"] = (definition.get("description") or definition["properties"]["op"]["const"]).split("\n")[0]
+    op_names = {name: definition["properties"]["op"]["const"] for name, definition in defs.items()
+                if "const" in definition.get("properties", {}).get("op", {})}
+    defs = {name: _with_shorthand(definition, op_names) for name, definition in defs.items()}
+    if space:
+        spaced = {f"Space{name}": _variant(definition, "Space", _with_choice_nodes) for name, definition in defs.items()}
+        spaced["SpaceSpec"]["properties"]["search"] = {
+            "type": "object", "additionalProperties": False, "description": "the space's defaults for `archdsl search`",
+            "properties": {"budget": {"type": ["string", "number"], "description": "FLOP budget, such as 2GFLOPs"},
+                           "max_params": {"type": ["string", "number"], "description": "parameter budget, such as 10M"}}}
+        return _with_extends({**defs, **spaced}, "SpaceSpec", "archdsl search space")
+    return _with_extends(defs, "Spec", "archdsl spec")
+
+
+def _with_extends(defs: dict, root: str, title: str) -> dict:
+    """The schema of `root`, or, when the file has `extends:`, of a patch of it."""
+    partial = {f"Partial{name}": _variant(definition, "Partial", _as_patch) for name, definition in defs.items()}
+    partial[f"Partial{root}"]["properties"]["extends"] = {
+        "description": "base file(s), relative to this file; this file's values win, a mapping of list indices patches an "
+                       "inherited list", "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+    return {"$schema": _DRAFT, "title": title, "$defs": {**defs, **partial},
+            "if": {"required": ["extends"]}, "then": {"$ref": f"#/$defs/Partial{root}"}, "else": {"$ref": f"#/$defs/{root}"}}
+
+
+_DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _op_refs(node: dict, op_names: dict[str, str]) -> list[str]:
+    """The op names an op slot's schema admits (none if it is not an op slot)."""
+    refs = [node] if "$ref" in node else node.get("oneOf", [])
+    names = [op_names.get(ref.get("$ref", "").rsplit("/", 1)[-1]) for ref in refs]
+    return names if names and all(names) else []
+
+
+def _with_shorthand(node: Any, op_names: dict[str, str]) -> Any:
+    """Every op slot also takes the op's bare name (`norm: group_norm`)."""
+    if isinstance(node, list):
+        return [_with_shorthand(item, op_names) for item in node]
+    if not isinstance(node, dict):
+        return node
+    names = _op_refs(node, op_names)
+    if names:
+        slot = {key: value for key, value in node.items() if key != "description"}
+        shorthand = {"type": "string", "enum": names, "description": "an op's name: the op with its default parameters"}
+        return {**({"description": node["description"]} if "description" in node else {}), "anyOf": [slot, shorthand]}
+    return {key: _with_shorthand(value, op_names) for key, value in node.items()}
+
+
+def _variant(node: Any, prefix: str, transform) -> Any:
+    """A copy of a schema whose local references point at the `prefix` variants of their
+    definitions and whose every sub-schema went through `transform`."""
+    if isinstance(node, list):
+        return [_variant(item, prefix, transform) for item in node]
+    if not isinstance(node, dict):
+        return node
+    copied = {key: _variant(value, prefix, transform) for key, value in node.items()}
+    if "$ref" in copied:
+        copied["$ref"] = copied["$ref"].replace("#/$defs/", f"#/$defs/{prefix}")
+    return transform(copied)
+
+
+def _as_patch(node: dict) -> dict:
+    """Under `extends:` nothing is required, an op may be patched without naming it, and a list
+    may be patched by index (`stages: {2: {depth: 8}}`)."""
+    node = {key: value for key, value in node.items() if key not in ("required", "discriminator")}
+    if "oneOf" in node:
+        node["anyOf"] = node.pop("oneOf")
+    if node.get("type") == "array":
+        items = node.get("items", {})
+        by_index = {"type": "object", "patternProperties": {"^-?[0-9]+$": items}, "additionalProperties": False,
+                    "description": "patches of the inherited list's items, by index"}
+        return {"description": node.get("description", ""), "anyOf": [node, by_index]}
+    return node
+
+
+_CHOICE_NODES = [
+    {"type": "object", "required": ["range"], "additionalProperties": False, "description": "a number drawn from [low, high]",
+     "properties": {"range": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2, "description": "[low, high]"},
+                    "step": {"type": "number", "description": "spacing of the values drawn"},
+                    "log": {"type": "boolean", "description": "draw on a log scale"}}},
+    {"type": "object", "required": ["expr"], "additionalProperties": False, "description": "a value derived from the sampled ones",
+     "properties": {"expr": {"type": "string", "description": "an expression such as share or divisor(channels, channels / 16)"}}},
+]
+
+
+def _with_choice_nodes(node: dict) -> dict:
+    """In a search space a value may be drawn: a choice among options, a range, a subset of a
+    list, or an expression of other drawn values."""
+    if "properties" not in node or node.get("type") != "object":
+        return node
+    properties = {}
+    for name, value in node["properties"].items():
+        alternatives = [value, {"type": "object", "required": ["choice"], "additionalProperties": False,
+                                "description": "one of the options, drawn by the search",
+                                "properties": {"choice": {"type": "array", "minItems": 1, "items": value, "description": "the options"}}},
+                        *_CHOICE_NODES]
+        if value.get("type") == "array":
+            alternatives.append({"type": "object", "required": ["subset"], "additionalProperties": False,
+                                 "description": "some of the items, drawn by the search",
+                                 "properties": {"subset": value, "size": {"description": "[fewest, most] items drawn",
+                                                                           "anyOf": [{"type": "integer"}, {"type": "array", "items": {"type": "integer"}}]}}})
+        properties[name] = {"description": value.get("description", ""), "anyOf": alternatives}
+    return {**node, "properties": properties}
 
 
 # --- pydantic errors -> located problems ------------------------------------------------------
@@ -176,6 +294,25 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
+def _slot_ops(path: tuple, data: Any) -> list[str]:
+    """The op names that may fill the slot at `path` (none if it is not an op slot)."""
+    while path and isinstance(path[-1], int):
+        path = path[:-1]
+    parent = model_at(path[:-1], data) if path else None
+    if parent is None or path[-1] not in parent.model_fields:
+        return []
+    return sorted(m.model_fields["op"].default for m in _unwrap(parent.model_fields[path[-1]].annotation) if issubclass(m, Op))
+
+
+_shortener = reprlib.Repr()  # a found value is shown, not printed whole
+_shortener.maxlist = _shortener.maxdict = 4
+_shortener.maxstring = _shortener.maxother = 40
+_short = _shortener.repr
+
+# pydantic's error types for "a mapping was expected here"
+_NOT_A_MAPPING = ("model_type", "model_attributes_type", "dict_type")
+
+
 def _problem_from(error: dict, loaded: LoadedSpec) -> Problem:
     path = _strip_tags(error["loc"], loaded.data)
     kind = error["type"]
@@ -188,23 +325,56 @@ def _problem_from(error: dict, loaded: LoadedSpec) -> Problem:
         message = f"unknown key {key!r}.{_did_you_mean(key, valid)}{valid_text}"
         path = path if path and path[-1] == key else path + (key,)
     elif kind in ("union_tag_invalid", "union_tag_not_found"):
-        names = [name.strip().strip("'") for name in str(ctx.get("expected_tags", "")).split(",")]
+        names = _slot_ops(path, loaded.data)
         if kind == "union_tag_invalid":
             message = f"unknown op {ctx.get('tag')!r}.{_did_you_mean(ctx.get('tag'), names)} Valid ops here: {', '.join(names)}."
             path = path + ("op",)
         else:
-            message = f"missing `op:`; valid ops here: {', '.join(names)}."
+            message = f"missing `op:`; write `op: NAME` with one of the ops valid here: {', '.join(names)}."
     elif kind == "missing":
         message = f"required key {error['loc'][-1]!r} is missing"
         path = path + (error["loc"][-1],)
-    else:
+    elif kind in _NOT_A_MAPPING:
         found = error.get("input")
-        message = f"{error['msg'][0].lower()}{error['msg'][1:]}; found {found!r}"
+        ops = _slot_ops(path, loaded.data)
+        model = model_at(path, loaded.data)
+        if ops:
+            expected = f"an op: its name (one of {', '.join(ops)}) or a mapping with `op:` and its parameters"
+        elif model is not None:
+            expected = f"a mapping with the keys {', '.join(model.model_fields)}"
+        else:
+            expected = "a mapping"
+        message = f"expected {expected}; found {_describe(found)}"
+    elif kind == "list_type":
+        message = f"expected a list (- item lines, or [a, b]); found {_describe(error.get('input'))}"
+    else:
+        message = f"{error['msg'][0].lower()}{error['msg'][1:]}; found {_short(error.get('input'))}"
     return Problem(message, path, loaded.sources.locate(path))
+
+
+def _oversized(data: Any, path: tuple, loaded: LoadedSpec) -> list[Problem]:
+    if isinstance(data, dict):
+        return [problem for key, value in data.items() for problem in _oversized(value, path + (key,), loaded)]
+    if isinstance(data, list):
+        return [problem for index, value in enumerate(data) for problem in _oversized(value, path + (index,), loaded)]
+    if isinstance(data, int) and not isinstance(data, bool) and abs(data) > MAX_INTEGER:
+        return [Problem(f"{data:,} is beyond any size a network can use: widths, channels, heads, kernels, classes and other "
+                        f"counts are at most {MAX_INTEGER:,} (2^24)", path, loaded.sources.locate(path))]
+    return []
+
+
+def _describe(value: Any) -> str:
+    kind = {dict: "a mapping", list: "a list", str: "the text", bool: "the boolean"}.get(type(value), "the value")
+    if isinstance(value, (dict, list)):
+        kind += f" of {len(value)} items"
+    return f"{kind} {_short(value)}"
 
 
 def validate(loaded: LoadedSpec):
     """Validate loaded data into a `Spec`, or raise a `SpecError` naming every problem's line."""
+    oversized = _oversized(loaded.data, (), loaded)
+    if oversized:
+        raise SpecError(oversized)
     try:
         spec = spec_models().Spec.model_validate(loaded.data)
     except ValidationError as error:

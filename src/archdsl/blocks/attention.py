@@ -13,7 +13,7 @@ from archdsl.network import CandidateModule
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import CandidateOp, OpCheckError, Site, register
 from archdsl.training import WithoutWeightDecay
-from archdsl.blocks.layers import FitRule, attention_flops, common_divisors, conv_flops, fit_to_map, linear_flops
+from archdsl.blocks.layers import FitRule, attention_flops, common_divisors, conv_flops, divisors, fit_to_map, linear_flops
 from archdsl.blocks.multihead import (SpatialReductionAttention, attend, merge_heads, sdpa_flops, split_heads, window_merge,
                                       window_partition)
 
@@ -25,12 +25,12 @@ class AttentionCandidate(CandidateOp):
 
     fvcore_handles = {"aten::scaled_dot_product_attention": sdpa_flops}
     heads: PositiveInt
+    """attention heads; they must divide the candidate's channels"""
 
     def check(self, site: Site) -> None:
         if site.out_channels % self.heads:
-            divisors = [h for h in range(1, site.out_channels + 1) if site.out_channels % h == 0]
             raise OpCheckError(
-                f"{self.heads} heads do not divide this candidate's {site.out_channels} channels; heads that do: {divisors}",
+                f"{self.heads} heads do not divide this candidate's {site.out_channels} channels; heads that do: {divisors(site.out_channels)}",
                 field="heads")
 
 
@@ -64,8 +64,11 @@ class PooledAttention(AttentionCandidate):
     capabilities = frozenset({"value_gate"})
     fvcore_handles = {**AttentionCandidate.fvcore_handles, "aten::avg_pool2d": pooled_elements}
     pool: PositiveInt = 1
+    """side of the average pool applied to keys and values (1: plain global attention)"""
     qkv_bias: bool = True
+    """bias in the query, key and value projections"""
     output_projection: bool = False
+    """a linear projection after the attention"""
 
     def check(self, site: Site) -> None:
         super().check(site)
@@ -170,10 +173,15 @@ class WindowAttention(AttentionCandidate):
     op: Literal["window_attention"] = "window_attention"
     capabilities = frozenset({"value_gate"})
     window: PositiveInt = 7
+    """window side in tokens"""
     input_projection: bool = False
+    """a 1x1 projection before the attention"""
     output_projection: bool = True
+    """a linear projection after the attention"""
     output_norm: NormName | None = None
+    """a norm on the output (none when null)"""
     fit: FitRule = "exact"
+    """exact: the window must divide the map; nearest_divisor: the common divisor of the map sides nearest to it"""
 
     def window_at(self, site: Site) -> int:
         return fit_to_map(self.window, site.in_shape.height, site.in_shape.width, self.fit)

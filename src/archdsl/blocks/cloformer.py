@@ -99,6 +99,7 @@ class AttnConv(AttentionCandidate):
 
     op: Literal["attn_conv"] = "attn_conv"
     kernel: OddKernel = 3
+    """depthwise kernel of the local branch (odd)"""
 
     def flops(self, site: Site) -> int:
         c_in, height, width = site.in_shape
@@ -138,8 +139,11 @@ class StridedConvFFN(DownsampleOp):
     op: Literal["strided_conv_ffn"] = "strided_conv_ffn"
     capabilities = frozenset({"replaces_previous_ffn"})
     ratio: PositiveInt = 4
+    """hidden channels = ratio x input channels"""
     kernel: OddKernel = 5
+    """depthwise kernel (odd)"""
     norm: NormName = "group_norm"
+    """norm before the strided FFN"""
 
     def output_shape(self, site: Site) -> FeatureShape:
         _, height, width = site.in_shape

@@ -54,8 +54,11 @@ class DepthwiseConv(CandidateOp):
 
     op: Literal["depthwise_conv"] = "depthwise_conv"
     kernel: OddKernel = 3
+    """depthwise kernel (odd)"""
     input_projection: bool = False
+    """a 1x1 projection before the depthwise conv"""
     output_norm: NormName | None = None
+    """a norm on the output (none when null)"""
 
     def feature_shape(self, site: Site) -> FeatureShape:
         return site.in_shape
@@ -107,6 +110,7 @@ class Bottleneck(CandidateOp):
 
     op: Literal["bottleneck"] = "bottleneck"
     expansion: PositiveInt = 4
+    """hidden channels = expansion x channels"""
 
     def check(self, site: Site) -> None:
         if site.out_channels != site.in_shape.channels:
@@ -147,6 +151,7 @@ class LePE(CandidateOp):
 
     op: Literal["lepe"] = "lepe"
     kernel: OddKernel = 3
+    """kernel of the depthwise conv (odd)"""
 
     def flops(self, site: Site) -> int:
         c_in, height, width = site.in_shape

@@ -52,7 +52,9 @@ class ConvFFN(FFNOp):
     op: Literal["conv_ffn"] = "conv_ffn"
     depthwise_residual: ClassVar[bool] = False
     ratio: PositiveInt = 4
+    """hidden channels = ratio x block width"""
     kernel: OddKernel = 5
+    """depthwise kernel (odd)"""
 
     def flops(self, site: Site) -> int:
         return conv_ffn_flops(site, self.ratio, self.kernel)  # the residual add, if any, is free
@@ -70,6 +72,7 @@ class DWConvMLP(ConvFFN):
     op: Literal["dwconv_mlp"] = "dwconv_mlp"
     depthwise_residual: ClassVar[bool] = True
     kernel: OddKernel = 3
+    """kernel of the residual depthwise conv (odd)"""
 
 
 class MLPModule(nn.Module):
@@ -91,6 +94,7 @@ class MLP(FFNOp):
 
     op: Literal["mlp"] = "mlp"
     ratio: PositiveInt = 4
+    """hidden channels = ratio x block width"""
 
     def flops(self, site: Site) -> int:
         c_in, height, width = site.in_shape

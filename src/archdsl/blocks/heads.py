@@ -43,6 +43,7 @@ class HeadOp(Op):
 
     role: ClassVar[str] = "head"
     classes: NonNegativeInt = 1000
+    """classifier outputs (0: none, a headless model returning pooled features)"""
 
     def num_features(self, site: Site) -> int:
         """Width of the pooled features the classifier reads."""
@@ -72,6 +73,7 @@ class PoolLinear(HeadOp):
 
     op: Literal["pool_linear"] = "pool_linear"
     norm: NormName | None = None
+    """a norm before pooling (none when null)"""
 
     def flops(self, site: Site) -> int:
         shape = site.in_shape

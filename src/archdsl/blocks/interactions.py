@@ -32,6 +32,7 @@ class _ReducingInteraction(InteractionOp):
     """An interaction whose hidden width is the source's channels // `reduction`."""
 
     reduction: PositiveInt = 8
+    """the gate's hidden channels = source channels / reduction"""
 
     def hidden(self, site: Site) -> int:
         return site.in_shape.channels // self.reduction

@@ -6,7 +6,7 @@ analytic count from the graph and fvcore's count on the built module agree.
 
 from __future__ import annotations
 
-from math import gcd
+from math import gcd, isqrt
 from typing import Annotated, Literal
 
 import torch
@@ -63,8 +63,14 @@ def fit_to_map(size: int, height: int, width: int, rule: FitRule) -> int:
 
 def common_divisors(height: int, width: int) -> list[int]:
     """The sizes that divide both sides of a map: the windows, pools or blocks that tile it."""
-    common = gcd(height, width)
-    return [d for d in range(1, common + 1) if common % d == 0]
+    return divisors(gcd(height, width))
+
+
+def divisors(number: int) -> list[int]:
+    """The divisors of `number` in increasing order, by trial division up to its square root (the
+    sizes a spec may hold are capped in schema.py, so this stays a few thousand steps)."""
+    small = [d for d in range(1, isqrt(number) + 1) if number % d == 0]
+    return small + [number // d for d in reversed(small) if d * d != number]
 
 
 class Swish(nn.Module):

@@ -101,7 +101,9 @@ class NormStridedConv(DownsampleOp):
 
     op: Literal["norm_strided_conv"] = "norm_strided_conv"
     kernel: PositiveInt = 2
+    """kernel and stride of the patch-merging conv"""
     norm: NormName = "batch_norm"
+    """norm before the conv"""
 
     def output_shape(self, site: Site) -> FeatureShape:
         _, height, width = site.in_shape
@@ -146,6 +148,7 @@ class ProjectionHead(HeadOp):
 
     op: Literal["projection_head"] = "projection_head"
     width: PositiveInt = 1280
+    """channels of the projection before pooling"""
 
     def flops(self, site: Site) -> int:
         shape = site.in_shape

@@ -20,6 +20,7 @@ pixels row-major. Global attention, LayerNorm and the MLP are blind to the layou
 
 from __future__ import annotations
 
+from math import gcd
 from typing import Literal
 
 import torch
@@ -35,7 +36,7 @@ from archdsl.blocks.attention import AttentionCandidate, PooledAttention, pooled
 from archdsl.blocks.dct import BlockDCT, BlockIDCT, block_dct_flops
 from archdsl.blocks.fusion import FusionOp
 from archdsl.blocks.heads import HeadModule, HeadOp, classifier
-from archdsl.blocks.layers import FitRule, OddKernel, common_divisors, conv_flops, fit_to_map, linear_flops, strided_size
+from archdsl.blocks.layers import FitRule, OddKernel, common_divisors, conv_flops, divisors, fit_to_map, linear_flops, strided_size
 
 
 # --- stem ---------------------------------------------------------------------------------------
@@ -60,6 +61,7 @@ class NomMerStem(Op):
     role = "stem"
     op: Literal["nommer_stem"] = "nommer_stem"
     patch: PositiveInt = 4
+    """stride of the patch embedding"""
 
     def output_shape(self, site: Site) -> FeatureShape:
         return FeatureShape(site.out_channels, *(strided_size(s, self.patch, self.patch, 0) for s in site.in_shape[1:]))
@@ -110,9 +112,13 @@ class CompressedGlobalAttention(AttentionCandidate):
 
     op: Literal["compressed_global_attention"] = "compressed_global_attention"
     block: PositiveInt = 8
+    """DCT block side in pixels"""
     keep: PositiveInt | None = None
+    """DCT frequencies kept per axis (default: block / 2)"""
     groups: PositiveInt = 8
+    """groups of the conv on the DCT coefficients"""
     fit: FitRule = "exact"
+    """exact: the block must divide the map; nearest_divisor: the common divisor of the map sides nearest to it"""
 
     def block_at(self, site: Site) -> int:
         return fit_to_map(self.block, site.in_shape.height, site.in_shape.width, self.fit)
@@ -143,7 +149,7 @@ class CompressedGlobalAttention(AttentionCandidate):
         coefficients = keep * keep
         for what, count in (("the DCT coefficients", c_in * coefficients), ("the candidate's channels", site.out_channels)):
             if count % self.groups:
-                fits = [g for g in range(1, site.out_channels + 1) if site.out_channels % g == 0 and (c_in * coefficients) % g == 0]
+                fits = divisors(gcd(site.out_channels, c_in * coefficients))
                 raise OpCheckError(f"{self.groups} groups do not divide {what} ({count}); groups that divide both "
                                    f"{c_in * coefficients} coefficients and {site.out_channels} channels: {fits}", field="groups")
 
@@ -230,7 +236,9 @@ class Nomination(FusionOp):
 
     op: Literal["nomination"] = "nomination"
     temperature: float = 1.0
+    """softmax temperature of the per-pixel nomination"""
     hard: bool = True
+    """hard (one-hot, straight-through) nomination instead of a soft mix"""
 
     def check(self, site: Site) -> None:
         if not self.temperature > 0:
@@ -289,10 +297,15 @@ class ConvMaxPool(DownsampleOp):
 
     op: Literal["conv_max_pool"] = "conv_max_pool"
     kernel: OddKernel = 3
+    """kernel of the conv before pooling (odd)"""
     pool: PositiveInt = 2
+    """max-pool side and stride"""
     norm: NormName = "layer_norm"
+    """norm after pooling"""
     position_embedding: bool = False
+    """a learnable position embedding"""
     class_token: bool = False
+    """a class token prepended to the tokens"""
 
     def _pooled(self, site: Site) -> FeatureShape:
         _, height, width = site.in_shape
@@ -338,6 +351,7 @@ class ClassTokenHead(HeadOp):
 
     op: Literal["class_token_head"] = "class_token_head"
     norm: Literal["layer_norm"] | None = "layer_norm"
+    """a LayerNorm on the class token before the classifier (none when null)"""
 
     def flops(self, site: Site) -> int:
         channels = site.in_shape.channels

@@ -44,7 +44,7 @@ from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, regi
 from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
 from archdsl.training import WithoutWeightDecay
 from archdsl.blocks.attention import AttentionCandidate
-from archdsl.blocks.layers import attention_flops, conv_flops, linear_flops, strided_size
+from archdsl.blocks.layers import attention_flops, conv_flops, divisors, linear_flops, strided_size
 from archdsl.blocks.multihead import (PixelLinear, SpatialReductionAttention, attend, map_to_tokens, merge_heads, split_heads,
                                       tokens_to_map, window_merge, window_partition)
 from archdsl.blocks.position import sincos_position_embedding
@@ -55,8 +55,7 @@ from archdsl.blocks.position import sincos_position_embedding
 
 def nearest_divisor(n: int, target: int) -> int:
     """The divisor of `n` nearest to `target` on a log scale; a tie goes to the smaller."""
-    divisors = {d for k in range(1, math.isqrt(n) + 1) if n % k == 0 for d in (k, n // k)}
-    return min(sorted(divisors), key=lambda d: abs(math.log(d / target)))
+    return min(divisors(n), key=lambda d: abs(math.log(d / target)))
 
 
 def _input_sizes_that_work(site: Site, side_fits, count: int = 4) -> list[int]:
@@ -109,6 +108,7 @@ class SGFormerStem(Op):
     role = "stem"
     op: Literal["sgformer_stem"] = "sgformer_stem"
     position_embedding: bool = True
+    """a learnable position embedding, one row per output pixel (sin-cos initialised)"""
 
     def output_shape(self, site: Site) -> FeatureShape:
         height, width = (strided_size(strided_size(s, 3, 2, 1), 3, 2, 1) for s in site.in_shape[1:])
@@ -152,6 +152,7 @@ class ConvPatchMerging(DownsampleOp):
 
     op: Literal["conv_patch_merging"] = "conv_patch_merging"
     norm: NormName | None = None
+    """a norm before the merge (it closes the previous stage; none when null)"""
 
     def output_shape(self, site: Site) -> FeatureShape:
         _, height, width = site.in_shape
@@ -177,7 +178,7 @@ def _check_even_heads(op: AttentionCandidate, site: Site) -> None:
     AttentionCandidate.check(op, site)
     if op.heads % 2:
         channels = site.out_channels
-        fits = [h for h in range(2, channels + 1, 2) if channels % h == 0]
+        fits = [h for h in divisors(channels) if h % 2 == 0]
         raise OpCheckError(f"{op.op} splits its heads in two halves, so it needs an even head count, not {op.heads}; "
                            f"even head counts that divide its {channels} channels: {fits}", field="heads")
 
@@ -254,6 +255,7 @@ class HybridScaleAttention(AttentionCandidate):
     scale: PositiveInt = Field(description="merge stride of the coarse half's keys and values (the code's sr_ratio; 1: global attention)")
     window: PositiveInt = Field(7, description="preferred window side of the fine half; per side, the nearest divisor of the map side is used")
     emits: str | None = "significance"
+    """name of the side channel the significance map is emitted as (null: none)"""
 
     def windows(self, site: Site) -> tuple[int, int]:
         return nearest_divisor(site.in_shape.height, self.window), nearest_divisor(site.in_shape.width, self.window)
@@ -389,6 +391,7 @@ class SelfGuidedAttention(AttentionCandidate):
     shares: list[PositiveInt] = Field(min_length=1, description="sub-region sizes in proportion, least significant first")
     rates: list[PositiveInt] = Field(min_length=1, description="preferred aggregation rate per sub-region; the nearest divisor of its token count is used")
     consumes: str = "significance"
+    """name of the side channel read as the significance map"""
 
     @model_validator(mode="after")
     def _same_length(self):
