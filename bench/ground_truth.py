@@ -20,8 +20,10 @@ batches only; stochastic depth 0 (the sampled hybrids have none). The seed fixes
 initialisation, the batch order and the flips; the subset and the architectures are fixed
 by `--sample-seed`.
 
-Resumable: every finished (architecture, seed) run is appended at once to OUT/runs.jsonl;
-a rerun with the same options skips what is there, so a killed or longer run continues.
+Resumable: every finished (architecture, seed) run is appended at once to OUT/runs.jsonl,
+and the drawn architectures are listed in OUT/architectures.json (specs in OUT/specs/); a
+rerun with the same options trains those same architectures and skips the runs already
+there, so a killed or longer run (a larger --archs) continues.
 OUT/ground_truth.csv is rewritten after each run with one row per architecture whose seeds
 have all finished: arch (spec hash), spec_file (OUT/specs/HASH.yaml, written at 224),
 flops_224, params, activation_units (per image at --img-size), img_size, epochs,
@@ -79,8 +81,9 @@ def spec_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def draw_architectures(args) -> tuple[list[dict], dict]:
-    """The same `--archs` draws for the same options: (architectures, rejection counts)."""
+def draw_architectures(args, known: list[dict] = ()) -> tuple[list[dict], dict]:
+    """`--archs` architectures: the `known` ones (a resumed run's, in their order), then new draws
+    (seeded by `--sample-seed` and how many are known): (architectures, rejection counts)."""
     from archdsl.api import lower_spec
     from archdsl.errors import SpecError
     from archdsl.search.budget import parse_flops
@@ -89,8 +92,8 @@ def draw_architectures(args) -> tuple[list[dict], dict]:
 
     space = load_space(args.space)
     budget = parse_flops(args.budget) if args.budget else space.budget
-    rng = np.random.default_rng(args.sample_seed)
-    archs, seen = [], set()
+    rng = np.random.default_rng([args.sample_seed, len(known)])
+    archs, seen = list(known), {arch["arch"] for arch in known}
     rejected = {"invalid": 0, "over_budget": 0, f"invalid_at_{args.img_size}px": 0, "duplicate": 0}
     while len(archs) < args.archs:
         sample = space.sample(RandomChooser(rng), 224)
@@ -266,19 +269,46 @@ def seed_ceiling(rows: list[dict]) -> float:
     return float(kendalltau([float(r["acc_seed0"]) for r in rows], [float(r["acc_seed1"]) for r in rows]).statistic)
 
 
+def known_architectures(out: Path) -> list[dict]:
+    """The architectures an earlier run drew, in order, read back from their spec files, so a
+    resumed run trains the same networks even if the space or the sampler has changed since."""
+    path = out / "architectures.json"
+    if not path.exists():
+        return []
+    return [{**arch, "yaml": (out / "specs" / f"{arch['arch']}.yaml").read_text()} for arch in json.loads(path.read_text())]
+
+
+def same_recipe(out: Path, args) -> None:
+    """A resumed run must train with the recipe of the runs already in OUT (not the same count)."""
+    path = out / "recipe.json"
+    if not path.exists():
+        return
+    earlier = {key: value for key, value in json.loads(path.read_text())["recipe"].items() if key != "seeds"}
+    now = {key: value for key, value in recipe(args).items() if key != "seeds"}
+    if earlier != now:
+        changed = ", ".join(f"{key}: {earlier.get(key)!r} -> {now.get(key)!r}" for key in now if earlier.get(key) != now[key])
+        raise SystemExit(f"error: {out} holds runs of another recipe ({changed}); give another --out or the same options")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    same_recipe(args.out, args)
     (args.out / "specs").mkdir(parents=True, exist_ok=True)
-    archs, rejected = draw_architectures(args)
+    archs, rejected = draw_architectures(args, known_architectures(args.out)[: args.archs])
     for arch in archs:
         path = args.out / "specs" / f"{arch['arch']}.yaml"
         if not path.exists():
             path.write_text(arch["yaml"])
+    listing = [{"arch": arch["arch"], "flops_224": arch["flops_224"]} for arch in archs]
+    (args.out / "architectures.json").write_text(json.dumps(listing, indent=1) + "\n")
     about = {"recipe": recipe(args), "rejected_draws": rejected,
              "command": "python bench/ground_truth.py " + " ".join(argv or os.sys.argv[1:]),
              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
                         f"torch threads per worker {args.threads}, workers {args.workers}",
              "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if (args.out / "recipe.json").exists():  # the first run's start and draws are kept
+        earlier = json.loads((args.out / "recipe.json").read_text())
+        about.update(started=earlier["started"], rejected_draws=earlier["rejected_draws"], resumed=about["started"])
     (args.out / "recipe.json").write_text(json.dumps(about, indent=2) + "\n")
     # architecture-major order: a run stopped early leaves complete rows (every seed of an architecture)
     units = [(index, seed) for index in range(len(archs)) for seed in range(args.seeds)]

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from archdsl.api import load_spec, lower_spec
-from archdsl.blocks.layers import DropPath
+from archdsl.network import DropPath
 from archdsl.compiler import compile_graph
 from archdsl.loading import bundled_spec_names
 from archdsl.search.data import load_dataset
