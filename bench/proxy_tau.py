@@ -1,6 +1,6 @@
 """How well does each objective rank architectures? Kendall tau and Spearman rho against a trained ground truth.
 
-    python bench/proxy_tau.py --ground-truth bench/results/ground_truth_fmnist.csv \\
+    python bench/proxy_tau.py --ground-truth bench/results/ground_truth_fmnist/ground_truth.csv \\
         --out bench/results/proxy_tau_fmnist.json [--dataset fashion-mnist] [--device cuda]
 
 The ground truth is bench/ground_truth.py's CSV: one row per architecture with its spec file

@@ -38,7 +38,10 @@ def plugin_dir(tmp_path, monkeypatch):
     (tmp_path / "blur_ops.py").write_text(PLUGIN_SOURCE)
     (tmp_path / "blur.yaml").write_text(SPEC)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv(plugins.ENVIRONMENT_VARIABLE, raising=False)
+    # set, then deleted: monkeypatch then removes what `--plugin` adds to the environment, which
+    # the later tests' Ray workers would otherwise inherit
+    monkeypatch.setenv(plugins.ENVIRONMENT_VARIABLE, "")
+    monkeypatch.delenv(plugins.ENVIRONMENT_VARIABLE)
     yield tmp_path
     unregister("candidate", "depthwise_blur")
     sys.modules.pop("blur_ops", None)
