@@ -97,3 +97,20 @@ def kill_session(session: int) -> None:
                 os.kill(int(parts[0]), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+# a one-stage space of networks under 4 MFLOPs at 32 px: search runs that train in seconds
+TINY_SPACE = """
+name: tiny
+input: {channels: 3, size: 32}
+stem: cloformer_stem
+stages:
+  - width: {choice: [16, 24, 32]}
+    depth: {range: [1, 2]}
+    blocks:
+      - norm: group_norm
+        mixer:
+          candidates: [{op: attn_conv, heads: 1, kernel: {choice: [3, 5]}}]
+        ffn: {op: conv_ffn, ratio: 2, kernel: 3}
+head: {op: pool_linear, norm: group_norm, classes: 10}
+"""

@@ -14,7 +14,7 @@ import torch
 
 from archdsl.api import create_model, load_spec, lower_spec
 from archdsl.search import run_search
-from search_helpers import Flaky, SlowParams, fingerprint, kill_session
+from search_helpers import TINY_SPACE, Flaky, SlowParams, fingerprint, kill_session
 
 TINY_IMAGE = 32  # the default space at 32x32: every pool divides its map, FLOPs 9..43 M
 BUDGET = "25M@32"  # cuts through the space at 32px, and holds cloformer_xxs (13.5 M) and cloformer_xs (24.9 M) there
@@ -58,25 +58,9 @@ def test_search_end_to_end(local_ray, tmp_path):
     assert list((out / "ray" / "tune").glob("run_trial_*/result.json"))  # Ray Tune's own logs
 
 
-FLAKY_SPACE = """
-name: flaky
-input: {channels: 3, size: 32}
-stem: cloformer_stem
-stages:
-  - width: {choice: [16, 24, 32]}
-    depth: {range: [1, 2]}
-    blocks:
-      - norm: group_norm
-        mixer:
-          candidates: [{op: attn_conv, heads: 1, kernel: {choice: [3, 5]}}]
-        ffn: {op: conv_ffn, ratio: 2, kernel: 3}
-head: {op: pool_linear, norm: group_norm, classes: 10}
-"""
-
-
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(local_ray, tmp_path):
     space = tmp_path / "flaky.yaml"
-    space.write_text(FLAKY_SPACE)
+    space.write_text(TINY_SPACE)
     out = tmp_path / "out"
     # random draws with seed 0 give stage-0 widths 32, 16, 16, 32, 24, 32, 24, 32
     result = run_search(space, budget="1G", samples=8, searcher="random", objective=Flaky(), seed=0, out=out, baselines=False)

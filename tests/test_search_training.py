@@ -24,22 +24,8 @@ from archdsl.search import run_search
 from archdsl.search.data import load_dataset
 from archdsl.search.feasibility import FITS, INVALID_AT_IMG_SIZE, OVER_FLOPS, BudgetCheck, config_key
 from archdsl.search.space import RandomChooser, load_space
-from search_helpers import PoisonedTraining, SlowTraining, kill_session
+from search_helpers import TINY_SPACE, PoisonedTraining, SlowTraining, kill_session
 
-TINY_SPACE = """
-name: tiny
-input: {channels: 3, size: 32}
-stem: cloformer_stem
-stages:
-  - width: {choice: [16, 24, 32]}
-    depth: {range: [1, 2]}
-    blocks:
-      - norm: group_norm
-        mixer:
-          candidates: [{op: attn_conv, heads: 1, kernel: {choice: [3, 5]}}]
-        ffn: {op: conv_ffn, ratio: 2, kernel: 3}
-head: {op: pool_linear, norm: group_norm, classes: 10}
-"""
 BUDGET = "15M@32"  # the whole tiny space (0.7 to 3.3 MFLOPs) and cloformer_xxs (13.5 M), not cloformer_xs (24.9 M)
 EPOCHS = 4  # ASHA's rungs at epochs 1, 2 and 4
 
