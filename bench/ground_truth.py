@@ -69,12 +69,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def recipe(args) -> dict:
-    return {"dataset": args.dataset, "budget_at_224": args.budget or "the space's own", "img_size": args.img_size,
-            "train_images": args.train_images, "test_images": "the official test split (all of it)",
-            "epochs": args.epochs, "seeds": args.seeds, "sample_seed": args.sample_seed, "optimizer": "AdamW",
-            "lr": LR, "weight_decay": WEIGHT_DECAY, "batch": BATCH, "schedule": f"one-cycle, {WARMUP:.0%} warm-up",
-            "augmentation": "random horizontal flip", "channels": "grey repeated on 3 channels",
-            "space": args.space}
+    return {
+        "dataset": args.dataset,
+        "budget_at_224": args.budget or "the space's own",
+        "img_size": args.img_size,
+        "train_images": args.train_images,
+        "test_images": "the official test split (all of it)",
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "sample_seed": args.sample_seed,
+        "optimizer": "AdamW",
+        "lr": LR,
+        "weight_decay": WEIGHT_DECAY,
+        "batch": BATCH,
+        "schedule": f"one-cycle, {WARMUP:.0%} warm-up",
+        "augmentation": "random horizontal flip",
+        "channels": "grey repeated on 3 channels",
+        "space": args.space,
+    }
 
 
 def spec_hash(text: str) -> str:
@@ -157,14 +169,13 @@ def train_once(spec_file: Path, seed: int, args, data, train_index, test_index) 
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     steps = len(train_index) // BATCH
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LR, total_steps=args.epochs * steps,
-                                                   pct_start=WARMUP)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=LR, total_steps=args.epochs * steps, pct_start=WARMUP)
     start = time.perf_counter()
     for epoch in range(args.epochs):
         model.train()
         order = train_index[torch.randperm(len(train_index), generator=generator).numpy()]
         for step in range(steps):
-            images, labels = data.batch(order[step * BATCH:(step + 1) * BATCH], size, 3)
+            images, labels = data.batch(order[step * BATCH : (step + 1) * BATCH], size, 3)
             flip = torch.rand(len(labels), generator=generator) < 0.5
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
             loss = F.cross_entropy(model(images), labels)
@@ -178,10 +189,14 @@ def train_once(spec_file: Path, seed: int, args, data, train_index, test_index) 
     correct = 0
     with torch.no_grad():
         for first in range(0, len(test_index), 500):
-            images, labels = data.batch(test_index[first:first + 500], size, 3)
+            images, labels = data.batch(test_index[first : first + 500], size, 3)
             correct += int((model(images).argmax(1) == labels).sum())
-    return {"accuracy": correct / len(test_index), "seconds": round(time.perf_counter() - start, 1),
-            "params": params, "activation_units": units}
+    return {
+        "accuracy": correct / len(test_index),
+        "seconds": round(time.perf_counter() - start, 1),
+        "params": params,
+        "activation_units": units,
+    }
 
 
 def fixed_subset(data, train_index: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -219,12 +234,23 @@ def write_table(out: Path, archs: list[dict], args) -> list[dict]:
         if any(run is None for run in seeds):
             continue
         accuracies = [run["accuracy"] for run in seeds]
-        row = {"arch": arch["arch"], "spec_file": f"specs/{arch['arch']}.yaml", "flops_224": arch["flops_224"],
-               "params": seeds[0]["params"], "activation_units": seeds[0]["activation_units"],
-               "img_size": args.img_size, "epochs": args.epochs}
+        row = {
+            "arch": arch["arch"],
+            "spec_file": f"specs/{arch['arch']}.yaml",
+            "flops_224": arch["flops_224"],
+            "params": seeds[0]["params"],
+            "activation_units": seeds[0]["activation_units"],
+            "img_size": args.img_size,
+            "epochs": args.epochs,
+        }
         row.update({f"acc_seed{seed}": f"{acc:.4f}" for seed, acc in enumerate(accuracies)})
-        row.update({"mean": f"{statistics.fmean(accuracies):.4f}", "sd": f"{statistics.stdev(accuracies):.4f}",
-                    "seconds": round(sum(run["seconds"] for run in seeds), 1)})
+        row.update(
+            {
+                "mean": f"{statistics.fmean(accuracies):.4f}",
+                "sd": f"{statistics.stdev(accuracies):.4f}",
+                "seconds": round(sum(run["seconds"] for run in seeds), 1),
+            }
+        )
         rows.append(row)
     if rows:
         temporary = out / "ground_truth.csv.tmp"
@@ -255,12 +281,14 @@ def worker(rank: int, args, archs: list[dict], units: list[tuple[int, int]]) -> 
         try:
             result = train_once(spec_file, seed, args, data, train_index, test_index)
         except (FloatingPointError, RuntimeError) as error:  # a diverged or failed run is a result too
-            result = {"accuracy": float("nan"), "error": str(error)[:300], "seconds": 0, "params": 0,
-                      "activation_units": 0}
+            result = {"accuracy": float("nan"), "error": str(error)[:300], "seconds": 0, "params": 0, "activation_units": 0}
         append_run(args.out, {"arch": arch["arch"], "seed": seed, **result})
         rows = write_table(args.out, archs, args)
-        print(f"[worker {rank}] {arch['arch']} seed {seed}: accuracy {result['accuracy']:.4f} "
-              f"({result['seconds']} s); {len(rows)}/{len(archs)} architectures complete", flush=True)
+        print(
+            f"[worker {rank}] {arch['arch']} seed {seed}: accuracy {result['accuracy']:.4f} "
+            f"({result['seconds']} s); {len(rows)}/{len(archs)} architectures complete",
+            flush=True,
+        )
 
 
 def seed_ceiling(rows: list[dict]) -> float:
@@ -301,11 +329,14 @@ def main(argv=None) -> None:
             path.write_text(arch["yaml"])
     listing = [{"arch": arch["arch"], "flops_224": arch["flops_224"]} for arch in archs]
     (args.out / "architectures.json").write_text(json.dumps(listing, indent=1) + "\n")
-    about = {"recipe": recipe(args), "rejected_draws": rejected,
-             "command": "python bench/ground_truth.py " + " ".join(argv or os.sys.argv[1:]),
-             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
-                        f"torch threads per worker {args.threads}, workers {args.workers}",
-             "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    about = {
+        "recipe": recipe(args),
+        "rejected_draws": rejected,
+        "command": "python bench/ground_truth.py " + " ".join(argv or os.sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
+        f"torch threads per worker {args.threads}, workers {args.workers}",
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     if (args.out / "recipe.json").exists():  # the first run's start and draws are kept
         earlier = json.loads((args.out / "recipe.json").read_text())
         about.update(started=earlier["started"], rejected_draws=earlier["rejected_draws"], resumed=about["started"])

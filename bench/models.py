@@ -115,7 +115,18 @@ def main() -> None:
     from archdsl.loading import bundled_spec_names
 
     names = args.specs or bundled_spec_names()
-    columns = ["spec", "params_m", "gflops", "analytic_ms", "build_s", "eager_b1_ms", "eager_b8_ms", "compile_s", "compiled_b1_ms", "peak_mem_mb"]
+    columns = [
+        "spec",
+        "params_m",
+        "gflops",
+        "analytic_ms",
+        "build_s",
+        "eager_b1_ms",
+        "eager_b8_ms",
+        "compile_s",
+        "compiled_b1_ms",
+        "peak_mem_mb",
+    ]
     if args.baseline:
         columns[7:7] = ["baseline_b1_ms", "baseline_b8_ms", "speedup_b1", "speedup_b8"]
     print(" ".join(f"{c:>14}" for c in columns))
@@ -130,7 +141,10 @@ def main() -> None:
             print(f"{name:>14} failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}")
             continue
         row = json.loads(result.stdout.strip().splitlines()[-1])
-        print(" ".join(f"{row[c]:>14.3f}" if isinstance(row.get(c), float) else f"{str(row.get(c, '-')):>14}" for c in columns), flush=True)
+        print(
+            " ".join(f"{row[c]:>14.3f}" if isinstance(row.get(c), float) else f"{str(row.get(c, '-')):>14}" for c in columns),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ class Correlation:
     low: float
     high: float
 
-    def overlaps(self, other: "Correlation") -> bool:
+    def overlaps(self, other: Correlation) -> bool:
         return self.low <= other.high and other.low <= self.high
 
     def text(self) -> str:
@@ -71,14 +71,23 @@ def _spearman(x, y) -> float:
 def correlation(x, y, statistic, resamples: int = 2000, seed: int = 0) -> Correlation:
     """`statistic(x, y)` and its bootstrap 95% interval over resampled (x, y) pairs."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    result = stats.bootstrap((x, y), statistic, paired=True, vectorized=False, n_resamples=resamples,
-                             confidence_level=0.95, method="percentile", rng=np.random.default_rng(seed))
+    result = stats.bootstrap(
+        (x, y),
+        statistic,
+        paired=True,
+        vectorized=False,
+        n_resamples=resamples,
+        confidence_level=0.95,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     interval = result.confidence_interval
     return Correlation(float(statistic(x, y)), float(interval.low), float(interval.high))
 
 
-def rank_objectives(scores: dict[str, list[float]], accuracy: list[float], resamples: int = 2000,
-                    seed: int = 0) -> dict[str, dict]:
+def rank_objectives(
+    scores: dict[str, list[float]], accuracy: list[float], resamples: int = 2000, seed: int = 0
+) -> dict[str, dict]:
     """Kendall tau-b and Spearman rho of each objective's scores against `accuracy`, over the
     architectures it scored (NaN: it failed there)."""
     ranked = {}
@@ -88,8 +97,11 @@ def rank_objectives(scores: dict[str, list[float]], accuracy: list[float], resam
         if len(keep) < 3:
             ranked[name] = {"n": len(keep), "kendall": None, "spearman": None}
             continue
-        ranked[name] = {"n": len(keep), "kendall": correlation(x, y, _kendall, resamples, seed),
-                        "spearman": correlation(x, y, _spearman, resamples, seed)}
+        ranked[name] = {
+            "n": len(keep),
+            "kendall": correlation(x, y, _kendall, resamples, seed),
+            "spearman": correlation(x, y, _spearman, resamples, seed),
+        }
     return ranked
 
 
@@ -110,12 +122,15 @@ def verdict(kendall: Correlation, baselines: dict[str, Correlation]) -> str:
 
 
 def markdown_table(ranked: dict[str, dict], ceiling: dict, verdicts: dict[str, str]) -> str:
-    lines = ["| objective | Kendall tau-b [95% CI] | Spearman rho [95% CI] | n | |", "| --- | --- | --- | --- | --- |",
-             f"| seed 0 vs seed 1 accuracy (ceiling) | {ceiling['kendall'].text()} | {ceiling['spearman'].text()} "
-             f"| {ceiling['n']} | what no proxy can be expected to beat |"]
+    lines = [
+        "| objective | Kendall tau-b [95% CI] | Spearman rho [95% CI] | n | |",
+        "| --- | --- | --- | --- | --- |",
+        f"| seed 0 vs seed 1 accuracy (ceiling) | {ceiling['kendall'].text()} | {ceiling['spearman'].text()} "
+        f"| {ceiling['n']} | what no proxy can be expected to beat |",
+    ]
     order = [n for n in BASELINES if n in ranked] + sorted(
-        (n for n in ranked if n not in BASELINES),
-        key=lambda n: -(ranked[n]["kendall"].value if ranked[n]["kendall"] else -2))
+        (n for n in ranked if n not in BASELINES), key=lambda n: -(ranked[n]["kendall"].value if ranked[n]["kendall"] else -2)
+    )
     for name in order:
         row = ranked[name]
         if row["kendall"] is None:
@@ -126,19 +141,29 @@ def markdown_table(ranked: dict[str, dict], ceiling: dict, verdicts: dict[str, s
     return "\n".join(lines)
 
 
-def evaluate_table(scores: dict[str, list[float]], seed_accuracies: list[list[float]], resamples: int = 2000,
-                   seed: int = 0) -> dict:
+def evaluate_table(
+    scores: dict[str, list[float]], seed_accuracies: list[list[float]], resamples: int = 2000, seed: int = 0
+) -> dict:
     """Everything the report shows, from each objective's scores and each architecture's
     accuracy per training seed (`seed_accuracies[arch][seed]`)."""
     accuracy = [float(np.mean(row)) for row in seed_accuracies]
     ranked = rank_objectives(scores, accuracy, resamples, seed)
     first, second = [row[0] for row in seed_accuracies], [row[1] for row in seed_accuracies]
-    ceiling = {"n": len(first), "kendall": correlation(first, second, _kendall, resamples, seed),
-               "spearman": correlation(first, second, _spearman, resamples, seed)}
-    baselines = {label: ranked[name]["kendall"] for label, name in (("FLOPs", "flops"), ("params", "params"))
-                 if name in ranked and ranked[name]["kendall"] is not None}
-    verdicts = {name: verdict(row["kendall"], baselines) for name, row in ranked.items()
-                if name not in BASELINES and row["kendall"] is not None and baselines}
+    ceiling = {
+        "n": len(first),
+        "kendall": correlation(first, second, _kendall, resamples, seed),
+        "spearman": correlation(first, second, _spearman, resamples, seed),
+    }
+    baselines = {
+        label: ranked[name]["kendall"]
+        for label, name in (("FLOPs", "flops"), ("params", "params"))
+        if name in ranked and ranked[name]["kendall"] is not None
+    }
+    verdicts = {
+        name: verdict(row["kendall"], baselines)
+        for name, row in ranked.items()
+        if name not in BASELINES and row["kendall"] is not None and baselines
+    }
     return {"ranked": ranked, "ceiling": ceiling, "verdicts": verdicts, "accuracy": accuracy}
 
 
@@ -155,7 +180,7 @@ def read_ground_truth(path: Path) -> list[dict]:
         missing = [column for column in REQUIRED_COLUMNS if column not in columns]
         if missing:
             raise SystemExit(f"--ground-truth {path}: missing column(s) {', '.join(missing)}; found {', '.join(columns)}")
-        seed_columns = sorted((c for c in columns if c.startswith("acc_seed")), key=lambda c: int(c[len("acc_seed"):]))
+        seed_columns = sorted((c for c in columns if c.startswith("acc_seed")), key=lambda c: int(c[len("acc_seed") :]))
         rows = []
         for line, row in enumerate(reader, start=2):
             try:
@@ -179,8 +204,15 @@ def score_architecture(spec, objectives: dict, data, device: torch.device, seed:
 
     graph = lower_spec(spec)
     labelled = lower_spec(load_spec(spec, num_classes=data.num_classes))
-    context = TrialContext(device=device, image_size=spec.image_size, channels=spec.input.channels, data=data, seed=seed,
-                           proxy_batch=proxy_batch, flops=graph.flops)
+    context = TrialContext(
+        device=device,
+        image_size=spec.image_size,
+        channels=spec.input.channels,
+        data=data,
+        seed=seed,
+        proxy_batch=proxy_batch,
+        flops=graph.flops,
+    )
     scores, errors = {}, {}
     for name, objective in objectives.items():
         torch.manual_seed(seed)
@@ -214,7 +246,9 @@ def sample_specs(space, count: int, img_size: int, rng: np.random.Generator, max
             specs.append(spec)
             if len(specs) == count:
                 return specs, draw - count
-    raise SystemExit(f"only {len(specs)} of {count} draws from the space were valid and within its budget after {max_draws} draws")
+    raise SystemExit(
+        f"only {len(specs)} of {count} draws from the space were valid and within its budget after {max_draws} draws"
+    )
 
 
 def make_objectives(names: str | None) -> dict:
@@ -239,34 +273,62 @@ def measure(args, objectives: dict, data, device: torch.device) -> None:
         except SpecError as error:
             raise SystemExit(f"{path}: architecture {row['arch']}: {error}") from None
         result = score_architecture(spec, objectives, data, device, args.seed, args.proxy_batch)
-        records.append({"arch": row["arch"], "spec_file": row["spec_file"], "img_size": row["img_size"],
-                        "acc_seeds": row["acc_seeds"], **result})
-        print(f"[{index}/{len(rows)}] {row['arch']} acc {np.mean(row['acc_seeds']):.4f} "
-              + " ".join(f"{n}={s:.4g}" for n, s in result["scores"].items()) + f" ({time.time() - start:.0f}s)",
-              file=sys.stderr, flush=True)
+        records.append(
+            {
+                "arch": row["arch"],
+                "spec_file": row["spec_file"],
+                "img_size": row["img_size"],
+                "acc_seeds": row["acc_seeds"],
+                **result,
+            }
+        )
+        print(
+            f"[{index}/{len(rows)}] {row['arch']} acc {np.mean(row['acc_seeds']):.4f} "
+            + " ".join(f"{n}={s:.4g}" for n, s in result["scores"].items())
+            + f" ({time.time() - start:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
     scores = {name: [record["scores"][name] for record in records] for name in objectives}
     table = evaluate_table(scores, [record["acc_seeds"] for record in records], args.resamples, args.seed)
     accuracy = table["accuracy"]
-    print(f"\nRanking of {len(records)} architectures ({path}; mean accuracy over {len(rows[0]['acc_seeds'])} seeds, "
-          f"{min(accuracy):.4f} to {max(accuracy):.4f}), scored on {data.source} at {rows[0]['img_size']} px, "
-          f"proxy minibatch {args.proxy_batch}, seed {args.seed}; bootstrap 95% intervals over {args.resamples} "
-          f"resamples of the architectures:\n")
+    print(
+        f"\nRanking of {len(records)} architectures ({path}; mean accuracy over {len(rows[0]['acc_seeds'])} seeds, "
+        f"{min(accuracy):.4f} to {max(accuracy):.4f}), scored on {data.source} at {rows[0]['img_size']} px, "
+        f"proxy minibatch {args.proxy_batch}, seed {args.seed}; bootstrap 95% intervals over {args.resamples} "
+        f"resamples of the architectures:\n"
+    )
     print(markdown_table(table["ranked"], table["ceiling"], table["verdicts"]))
     failed = {name: sum(1 for record in records if name in record["errors"]) for name in objectives}
     for name, count in failed.items():
         if count:
-            print(f"\n{name} failed on {count} architecture(s), e.g. {next(r['errors'][name] for r in records if name in r['errors'])}")
+            print(
+                f"\n{name} failed on {count} architecture(s), e.g. {next(r['errors'][name] for r in records if name in r['errors'])}"
+            )
     if args.out:
+
         def plain(value):
             return asdict(value) if isinstance(value, Correlation) else value
 
         ranked = {name: {key: plain(value) for key, value in row.items()} for name, row in table["ranked"].items()}
         ceiling = {key: plain(value) for key, value in table["ceiling"].items()}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({
-            "command": " ".join(sys.argv), "ground_truth": str(path), "dataset": data.source, "device": str(device),
-            "torch": torch.__version__, "ranked": ranked, "ceiling": ceiling, "verdicts": table["verdicts"],
-            "architectures": records}, indent=1))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "command": " ".join(sys.argv),
+                    "ground_truth": str(path),
+                    "dataset": data.source,
+                    "device": str(device),
+                    "torch": torch.__version__,
+                    "ranked": ranked,
+                    "ceiling": ceiling,
+                    "verdicts": table["verdicts"],
+                    "architectures": records,
+                },
+                indent=1,
+            )
+        )
         print(f"\nwrote {args.out}")
 
 
@@ -280,8 +342,10 @@ def check_space(args, objectives: dict, data, device: torch.device) -> None:
         for name, error in result["errors"].items():
             failures += 1
             print(f"architecture {index}: {name}: {error}")
-    print(f"{failures} failure(s) over {len(specs)} architectures of the default space at {args.space_size} px "
-          f"and {len(objectives)} objectives")
+    print(
+        f"{failures} failure(s) over {len(specs)} architectures of the default space at {args.space_size} px "
+        f"and {len(objectives)} objectives"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,20 @@ def local_ray():
     """A local Ray with two CPUs, shared by a module's search tests (its start-up is the slow part) and
     shut down after them, so that no Ray of this process outlives the module (the cluster test starts its own)."""
     import ray
-
     import search_helpers
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1")
+    # Ray starts its workers at nice 15; on a busy machine they then take minutes to import torch
+    # (seen here: 8 trials of a parameter count took 12 min beside a training job), so the trials run
+    # at the tests' own priority. The raylet reads RAY_-prefixed settings from its environment.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _node_ip_address="127.0.0.1",
+    )
     ray.cloudpickle.register_pickle_by_value(search_helpers)  # the test objectives travel to the workers
     yield
     ray.shutdown()

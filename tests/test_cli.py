@@ -137,8 +137,11 @@ def test_build_headline_says_total_and_trainable_and_fvcore_only_on_request(offi
 def test_list_shows_family_params_flops_and_the_search_spaces(official):
     result = run("list", "cloformer")
     assert result.exit_code == 0, result.output
-    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
-            for line in result.stdout.splitlines() if line.startswith("│")}
+    rows = {
+        line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+        for line in result.stdout.splitlines()
+        if line.startswith("│")
+    }
     assert set(rows) == {"cloformer_xxs", "cloformer_xs", "cloformer_s"}
     family, size, params, gflops = rows["cloformer_xxs"]
     assert (family, size) == ("cloformer", "224x224")
@@ -176,5 +179,7 @@ def test_search_without_the_extra_is_one_clean_error():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    assert "`archdsl search` needs the 'search' extra, which is not installed (no module 'ray'): pip install 'archdsl[search]'" \
+    assert (
+        "`archdsl search` needs the 'search' extra, which is not installed (no module 'ray'): pip install 'archdsl[search]'"
         in " ".join(result.stderr.split())
+    )

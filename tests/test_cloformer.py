@@ -23,8 +23,14 @@ def official_state(reference, variant: str, seed: int = 0) -> dict[str, torch.Te
     """A state dict with every official key and shape of a variant (random values)."""
     generator = torch.Generator().manual_seed(seed)
     keys = json.loads((reference / "official_keys" / f"{variant}.json").read_text())
-    return {name: (torch.zeros(shape, dtype=torch.long) if name.endswith("num_batches_tracked")
-                   else torch.randn(shape, generator=generator)) for name, shape in keys}
+    return {
+        name: (
+            torch.zeros(shape, dtype=torch.long)
+            if name.endswith("num_batches_tracked")
+            else torch.randn(shape, generator=generator)
+        )
+        for name, shape in keys
+    }
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -88,9 +88,16 @@ def test_a_new_op_needs_no_compiler_change():
             return _BlurModule(site.out_channels, self.kernel)
 
     try:
-        spec = archdsl.load_spec("cloformer_xxs", {
-            "stages.0.blocks.0.mixer.candidates": [{"op": "test_blur", "kernel": 5}, {"op": "attn_conv", "heads": 4, "kernel": 3}],
-            "stages.0.blocks.0.mixer.fusion": "sum"})
+        spec = archdsl.load_spec(
+            "cloformer_xxs",
+            {
+                "stages.0.blocks.0.mixer.candidates": [
+                    {"op": "test_blur", "kernel": 5},
+                    {"op": "attn_conv", "heads": 4, "kernel": 3},
+                ],
+                "stages.0.blocks.0.mixer.fusion": "sum",
+            },
+        )
         model = archdsl.create_model(spec).eval()
         flops = archdsl.count_flops(model)
         assert abs(flops.analytic - flops.flops) / flops.flops < 0.02

@@ -49,8 +49,11 @@ def test_an_op_declares_its_own_fvcore_handle():
 
     try:
         assert flop_handles()["aten::cumsum"] is one_add_per_element
-        spec = archdsl.load_spec("cloformer_xxs", {"stages.0.blocks.0.mixer.candidates": [{"op": "test_running_sum"}],
-                                                   "stages.0.blocks.0.mixer.fusion": "sum"}, img_size=64)
+        spec = archdsl.load_spec(
+            "cloformer_xxs",
+            {"stages.0.blocks.0.mixer.candidates": [{"op": "test_running_sum"}], "stages.0.blocks.0.mixer.fusion": "sum"},
+            img_size=64,
+        )
         counts = archdsl.count_flops(spec)
         assert counts.analytic == counts.flops
     finally:

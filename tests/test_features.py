@@ -40,8 +40,9 @@ def test_feature_maps_feed_a_four_level_neck(name, size):
 
 
 def test_out_indices_choose_stages_and_drop_the_rest(reference):
-    backbone = archdsl.create_model("cloformer_xxs", pretrained=reference / "vectors" / "cloformer_xxs.pt",
-                                    features_only=True, out_indices=(1, 2))
+    backbone = archdsl.create_model(
+        "cloformer_xxs", pretrained=reference / "vectors" / "cloformer_xxs.pt", features_only=True, out_indices=(1, 2)
+    )
     full = archdsl.create_model("cloformer_xxs", pretrained=reference / "vectors" / "cloformer_xxs.pt")
     assert len(backbone.stages) == 3 and backbone.feature_info.channels() == [64, 128]
     x = torch.randn(1, 3, 224, 224)
@@ -54,7 +55,9 @@ def test_out_indices_choose_stages_and_drop_the_rest(reference):
 def test_bad_out_indices_and_token_stages_are_refused():
     with pytest.raises(archdsl.SpecError, match=r"^out_indices: stage 4 does not exist; this network has stages 0\.\.3$"):
         archdsl.create_model("cloformer_xxs", features_only=True, out_indices=(1, 4))
-    with pytest.raises(archdsl.SpecError, match=r"out_indices: stage 3's output is 1x50, not a map at one stride of the 224x224 input"):
+    with pytest.raises(
+        archdsl.SpecError, match=r"out_indices: stage 3's output is 1x50, not a map at one stride of the 224x224 input"
+    ):
         archdsl.create_model("nommer_t", features_only=True)
     nommer = archdsl.create_model("nommer_t", features_only=True, out_indices=(0, 1, 2))
     assert nommer.feature_info.reduction() == [4, 8, 16]

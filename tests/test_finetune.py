@@ -24,8 +24,10 @@ def test_fine_tune_loads_everything_but_the_classifier(cloformer_vector, caplog)
         tuned = archdsl.create_model("cloformer_xxs", pretrained=cloformer_vector, num_classes=10)
     [record] = [r for r in caplog.records if r.name == "archdsl"]
     assert record.levelno == logging.WARNING
-    assert "classifier not loaded (checkpoint: head.fc.weight [1000, 256], head.fc.bias [1000]); " \
-           "re-initialised as head.fc.weight [10, 256], head.fc.bias [10]" in record.getMessage()
+    assert (
+        "classifier not loaded (checkpoint: head.fc.weight [1000, 256], head.fc.bias [1000]); "
+        "re-initialised as head.fc.weight [10, 256], head.fc.bias [10]" in record.getMessage()
+    )
     tuned_state, original_state = tuned.state_dict(), original.state_dict()
     body = [key for key in original_state if not key.startswith("head.fc.")]
     assert set(tuned_state) == set(original_state) and len(body) == len(original_state) - 2
@@ -108,12 +110,21 @@ def test_more_input_channels_repeat_and_scale_the_rgb_kernels(cloformer_vector):
     assert torch.allclose(adapted, torch.cat([kernels, kernels[:, :2]], dim=1) * 3 / 5, atol=0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name, crop_pct", [("cloformer_xxs", 0.875), ("mixformer_b0", 0.875), ("nommer_t", 0.875), ("sgformer_s", 0.9)])
+@pytest.mark.parametrize(
+    "name, crop_pct", [("cloformer_xxs", 0.875), ("mixformer_b0", 0.875), ("nommer_t", 0.875), ("sgformer_s", 0.9)]
+)
 def test_each_family_carries_its_authors_preprocessing(name, crop_pct):
     spec = archdsl.load_spec(name, img_size=256, num_classes=10)
     cfg = pretrained_cfg(spec)
-    assert cfg == {"input_size": (3, 256, 256), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-                   "crop_pct": crop_pct, "interpolation": "bicubic", "num_classes": 10, "classifier": "head.fc"}
+    assert cfg == {
+        "input_size": (3, 256, 256),
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "crop_pct": crop_pct,
+        "interpolation": "bicubic",
+        "num_classes": 10,
+        "classifier": "head.fc",
+    }
 
 
 def test_pretrained_cfg_on_the_model_and_none_for_a_hybrid():

@@ -29,8 +29,33 @@ SEED = int(os.environ.get("ARCHDSL_FUZZ_SEED", "0"))
 # the input sides each base runs at (NomMer's 7x7 windows need multiples of 224)
 BASES = {"cloformer_xxs": [32, 64], "mixformer_b0": [32, 64], "nommer_t": [224], "sgformer_s": [32, 64], "sgformer_m": [32, 64]}
 NUDGES = [1, 2, 3, 4, 6, 8, 16, 32]
-ODD_VALUES = [0, -1, 1, 2, 3, 5, 7, 8, 16, 2**40, 10**6, 1.5, -0.0, float("inf"), "", "x", "²", "3", True, None, [], {}, [1, 2],
-              {"op": "lepe"}, "a" * 300]
+ODD_VALUES = [
+    0,
+    -1,
+    1,
+    2,
+    3,
+    5,
+    7,
+    8,
+    16,
+    2**40,
+    10**6,
+    1.5,
+    -0.0,
+    float("inf"),
+    "",
+    "x",
+    "²",
+    "3",
+    True,
+    None,
+    [],
+    {},
+    [1, 2],
+    {"op": "lepe"},
+    "a" * 300,
+]
 ODD_KEYS = ["", "op", "extends", "stages", "blocks", "nonsense", 0, -1, "stages.0", "ｓｔｅｍ"]
 ALL_OPS = sorted({name for role in ROLES for name in ops_for(role)}) + ["", "unknown_op", "LEPE"]
 
@@ -87,7 +112,7 @@ def _mutate_text(rng: random.Random, text: str, directory) -> tuple[str | bytes,
         depth = rng.choice([70, 1000, 20000])
         return text + f"deep: {'[' * depth}{']' * depth}\n", kind
     if kind == "control":
-        return text[:len(text) // 2] + chr(rng.choice([0, 7, 27, 0x85, 0xFFFE])) + text[len(text) // 2:], kind
+        return text[: len(text) // 2] + chr(rng.choice([0, 7, 27, 0x85, 0xFFFE])) + text[len(text) // 2 :], kind
     if kind == "utf8":
         raw = text.encode()
         cut = rng.randrange(len(raw))
@@ -114,14 +139,20 @@ def _overrides(rng: random.Random, data: dict) -> list[str]:
     paths = [".".join(map(str, path)) for path in list(_paths(data))[1:]]
     odd_paths = ["stages.²", "stages.99.depth", "stages.-9.width", "", ".", "stem..op", "head.classes.x", "input.size.0"]
     key = rng.choice(paths + odd_paths)
-    value = rng.choice(["1", "2", "4", "8", "0", "-3", "[]", "{}", "x", "&a [*a]", "99999999999999999999", "'\x07'", "2.5", "null", "[1,"])
+    value = rng.choice(
+        ["1", "2", "4", "8", "0", "-3", "[]", "{}", "x", "&a [*a]", "99999999999999999999", "'\x07'", "2.5", "null", "[1,"]
+    )
     return [f"{key}={value}" if rng.random() < 0.9 else key]
 
 
 def _located(error: SpecError) -> list[str]:
     """The problems that do not name a line/column or an override."""
-    return [str(problem) for problem in error.problems if problem.location is None
-            or (problem.location.line is None and not problem.location.file.startswith(("--set", "override", "img_size")))]
+    return [
+        str(problem)
+        for problem in error.problems
+        if problem.location is None
+        or (problem.location.line is None and not problem.location.file.startswith(("--set", "override", "img_size")))
+    ]
 
 
 def run_case(rng: random.Random, directory) -> tuple[str, str]:
@@ -185,7 +216,9 @@ def test_mutated_specs_keep_the_contract(tmp_path, one_thread):
             outcomes[outcome] += 1
         except AssertionError as breach:
             breaches.append(str(breach))
-    print(f"fuzz: {CASES} cases (seed {SEED}): {outcomes['refused']} refused with located errors, {outcomes['ran']} built and ran, "
-          f"{len(breaches)} breaches")
+    print(
+        f"fuzz: {CASES} cases (seed {SEED}): {outcomes['refused']} refused with located errors, {outcomes['ran']} built and ran, "
+        f"{len(breaches)} breaches"
+    )
     assert not breaches, "\n\n".join(breaches[:5])
     assert outcomes["refused"] and outcomes["ran"]  # the generator reaches both sides of the contract

@@ -62,12 +62,16 @@ def test_a_shared_anchor_within_the_limit_still_loads(tmp_path):
     assert len(load_data(path).data["l4"]) == 10
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("a: " + "[" * 1000 + "]" * 1000 + "\n", r"1:68: the YAML nests deeper than 64 levels"),
-    ("a: &x [*x]\n", r"1:4: this alias refers to the collection that contains it"),
-    ("a: &x {b: *x}\n", r"1:4: this alias refers to the collection that contains it"),
-    ("".join(f"l{n}: &l{n} [{'*l%d' % (n - 1) if n else 'x'}]\n" for n in range(80)), r"deeper than 64 levels"),
-], ids=["1000 brackets", "anchor in its list", "anchor in its mapping", "80 chained aliases"])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("a: " + "[" * 1000 + "]" * 1000 + "\n", r"1:68: the YAML nests deeper than 64 levels"),
+        ("a: &x [*x]\n", r"1:4: this alias refers to the collection that contains it"),
+        ("a: &x {b: *x}\n", r"1:4: this alias refers to the collection that contains it"),
+        ("".join(f"l{n}: &l{n} [{f'*l{n - 1}' if n else 'x'}]\n" for n in range(80)), r"deeper than 64 levels"),
+    ],
+    ids=["1000 brackets", "anchor in its list", "anchor in its mapping", "80 chained aliases"],
+)
 def test_nesting_and_self_reference_are_errors_not_recursion(tmp_path, text, expected):
     [problem] = problems_of(lambda: load_data(write(tmp_path, "deep.yaml", text)))
     assert pytest.importorskip("re").search(expected, problem), problem
@@ -76,23 +80,31 @@ def test_nesting_and_self_reference_are_errors_not_recursion(tmp_path, text, exp
 # --- 3: every reading failure is a located SpecError -------------------------------------------------
 
 
-@pytest.mark.parametrize("raw, expected", [
-    (b"name: x\n\xff\n", ":2:1: the file is not UTF-8 text: byte 0xff"),
-    (b"name: a\x07b\n", ":1:8: cannot read YAML: character '\\x07' is not allowed"),
-    (b"size: " + b"9" * 5000 + b"\n", ":1:7: size: cannot read"),
-    (b"when: !!int abc\n", ":1:7: when: cannot read 'abc' as int"),
-], ids=["bad UTF-8", "control character", "5000 digits", "bad !!int"])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (b"name: x\n\xff\n", ":2:1: the file is not UTF-8 text: byte 0xff"),
+        (b"name: a\x07b\n", ":1:8: cannot read YAML: character '\\x07' is not allowed"),
+        (b"size: " + b"9" * 5000 + b"\n", ":1:7: size: cannot read"),
+        (b"when: !!int abc\n", ":1:7: when: cannot read 'abc' as int"),
+    ],
+    ids=["bad UTF-8", "control character", "5000 digits", "bad !!int"],
+)
 def test_unreadable_text_is_located(tmp_path, raw, expected):
     path = write(tmp_path, "bad.yaml", raw)
     [problem] = problems_of(lambda: load_data(path))
     assert problem.startswith(str(path)) and expected in problem, problem
 
 
-@pytest.mark.parametrize("base, expected", [
-    ('"a\\0b.yaml"', "embedded null byte"),
-    ("a" * 5000 + ".yaml", "File name too long"),
-    ("loop1.yaml", "Symlink loop"),
-], ids=["NUL byte", "5000 characters", "symlink loop"])
+@pytest.mark.parametrize(
+    "base, expected",
+    [
+        ('"a\\0b.yaml"', "embedded null byte"),
+        ("a" * 5000 + ".yaml", "File name too long"),
+        ("loop1.yaml", "Symlink loop"),
+    ],
+    ids=["NUL byte", "5000 characters", "symlink loop"],
+)
 def test_unopenable_bases_are_located(tmp_path, base, expected):
     (tmp_path / "loop1.yaml").symlink_to(tmp_path / "loop2.yaml")
     (tmp_path / "loop2.yaml").symlink_to(tmp_path / "loop1.yaml")
@@ -101,11 +113,20 @@ def test_unopenable_bases_are_located(tmp_path, base, expected):
     assert problem.startswith(f"{child}:2:10: extends: base spec") and expected in problem and len(problem) < 400
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("stages.²=1", "--set stages.²=1: stages.²: '²' is not an index and does not exist: stages is a list of 4 items (indices 0..3)"),
-    ("stages.9.depth=8", "--set stages.9.depth=8: stages[9]: index 9 does not exist: stages is a list of 4 items (indices 0..3)"),
-    ("name.x=1", "--set name.x=1: name.x: name is a value ('cloformer_xxs'), not a mapping or list"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            "stages.²=1",
+            "--set stages.²=1: stages.²: '²' is not an index and does not exist: stages is a list of 4 items (indices 0..3)",
+        ),
+        (
+            "stages.9.depth=8",
+            "--set stages.9.depth=8: stages[9]: index 9 does not exist: stages is a list of 4 items (indices 0..3)",
+        ),
+        ("name.x=1", "--set name.x=1: name.x: name is a value ('cloformer_xxs'), not a mapping or list"),
+    ],
+)
 def test_override_paths(override, expected):
     [problem] = problems_of(lambda: archdsl.load_spec("cloformer_xxs", [override]))
     assert problem.startswith(expected) and problem.count(override) == 1
@@ -134,12 +155,15 @@ def test_cli_exits_2_without_traceback_and_crashes_are_internal_errors(capsys, m
 # --- 2: validation time bounded for any integer ------------------------------------------------------
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("input.size=99999999999999", "input.size: 99,999,999,999,999 is beyond any size"),
-    ("input.size=70000", "input.size: input should be less than or equal to 65536; found 70000"),
-    ("stages.0.width=123456789012", "stages[0].width: 123,456,789,012 is beyond any size"),
-    ("stages.0.depth=99999", "stages[0].depth: input should be less than or equal to 10000"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("input.size=99999999999999", "input.size: 99,999,999,999,999 is beyond any size"),
+        ("input.size=70000", "input.size: input should be less than or equal to 65536; found 70000"),
+        ("stages.0.width=123456789012", "stages[0].width: 123,456,789,012 is beyond any size"),
+        ("stages.0.depth=99999", "stages[0].depth: input should be less than or equal to 10000"),
+    ],
+)
 def test_huge_sizes_are_refused_with_the_figure(override, expected):
     problems = problems_of(lambda: archdsl.lower_spec(archdsl.load_spec("nommer_t", [override])))
     assert any(expected in problem for problem in problems), problems
@@ -150,9 +174,20 @@ def test_divisor_listings_do_not_count_up_to_the_size():
 
     assert divisors(2**24 - 3) == [1, 2**24 - 3]  # a prime: 4,096 trial divisions, not 16 million
     assert common_divisors(65536, 49152) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
-    message = "\n".join(problems_of(lambda: archdsl.lower_spec(archdsl.load_spec(
-        "cloformer_xxs", ["stages.0.width=16777213", "stages.0.blocks.0.mixer.candidates.0.channels=16777189",
-                          "stages.0.blocks.0.mixer.candidates.1.channels=24"]))))
+    message = "\n".join(
+        problems_of(
+            lambda: archdsl.lower_spec(
+                archdsl.load_spec(
+                    "cloformer_xxs",
+                    [
+                        "stages.0.width=16777213",
+                        "stages.0.blocks.0.mixer.candidates.0.channels=16777189",
+                        "stages.0.blocks.0.mixer.candidates.1.channels=24",
+                    ],
+                )
+            )
+        )
+    )
     assert "heads that do: [1, 11, 13, 23, 143," in message and "1525199, 16777189]" in message
 
 
@@ -174,7 +209,7 @@ def test_the_same_padding_on_both_blocks_runs():
 
 
 def test_img_size_on_a_spec_without_input(tmp_path):
-    text = (archdsl.loading.resolve_spec_path("cloformer_xxs").read_text())
+    text = archdsl.loading.resolve_spec_path("cloformer_xxs").read_text()
     without_input = "\n".join(line for line in text.splitlines() if not line.startswith("input:"))
     path = write(tmp_path, "no_input.yaml", without_input)
     assert archdsl.load_spec(path, img_size=160).image_size == (160, 160)
@@ -189,12 +224,24 @@ def test_empty_file_is_located(tmp_path):
     assert problems[0] == f"{path}:1:1: stem: required key 'stem' is missing"
 
 
-@pytest.mark.parametrize("override, expected", [
-    ({"stem": {"channels": 3}}, "stem: missing `op:`; write `op: NAME` with one of the ops valid here: cloformer_stem, mixformer_stem"),
-    ({"stages.1.blocks.0": [1, 2]}, "stages[1].blocks[0]: expected a mapping with the keys mixer, ffn, norm; found a list of 2 items [1, 2]"),
-    ({"input": list(range(100))}, "input: expected a mapping with the keys channels, size; found a list of 100 items [0, 1, 2, 3, ...]"),
-    ({"head": 5}, "head: expected an op: its name (one of class_token_head, pool_linear, projection_head)"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            {"stem": {"channels": 3}},
+            "stem: missing `op:`; write `op: NAME` with one of the ops valid here: cloformer_stem, mixformer_stem",
+        ),
+        (
+            {"stages.1.blocks.0": [1, 2]},
+            "stages[1].blocks[0]: expected a mapping with the keys mixer, ffn, norm; found a list of 2 items [1, 2]",
+        ),
+        (
+            {"input": list(range(100))},
+            "input: expected a mapping with the keys channels, size; found a list of 100 items [0, 1, 2, 3, ...]",
+        ),
+        ({"head": 5}, "head: expected an op: its name (one of class_token_head, pool_linear, projection_head)"),
+    ],
+)
 def test_schema_errors_in_the_language_s_words(override, expected):
     [problem] = problems_of(lambda: archdsl.load_spec("cloformer_xxs", override))
     assert expected in problem and "instance of" not in problem and len(problem) < 400, problem
@@ -217,8 +264,11 @@ def test_inherited_errors_name_the_spec_that_extended_the_base(tmp_path):
 
 
 def test_independent_graph_problems_come_together():
-    overrides = ["stages.0.blocks.0.mixer.candidates.0.heads=5", "stages.1.blocks.0.mixer.candidates.0.heads=7",
-                 "stages.2.blocks.0.mixer.candidates.0.channels=100"]
+    overrides = [
+        "stages.0.blocks.0.mixer.candidates.0.heads=5",
+        "stages.1.blocks.0.mixer.candidates.0.heads=7",
+        "stages.2.blocks.0.mixer.candidates.0.channels=100",
+    ]
     problems = problems_of(lambda: archdsl.lower_spec(archdsl.load_spec("cloformer_xxs", overrides)))
     assert len(problems) == 3
     assert "stages[0].blocks[0].mixer.candidates[0].heads: 5 heads" in problems[0]
@@ -258,9 +308,11 @@ def test_activations_beyond_memory_are_refused_before_building():
 
 def test_parameters_beyond_max_memory_are_refused_with_the_figures():
     [problem] = problems_of(lambda: archdsl.create_model("cloformer_xxs", num_classes=1000000, max_memory="500M"))
-    assert problem.endswith("head: this network has 260,909,728 parameters (995.3 MB; head alone 257,000,512) and its maps hold "
-                            "1,815,360 values at batch 1 (6.9 MB), more than the --max-memory of 500.0 MB; make the network or "
-                            "its input smaller")
+    assert problem.endswith(
+        "head: this network has 260,909,728 parameters (995.3 MB; head alone 257,000,512) and its maps hold "
+        "1,815,360 values at batch 1 (6.9 MB), more than the --max-memory of 500.0 MB; make the network or "
+        "its input smaller"
+    )
     assert archdsl.create_model("cloformer_xxs", num_classes=1000, max_memory="500M").head.fc.out_features == 1000
 
 

@@ -35,13 +35,16 @@ def test_every_bundled_file_is_accepted(validator):
         assert not errors, f"{path.name}: {errors}"
 
 
-@pytest.mark.parametrize("patch", [
-    {"stem": "no_such_stem"},
-    {"stagez": []},
-    {"stages": []},
-    {"head": {"op": "pool_linear", "classes": "many"}},
-    {"stages": [{"width": 8, "depth": 1, "blocks": [{"mixer": {"candidates": [{"op": "lepe", "kernel": 3, "wings": 2}]}}]}]},
-])
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"stem": "no_such_stem"},
+        {"stagez": []},
+        {"stages": []},
+        {"head": {"op": "pool_linear", "classes": "many"}},
+        {"stages": [{"width": 8, "depth": 1, "blocks": [{"mixer": {"candidates": [{"op": "lepe", "kernel": 3, "wings": 2}]}}]}]},
+    ],
+)
 def test_what_validation_refuses_by_shape_the_schema_refuses(validator, patch):
     _, checker = validator
     spec = {**as_json(SPECS / "cloformer_xxs.yaml"), **patch}
@@ -56,8 +59,15 @@ def test_patches_under_extends_are_partial_but_checked(validator):
 
 def test_a_space_may_extend_another():
     checker = jsonschema.Draft202012Validator(json_schema(space=True))
-    narrower = {"extends": "hybrid.yaml", "name": "narrow", "search": {"budget": "400MFLOPs"},
-                "stages": {"0": {"width": {"choice": [24, 32]}, "depth": {"range": [1, 2]}}, "2": {"depth": {"range": [2, 6], "step": 2}}}}
+    narrower = {
+        "extends": "hybrid.yaml",
+        "name": "narrow",
+        "search": {"budget": "400MFLOPs"},
+        "stages": {
+            "0": {"width": {"choice": [24, 32]}, "depth": {"range": [1, 2]}},
+            "2": {"depth": {"range": [2, 6], "step": 2}},
+        },
+    }
     assert not list(checker.iter_errors(narrower))
     assert list(checker.iter_errors({**narrower, "stages": {"0": {"width": {"choise": [24]}}}}))
 

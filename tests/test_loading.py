@@ -45,40 +45,56 @@ def write(tmp_path, name, text):
 
 def test_extends_chain_merges_mappings_and_replaces_lists(tmp_path):
     write(tmp_path, "base.yaml", BASE)
-    write(tmp_path, "middle.yaml", """\
+    write(
+        tmp_path,
+        "middle.yaml",
+        """\
         extends: base.yaml
         name: middle
         head: {classes: 100}          # merged key by key: op and norm are inherited
-        """)
+        """,
+    )
     sub = tmp_path / "sub"
     sub.mkdir()
-    child = write(sub, "child.yaml", """\
+    child = write(
+        sub,
+        "child.yaml",
+        """\
         extends: ../middle.yaml       # relative to this file
         name: child
         stages: {1: {depth: 3}}       # a mapping of indices patches the inherited list
-        """)
+        """,
+    )
     spec = archdsl.load_spec(child)
     assert spec.name == "child"
     assert spec.head.classes == 100 and spec.head.norm == "group_norm"
     assert [stage.depth for stage in spec.stages] == [2, 3]
     assert spec.stages[1].width == 64
 
-    replaced = write(tmp_path, "replaced.yaml", """\
+    replaced = write(
+        tmp_path,
+        "replaced.yaml",
+        """\
         extends: base.yaml
         stages:
           - width: 32
             depth: 1
             blocks: [{mixer: {candidates: [{op: pooled_attention, heads: 2}]}, ffn: conv_ffn}]
-        """)
+        """,
+    )
     assert len(archdsl.load_spec(replaced).stages) == 1  # a list is replaced, not merged
 
 
 def test_errors_point_at_the_file_that_wrote_the_value(tmp_path):
     write(tmp_path, "base.yaml", BASE)
-    child = write(tmp_path, "child.yaml", """\
+    child = write(
+        tmp_path,
+        "child.yaml",
+        """\
         extends: base.yaml
         stages: {0: {depth: 0}}
-        """)
+        """,
+    )
     with pytest.raises(SpecError) as caught:
         archdsl.load_spec(child)
     message = str(caught.value)
@@ -127,13 +143,19 @@ def test_bundled_names_resolve():
         archdsl.load_spec("clofromer_xxs")
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("stem: !!python/object/apply:os.system ['echo owned']\n", r"1:7: stem: YAML tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed"),
-    ("stem: !!python/name:os.system\n", r"1:7: stem: YAML tag .*python/name:os.system' is not allowed"),
-    ("name: x\nstages: [\n", r"3:1: cannot parse YAML"),
-    ("name: x\nname: y\n", r"2:1: name: key 'name' appears twice"),
-    ("- just\n- a list\n", r"1:1: a spec is a YAML mapping"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "stem: !!python/object/apply:os.system ['echo owned']\n",
+            r"1:7: stem: YAML tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed",
+        ),
+        ("stem: !!python/name:os.system\n", r"1:7: stem: YAML tag .*python/name:os.system' is not allowed"),
+        ("name: x\nstages: [\n", r"3:1: cannot parse YAML"),
+        ("name: x\nname: y\n", r"2:1: name: key 'name' appears twice"),
+        ("- just\n- a list\n", r"1:1: a spec is a YAML mapping"),
+    ],
+)
 def test_refused_yaml(tmp_path, text, expected):
     path = write(tmp_path, "bad.yaml", text)
     with pytest.raises(SpecError, match=expected):
@@ -156,10 +178,14 @@ def test_overriding_a_loaded_spec_keeps_its_source_lines():
 
 
 def test_yaml_merge_keys_with_overrides(tmp_path):
-    path = write(tmp_path, "merge.yaml", """\
+    path = write(
+        tmp_path,
+        "merge.yaml",
+        """\
         base: &conv {op: attn_conv, channels: 16, heads: 2, kernel: 3}
         wider: {<<: *conv, kernel: 7}
-        """)
+        """,
+    )
     data = load_data(path).data
     assert data["wider"] == {"op": "attn_conv", "channels": 16, "heads": 2, "kernel": 7}
     with pytest.raises(SpecError, match="key 'kernel' appears twice"):
@@ -179,5 +205,7 @@ def test_extends_accepts_a_bundled_name(tmp_path):
     xs_width = archdsl.load_spec("cloformer_xs").stages[0].width
     assert xs_width != bundled.stages[0].width and archdsl.load_spec(child).stages[0].width == xs_width
     child.write_text("extends: cloformer_xxx\n")
-    with pytest.raises(SpecError, match=r"deeper.yaml:1:10: extends: base spec 'cloformer_xxx' not found .*and for a bundled spec of that name"):
+    with pytest.raises(
+        SpecError, match=r"deeper.yaml:1:10: extends: base spec 'cloformer_xxx' not found .*and for a bundled spec of that name"
+    ):
         archdsl.load_spec(child)

@@ -108,8 +108,10 @@ def test_pdparams_protocol_2_reads_the_same_arrays(tmp_path, vector):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_official_key_is_consumed(variant, reference):
     keys = json.loads((reference / "official_keys" / f"{variant}.json").read_text())
-    state = {name: torch.empty(shape, device="meta", dtype=torch.int64 if name.endswith("relative_position_index") else torch.float32)
-             for name, shape in keys}
+    state = {
+        name: torch.empty(shape, device="meta", dtype=torch.int64 if name.endswith("relative_position_index") else torch.float32)
+        for name, shape in keys
+    }
     with torch.device("meta"):
         model = compile_graph(lower_spec(load_spec(spec_path(variant))))
     converted = converter_for("mixformer")(state, model)
@@ -265,7 +267,11 @@ def test_hybrid_spec_uses_interactions_across_families(tmp_path):
 
 def test_value_gate_on_a_candidate_without_values_is_rejected(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text(HYBRID.replace("{op: channel_interaction, source: 2, target: 1, reduction: 4}",
-                                   "{op: channel_interaction, source: 2, target: 0, reduction: 4}"))
+    path.write_text(
+        HYBRID.replace(
+            "{op: channel_interaction, source: 2, target: 1, reduction: 4}",
+            "{op: channel_interaction, source: 2, target: 0, reduction: 4}",
+        )
+    )
     with pytest.raises(SpecError, match=r"candidate 0 \(attn_conv\) has none to gate.*pooled_attention, window_attention"):
         lower_spec(load_spec(path))

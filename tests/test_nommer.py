@@ -78,8 +78,12 @@ def test_nominations_on_the_vector_are_the_released_codes(pretrained_t, vector):
     maps = nomination_maps(pretrained_t, vector["input"])
     # the notes' table: tokens choosing CNN / window / global, both images together
     counts = {name: [int((weights.argmax(1) == k).sum()) for k in range(3)] for name, weights in maps.items()}
-    assert counts == {"stages.0.blocks.0": [493, 5717, 62], "stages.0.blocks.1": [1532, 1677, 3063],
-                      "stages.1.blocks.0": [730, 607, 231], "stages.1.blocks.1": [1540, 16, 12]}
+    assert counts == {
+        "stages.0.blocks.0": [493, 5717, 62],
+        "stages.0.blocks.1": [1532, 1677, 3063],
+        "stages.1.blocks.0": [730, 607, 231],
+        "stages.1.blocks.1": [1540, 16, 12],
+    }
     assert all(torch.equal(weights.sum(1), torch.ones_like(weights[:, 0])) for weights in maps.values())  # no ties
 
 
@@ -87,8 +91,10 @@ def test_nominations_on_the_vector_are_the_released_codes(pretrained_t, vector):
 def test_every_official_key_is_consumed(variant, reference):
     keys = json.loads((reference / "official_keys" / f"{variant}.json").read_text())
     integer = ("relative_position_index", "num_batches_tracked")
-    state = {name: torch.empty(shape, device="meta", dtype=torch.int64 if name.endswith(integer) else torch.float32)
-             for name, shape in keys}
+    state = {
+        name: torch.empty(shape, device="meta", dtype=torch.int64 if name.endswith(integer) else torch.float32)
+        for name, shape in keys
+    }
     with torch.device("meta"):
         model = compile_graph(lower_spec(load_spec(spec_path(variant))))
     converted = converter_for("nommer")(state, model)
@@ -126,9 +132,12 @@ def test_training_forward_backward_on_cpu_reaches_every_candidate():
         for block in model.stages[stage].blocks:
             cnn, window, cgca = block.mixer.candidates
             gradients = {
-                "bottleneck": cnn.conv1.weight.grad, "window qkv": window.qkv.weight.grad,
-                "relative bias": window.relative_position_bias_table.grad, "compression": cgca.compress.weight.grad,
-                "global attention": cgca.attention.query.weight.grad, "expansion": cgca.expand.weight.grad,
+                "bottleneck": cnn.conv1.weight.grad,
+                "window qkv": window.qkv.weight.grad,
+                "relative bias": window.relative_position_bias_table.grad,
+                "compression": cgca.compress.weight.grad,
+                "global attention": cgca.attention.query.weight.grad,
+                "expansion": cgca.expand.weight.grad,
                 "nominator": block.mixer.fusion.fc.weight.grad,
             }
             for name, grad in gradients.items():

@@ -71,8 +71,9 @@ def test_plugin_op_validates_builds_and_counts_from_the_cli(plugin_dir):
 def test_environment_variable_and_entry_point_load_plugins(plugin_dir):
     spec = str(plugin_dir / "blur.yaml")
     command = [sys.executable, "-m", "archdsl.cli", "validate", spec]
-    result = subprocess.run(command, capture_output=True, text=True,
-                            env=subprocess_env(plugin_dir, ARCHDSL_PLUGINS=f"json,{os.pathsep}blur_ops"))
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=subprocess_env(plugin_dir, ARCHDSL_PLUGINS=f"json,{os.pathsep}blur_ops")
+    )
     assert result.returncode == 0, result.stderr
     assert "ok: " in result.stdout
     # an installed distribution declaring the module in the archdsl.ops entry-point group
@@ -91,8 +92,9 @@ def test_a_plugin_that_does_not_import_is_one_error(plugin_dir):
     (plugin_dir / "broken_ops.py").write_text("import archdsl\n\nraise RuntimeError('the plugin is broken')\n")
     result = run("build", "cloformer_xxs", "--plugin", "broken_ops")
     assert result.exit_code == 2 and "Traceback" not in result.stderr
-    assert (f"plugin module 'broken_ops' does not import: RuntimeError: the plugin is broken "
-            f"({plugin_dir / 'broken_ops.py'}:3)") in " ".join(result.stderr.split())
+    assert (
+        f"plugin module 'broken_ops' does not import: RuntimeError: the plugin is broken ({plugin_dir / 'broken_ops.py'}:3)"
+    ) in " ".join(result.stderr.split())
 
 
 def test_a_plugin_that_reuses_an_op_name_is_one_error(plugin_dir):
@@ -100,8 +102,10 @@ def test_a_plugin_that_reuses_an_op_name_is_one_error(plugin_dir):
     result = run("validate", "cloformer_xxs", "--plugin", "clash_ops")
     assert result.exit_code == 2
     text = " ".join(result.stderr.split())
-    assert ("plugin module 'clash_ops' does not import: ValueError: op 'attn_conv' (candidate) is already registered "
-            "by archdsl.blocks.cloformer.AttnConv") in text
+    assert (
+        "plugin module 'clash_ops' does not import: ValueError: op 'attn_conv' (candidate) is already registered "
+        "by archdsl.blocks.cloformer.AttnConv"
+    ) in text
     assert f"{plugin_dir / 'clash_ops.py'}:" in text
 
 
@@ -133,8 +137,25 @@ stages:
 head: pool_linear
 """)
     out = plugin_dir / "out"
-    command = [sys.executable, "-m", "archdsl.cli", "search", "--plugin", "blur_ops", "--space", str(space), "--samples", "2",
-               "--searcher", "random", "--objective", "params", "--no-baselines", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "archdsl.cli",
+        "search",
+        "--plugin",
+        "blur_ops",
+        "--space",
+        str(space),
+        "--samples",
+        "2",
+        "--searcher",
+        "random",
+        "--objective",
+        "params",
+        "--no-baselines",
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=subprocess_env(plugin_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     best = (out / "best.yaml").read_text()

@@ -18,9 +18,13 @@ def test_the_add_an_op_example_works():
     namespace: dict = {}
     exec(compile(block, "README.md", "exec", dont_inherit=True), namespace)
     try:
-        spec = archdsl.load_spec("cloformer_xxs", {
-            "stages.0.blocks.0.mixer.candidates": [{"op": "depthwise_blur", "kernel": 5}],
-            "stages.0.blocks.0.mixer.fusion": "sum"})
+        spec = archdsl.load_spec(
+            "cloformer_xxs",
+            {
+                "stages.0.blocks.0.mixer.candidates": [{"op": "depthwise_blur", "kernel": 5}],
+                "stages.0.blocks.0.mixer.fusion": "sum",
+            },
+        )
         model = archdsl.create_model(spec).eval()
         flops = archdsl.count_flops(model)
         assert flops.analytic == flops.flops
@@ -52,4 +56,8 @@ def test_the_backbone_example_runs_with_the_authors_weights(reference):
     assert [tuple(m.shape) for m in namespace["maps"]] == [(2, 32, 56, 56), (2, 64, 28, 28), (2, 128, 14, 14), (2, 256, 7, 7)]
     assert torch.equal(namespace["logits"], namespace["pooled"])
     assert model.num_classes == 0 and model.pretrained_cfg["crop_pct"] == 0.875
-    assert [tuple(m.shape) for m in (namespace["p3"], namespace["p4"], namespace["p5"])] == [(2, 64, 28, 28), (2, 128, 14, 14), (2, 256, 7, 7)]
+    assert [tuple(m.shape) for m in (namespace["p3"], namespace["p4"], namespace["p5"])] == [
+        (2, 64, 28, 28),
+        (2, 128, 14, 14),
+        (2, 256, 7, 7),
+    ]

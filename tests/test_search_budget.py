@@ -11,11 +11,23 @@ from archdsl.search import SearchError, parse_flops, parse_params, run_search
 from archdsl.search.budget import format_flops
 
 
-@pytest.mark.parametrize("text, flops", [
-    ("2GFLOPs", 2_000_000_000), ("2G", 2_000_000_000), ("600M", 600_000_000), ("0.6GFLOPs", 600_000_000),
-    ("2GMACs", 2_000_000_000), ("2 GFLOPs", 2_000_000_000), ("600MFLOPs", 600_000_000), ("1.5e9", 1_500_000_000),
-    ("2gflops", 2_000_000_000), ("750K", 750_000), (2_000_000_000, 2_000_000_000), ("0.25TFLOPs", 250_000_000_000),
-])
+@pytest.mark.parametrize(
+    "text, flops",
+    [
+        ("2GFLOPs", 2_000_000_000),
+        ("2G", 2_000_000_000),
+        ("600M", 600_000_000),
+        ("0.6GFLOPs", 600_000_000),
+        ("2GMACs", 2_000_000_000),
+        ("2 GFLOPs", 2_000_000_000),
+        ("600MFLOPs", 600_000_000),
+        ("1.5e9", 1_500_000_000),
+        ("2gflops", 2_000_000_000),
+        ("750K", 750_000),
+        (2_000_000_000, 2_000_000_000),
+        ("0.25TFLOPs", 250_000_000_000),
+    ],
+)
 def test_flop_budgets_as_people_write_them(text, flops):
     assert parse_flops(text) == flops
 
@@ -25,19 +37,24 @@ def test_macs_and_flops_are_the_same_budget():
     assert parse_flops("2GMACs") == parse_flops("2GFLOPs") == parse_flops("2G")
 
 
-@pytest.mark.parametrize("text, params", [("10M", 10_000_000), ("3.5M", 3_500_000), ("500K", 500_000),
-                                          ("10Mparams", 10_000_000), ("12000000", 12_000_000)])
+@pytest.mark.parametrize(
+    "text, params",
+    [("10M", 10_000_000), ("3.5M", 3_500_000), ("500K", 500_000), ("10Mparams", 10_000_000), ("12000000", 12_000_000)],
+)
 def test_parameter_budgets(text, params):
     assert parse_params(text) == params
 
 
-@pytest.mark.parametrize("text, says", [
-    ("2GFLOPz", "cannot read FLOP budget '2GFLOPz'"),
-    ("-1G", "cannot read FLOP budget '-1G'"),
-    ("0G", "must be a positive, finite amount"),
-    ("10Mparams", "a unit of the other budget"),
-    ("lots", "cannot read FLOP budget 'lots'"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("2GFLOPz", "cannot read FLOP budget '2GFLOPz'"),
+        ("-1G", "cannot read FLOP budget '-1G'"),
+        ("0G", "must be a positive, finite amount"),
+        ("10Mparams", "a unit of the other budget"),
+        ("lots", "cannot read FLOP budget 'lots'"),
+    ],
+)
 def test_bad_flop_budgets_are_located_one_paragraph_errors(text, says):
     with pytest.raises(SearchError) as caught:
         parse_flops(text)
@@ -72,8 +89,11 @@ def test_missing_dataset_is_located(tmp_path):
 
 
 def test_unknown_objective_and_searcher(tmp_path):
-    with pytest.raises(SearchError, match=r"^--objective nope: unknown objective; choose one of naswot, naswot_per_unit, synflow, grad_norm, zico, meco, "
-                       r"params, flops, activation_units, train$"):
+    with pytest.raises(
+        SearchError,
+        match=r"^--objective nope: unknown objective; choose one of naswot, naswot_per_unit, synflow, grad_norm, zico, meco, "
+        r"params, flops, activation_units, train$",
+    ):
         run_search(budget="2G", objective="nope", out=tmp_path / "out")
 
 

@@ -29,8 +29,23 @@ def _free_port() -> int:
 def _ray_start(env: dict, temp_dir: str, *args: str) -> subprocess.Popen:
     # a private --temp-dir: Ray records "the current cluster" there, not in /tmp/ray where a later
     # ray.init() on this machine would find it
-    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--num-cpus", "1", "--temp-dir", temp_dir,
-               "--node-ip-address", "127.0.0.1", "--object-store-memory", str(200 * 1024 * 1024), "--disable-usage-stats", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--block",
+        "--num-cpus",
+        "1",
+        "--temp-dir",
+        temp_dir,
+        "--node-ip-address",
+        "127.0.0.1",
+        "--object-store-memory",
+        str(200 * 1024 * 1024),
+        "--disable-usage-stats",
+        *args,
+    ]
     return subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
 
@@ -38,7 +53,7 @@ def _stop(process: subprocess.Popen) -> None:
     """SIGTERM the `ray start --block` session (it stops its node), then SIGKILL what is left of it."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
+        process.wait(timeout=5)  # it may take longer to stop its node gracefully: the SIGKILLs below finish it
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
     for line in subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.splitlines():

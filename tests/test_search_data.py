@@ -19,8 +19,12 @@ def write_idx(path, array: np.ndarray, compress: bool = False) -> None:
 
 def write_idx_dataset(folder, train: int = 30, test: int = 10, compress: bool = True) -> dict:
     rng = np.random.default_rng(0)
-    arrays = {"train_images": rng.integers(0, 256, (train, 6, 5)), "train_labels": np.arange(train) % 3,
-              "test_images": rng.integers(0, 256, (test, 6, 5)), "test_labels": np.arange(test) % 3}
+    arrays = {
+        "train_images": rng.integers(0, 256, (train, 6, 5)),
+        "train_labels": np.arange(train) % 3,
+        "test_images": rng.integers(0, 256, (test, 6, 5)),
+        "test_labels": np.arange(test) % 3,
+    }
     for key, stem in IDX_FILES.items():
         write_idx(folder / (stem + (".gz" if compress else "")), arrays[key], compress)
     return arrays
@@ -48,6 +52,23 @@ def test_an_idx_folder_keeps_the_official_split(tmp_path):
     assert not set(validation) & set(search_train)
 
 
+def test_a_training_subset_keeps_each_class_alike_and_the_test_split_whole(tmp_path):
+    arrays = write_idx_dataset(tmp_path)
+    data = load_dataset(tmp_path)
+    subset = data.with_training_images(12, seed=0)
+    train, test = subset.train_test()
+    assert len(train) == 12 and np.bincount(subset.labels[train]).tolist() == [4, 4, 4]
+    assert np.array_equal(subset.images[test, ..., 0], arrays["test_images"])
+    # every kept training image is one of the originals, with its label
+    originals = {data.images[i].tobytes(): data.labels[i] for i in data.train_test()[0]}
+    assert all(originals[subset.images[i].tobytes()] == subset.labels[i] for i in train)
+    assert np.array_equal(data.with_training_images(12, seed=0).images, subset.images)  # fixed by the seed
+    assert not np.array_equal(data.with_training_images(12, seed=1).images, subset.images)
+    for count in (5, 31):  # fewer than 2 of each class; more than there are
+        with pytest.raises(SearchError, match=rf"--train-images {count}: give between 6 .* and the 30 training images"):
+            data.with_training_images(count)
+
+
 def test_grey_images_are_repeated_on_three_channels(tmp_path):
     write_idx_dataset(tmp_path, compress=False)
     images, labels = load_dataset(tmp_path).batch(np.arange(4), (12, 10), channels=3)
@@ -60,8 +81,10 @@ def test_idx_files_whose_counts_disagree_are_one_located_error(tmp_path):
     write_idx(tmp_path / (IDX_FILES["test_labels"] + ".gz"), np.zeros(7), compress=True)
     with pytest.raises(SearchError) as caught:
         load_dataset(tmp_path)
-    assert str(caught.value) == (f"--dataset {tmp_path}: the test IDX files disagree: images (10, 6, 5), labels (7,) "
-                                 f"(expected [N, H, W] images and N labels)")
+    assert str(caught.value) == (
+        f"--dataset {tmp_path}: the test IDX files disagree: images (10, 6, 5), labels (7,) "
+        f"(expected [N, H, W] images and N labels)"
+    )
 
 
 def test_a_truncated_or_foreign_idx_file_is_refused(tmp_path):
@@ -93,7 +116,9 @@ def test_the_final_stage_trains_on_the_training_split_and_scores_the_official_te
     scored, trained = [], []
     monkeypatch.setattr(training, "evaluate", lambda model, data, index, context: scored.append(index) or 0.5)
     original_batch = type(data).batch
-    monkeypatch.setattr(type(data), "batch", lambda self, index, *args, **kw: trained.append(index) or original_batch(self, index, *args, **kw))
+    monkeypatch.setattr(
+        type(data), "batch", lambda self, index, *args, **kw: trained.append(index) or original_batch(self, index, *args, **kw)
+    )
     context = TrialContext(torch.device("cpu"), (6, 5), 1, data, batch_size=8)
     model = nn.Sequential(nn.Flatten(), nn.Linear(30, 3))
     training.ShortTraining(epochs=1, test_split=True).train(model, context)

@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from archdsl.api import load_spec, lower_spec
-from archdsl.network import DropPath
 from archdsl.compiler import compile_graph
 from archdsl.loading import bundled_spec_names
+from archdsl.network import DropPath
 from archdsl.search.data import load_dataset
 from archdsl.search.objectives import OBJECTIVES, SynFlow, TrialContext
 from archdsl.search.space import load_space
@@ -57,8 +57,14 @@ def _scored(spec, digits, batch: int = 2):
     graph = lower_spec(spec)
     torch.manual_seed(0)
     model = compile_graph(graph)
-    context = TrialContext(device=torch.device("cpu"), image_size=spec.image_size, channels=spec.input.channels,
-                           data=digits, proxy_batch=batch, flops=graph.flops)
+    context = TrialContext(
+        device=torch.device("cpu"),
+        image_size=spec.image_size,
+        channels=spec.input.channels,
+        data=digits,
+        proxy_batch=batch,
+        flops=graph.flops,
+    )
     return model, context
 
 
@@ -114,7 +120,9 @@ def test_synflow_is_finite_on_cloformer_xs_at_224():
 
 def test_naswot_per_unit_is_naswot_less_the_unit_count(digits):
     model, context = _scored(load_spec("cloformer_xxs", img_size=64), digits)
-    naswot, per_unit, units = (OBJECTIVES[name]().score(model, context) for name in ("naswot", "naswot_per_unit", "activation_units"))
+    naswot, per_unit, units = (
+        OBJECTIVES[name]().score(model, context) for name in ("naswot", "naswot_per_unit", "activation_units")
+    )
     assert per_unit == pytest.approx(naswot - context.proxy_batch * math.log(units), abs=1e-6)
 
 
@@ -126,8 +134,13 @@ def _table(n: int = 20):
     accuracy = np.sort(rng.uniform(0.8, 0.9, n))
     seeds = [[a + 0.001, a - 0.001] for a in accuracy]  # two seeds that agree on the order
     noise = rng.permutation(n).astype(float)
-    scores = {"flops": list(noise), "params": list(noise[::-1]), "perfect": list(accuracy * 10),
-              "reversed": list(-accuracy), "half": [float(i // 2) for i in range(n)]}
+    scores = {
+        "flops": list(noise),
+        "params": list(noise[::-1]),
+        "perfect": list(accuracy * 10),
+        "reversed": list(-accuracy),
+        "half": [float(i // 2) for i in range(n)],
+    }
     return scores, seeds
 
 
@@ -152,7 +165,10 @@ def test_proxy_tau_ranks_a_perfect_objective_at_one_and_a_reversed_one_at_minus_
 def test_proxy_tau_says_when_intervals_overlap(proxy_tau):
     Correlation = proxy_tau.Correlation
     baselines = {"FLOPs": Correlation(0.3, 0.1, 0.5), "params": Correlation(0.2, 0.0, 0.4)}
-    assert proxy_tau.verdict(Correlation(0.45, 0.3, 0.6), baselines) == "beats FLOPs and params (interval overlaps FLOPs and params's)"
+    assert (
+        proxy_tau.verdict(Correlation(0.45, 0.3, 0.6), baselines)
+        == "beats FLOPs and params (interval overlaps FLOPs and params's)"
+    )
     assert proxy_tau.verdict(Correlation(0.9, 0.8, 1.0), baselines) == "beats FLOPs and params (interval apart from theirs)"
     assert proxy_tau.verdict(Correlation(0.25, 0.45, 0.45), baselines).startswith("beats params, not FLOPs")
 
@@ -168,8 +184,22 @@ def test_proxy_tau_reads_a_ground_truth_and_scores_it(proxy_tau, tmp_path, capsy
     csv_path = tmp_path / "truth.csv"
     csv_path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "tau.json"
-    proxy_tau.main(["--ground-truth", str(csv_path), "--dataset", "digits", "--objectives", "params,flops,naswot",
-                    "--proxy-batch", "4", "--resamples", "50", "--out", str(out)])
+    proxy_tau.main(
+        [
+            "--ground-truth",
+            str(csv_path),
+            "--dataset",
+            "digits",
+            "--objectives",
+            "params,flops,naswot",
+            "--proxy-batch",
+            "4",
+            "--resamples",
+            "50",
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "| seed 0 vs seed 1 accuracy (ceiling) | +1.00" in printed
     assert "| naswot |" in printed

@@ -11,10 +11,10 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from search_helpers import TINY_SPACE, Flaky, SlowParams, fingerprint, kill_session
 
 from archdsl.api import create_model, load_spec, lower_spec
 from archdsl.search import run_search
-from search_helpers import TINY_SPACE, Flaky, SlowParams, fingerprint, kill_session
 
 TINY_IMAGE = 32  # the default space at 32x32: every pool divides its map, FLOPs 9..43 M
 BUDGET = "25M@32"  # cuts through the space at 32px, and holds cloformer_xxs (13.5 M) and cloformer_xs (24.9 M) there
@@ -23,8 +23,18 @@ BUDGET = "25M@32"  # cuts through the space at 32px, and holds cloformer_xxs (13
 def test_search_end_to_end(local_ray, tmp_path):
     shown = []
     out = tmp_path / "out"
-    result = run_search(None, budget=BUDGET, img_size=TINY_IMAGE, samples=6, searcher="tpe", objective="naswot", seed=0,
-                        out=out, top_k=3, progress=shown.append)
+    result = run_search(
+        None,
+        budget=BUDGET,
+        img_size=TINY_IMAGE,
+        samples=6,
+        searcher="tpe",
+        objective="naswot",
+        seed=0,
+        out=out,
+        top_k=3,
+        progress=shown.append,
+    )
     assert result.progress.done == 6 and result.progress.failed == 0
     assert result.progress.rejected > 0  # over-budget draws were made, and redrawn, not run
     assert {p.phase for p in shown} >= {"starting", "searching", "baselines", "finished"}
@@ -97,8 +107,9 @@ run_search(None, budget={budget!r}, img_size={image}, samples=6, searcher="rando
 def test_resume_after_sigkill_runs_no_finished_trial_again(local_ray, tmp_path):
     out, log = tmp_path / "out", tmp_path / "evaluations.log"
     script = DRIVER.format(tests=str(Path(__file__).parent), budget=BUDGET, image=TINY_IMAGE, log=str(log), out=str(out))
-    driver = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 120
         while len(list((out / "trials").glob("*.json"))) < 2 and time.time() < deadline:
@@ -127,8 +138,24 @@ def test_the_search_command(local_ray, tmp_path):
     from archdsl.cli import app
 
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["search", "--budget", BUDGET, "--img-size", str(TINY_IMAGE), "--samples", "2",
-                                      "--searcher", "random", "--no-baselines", "--out", str(out)], catch_exceptions=False)
+    result = CliRunner().invoke(
+        app,
+        [
+            "search",
+            "--budget",
+            BUDGET,
+            "--img-size",
+            str(TINY_IMAGE),
+            "--samples",
+            "2",
+            "--searcher",
+            "random",
+            "--no-baselines",
+            "--out",
+            str(out),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     assert (out / "leaderboard.csv").is_file() and (out / "best.yaml").is_file()
     built = CliRunner().invoke(app, ["build", str(out / "best.yaml"), "--json"], catch_exceptions=False)

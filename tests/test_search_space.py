@@ -16,9 +16,9 @@ from archdsl.ops import CandidateOp, Site, register, unregister
 from archdsl.search import SearchError, load_space
 from archdsl.search.feasibility import BudgetCheck, ensure_feasible, smallest_flops
 from archdsl.search.objectives import Params
-from archdsl.search.trial import TrialSetup, score_spec
 from archdsl.search.searchers import make_searcher
 from archdsl.search.space import FixedChooser, RandomChooser
+from archdsl.search.trial import TrialSetup, score_spec
 
 TINY = """\
 name: tiny
@@ -63,8 +63,16 @@ def test_default_space_samples_valid_networks_under_and_over_2g():
     assert len(flops) >= 40  # most draws are valid networks; the rest are redrawn at ~1 ms each
     assert min(flops) < 2e9 < max(flops)  # the budget cuts through the space
     # candidates of all four papers' vocabularies are drawn
-    assert {"attn_conv", "pooled_attention", "window_attention", "depthwise_conv", "bottleneck", "compressed_global_attention",
-            "hybrid_scale_attention", "self_guided_attention"} <= ops
+    assert {
+        "attn_conv",
+        "pooled_attention",
+        "window_attention",
+        "depthwise_conv",
+        "bottleneck",
+        "compressed_global_attention",
+        "hybrid_scale_attention",
+        "self_guided_attention",
+    } <= ops
 
 
 def test_conditional_choices_are_drawn_only_with_their_option(tiny):
@@ -95,8 +103,12 @@ def test_a_configuration_replays_to_the_same_spec(tiny):
 
 def test_every_option_is_validated_with_its_location(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(TINY.replace("{op: pooled_attention, channels: {expr: share}, heads: 1, pool: {choice: [2, 4]}}",
-                                "{op: pooled_attention, channels: {expr: share}, heads: 1, pool: {choice: [2, 4]}, windw: 7}"))
+    bad.write_text(
+        TINY.replace(
+            "{op: pooled_attention, channels: {expr: share}, heads: 1, pool: {choice: [2, 4]}}",
+            "{op: pooled_attention, channels: {expr: share}, heads: 1, pool: {choice: [2, 4]}, windw: 7}",
+        )
+    )
     with pytest.raises(SpecError) as caught:
         load_space(bad)
     first = str(caught.value).splitlines()[0]
@@ -107,17 +119,26 @@ def test_every_option_is_validated_with_its_location(tmp_path):
 def test_an_unknown_op_in_a_later_option_is_found(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY.replace("fusion: {choice: [sum, concat_projection]}", "fusion: {choice: [sum, concat_projektion]}"))
-    with pytest.raises(SpecError, match=r"bad.yaml:14:34: stages\[0\]\.blocks\[0\]\.mixer\.fusion\.op: unknown op 'concat_projektion'"):
+    with pytest.raises(
+        SpecError, match=r"bad.yaml:14:34: stages\[0\]\.blocks\[0\]\.mixer\.fusion\.op: unknown op 'concat_projektion'"
+    ):
         load_space(bad)
 
 
-@pytest.mark.parametrize("replace, says, line", [
-    ("depth: {range: [1, 2]}", "depth: {range: [3, 2]}", r"range \[3, 2\] is empty"),
-    ("depth: {range: [1, 2]}", "depth: {range: [1, 2], stp: 1}", r"unknown key 'stp' in a `range` node"),
-    ("kernel: {choice: [3, 5]}", "kernel: {choice: []}", r"`choice` takes a non-empty list"),
-    ("channels: {expr: share}, heads: 1, kernel", "channels: {expr: 'share +'}, heads: 1, kernel", r"cannot parse expression"),
-    ("channels: {expr: share}, heads: 1, kernel", "channels: {expr: 'wdth // 2'}, heads: 1, kernel", r"unknown name 'wdth'"),
-])
+@pytest.mark.parametrize(
+    "replace, says, line",
+    [
+        ("depth: {range: [1, 2]}", "depth: {range: [3, 2]}", r"range \[3, 2\] is empty"),
+        ("depth: {range: [1, 2]}", "depth: {range: [1, 2], stp: 1}", r"unknown key 'stp' in a `range` node"),
+        ("kernel: {choice: [3, 5]}", "kernel: {choice: []}", r"`choice` takes a non-empty list"),
+        (
+            "channels: {expr: share}, heads: 1, kernel",
+            "channels: {expr: 'share +'}, heads: 1, kernel",
+            r"cannot parse expression",
+        ),
+        ("channels: {expr: share}, heads: 1, kernel", "channels: {expr: 'wdth // 2'}, heads: 1, kernel", r"unknown name 'wdth'"),
+    ],
+)
 def test_malformed_choice_nodes_are_located(tmp_path, replace, says, line):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY.replace(replace, says))
@@ -130,8 +151,9 @@ def test_an_impossible_budget_names_the_smallest_flops_the_space_reaches(tiny):
     # the true minimum, by enumerating every configuration of this small space
     names = [p.name for p in space.parameters]
     options = [p.labels if hasattr(p, "labels") else list(range(int(p.low), int(p.high) + 1)) for p in space.parameters]
-    exact = min(lower_spec(space.sample(FixedChooser(dict(zip(names, values)))).spec()).flops
-                for values in itertools.product(*options))
+    exact = min(
+        lower_spec(space.sample(FixedChooser(dict(zip(names, values)))).spec()).flops for values in itertools.product(*options)
+    )
     found, _ = smallest_flops(space)
     assert found == exact
     with pytest.raises(SearchError) as caught:
@@ -176,9 +198,18 @@ def counting_op():
 
 
 COUNTING_SPACE = {
-    "name": "counting", "input": {"channels": 3, "size": 32}, "stem": "cloformer_stem",
-    "stages": [{"width": 16, "depth": 1, "blocks": [{"norm": "group_norm", "mixer": {
-        "candidates": [{"op": "counting_conv", "cost": {"choice": [1, 5, 50, 500]}}]}}]}],
+    "name": "counting",
+    "input": {"channels": 3, "size": 32},
+    "stem": "cloformer_stem",
+    "stages": [
+        {
+            "width": 16,
+            "depth": 1,
+            "blocks": [
+                {"norm": "group_norm", "mixer": {"candidates": [{"op": "counting_conv", "cost": {"choice": [1, 5, 50, 500]}}]}}
+            ],
+        }
+    ],
     "head": {"op": "pool_linear", "classes": 10},
 }
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from search_helpers import TINY_SPACE, PoisonedTraining, SlowTraining, kill_session
 from typer.testing import CliRunner
 
 from archdsl.cli import app
@@ -24,7 +25,6 @@ from archdsl.search import run_search
 from archdsl.search.data import load_dataset
 from archdsl.search.feasibility import FITS, INVALID_AT_IMG_SIZE, OVER_FLOPS, BudgetCheck, config_key
 from archdsl.search.space import RandomChooser, load_space
-from search_helpers import TINY_SPACE, PoisonedTraining, SlowTraining, kill_session
 
 BUDGET = "15M@32"  # the whole tiny space (0.7 to 3.3 MFLOPs) and cloformer_xxs (13.5 M), not cloformer_xs (24.9 M)
 EPOCHS = 4  # ASHA's rungs at epochs 1, 2 and 4
@@ -43,8 +43,10 @@ def test_a_budget_at_224_selects_the_same_architectures_at_any_image_size():
     space = load_space()  # the default hybrid space, 224 px
     at = {size: _verdicts(BudgetCheck(space, 2_000_000_000, img_size=size, budget_at=224)) for size in (32, 64, 48)}
     over = {size: {key for key, verdict in verdicts.items() if verdict.status == OVER_FLOPS} for size, verdicts in at.items()}
-    within = {size: {key for key, verdict in verdicts.items() if verdict.status in (FITS, INVALID_AT_IMG_SIZE)}
-              for size, verdicts in at.items()}
+    within = {
+        size: {key for key, verdict in verdicts.items() if verdict.status in (FITS, INVALID_AT_IMG_SIZE)}
+        for size, verdicts in at.items()
+    }
     assert over[32] == over[64] == over[48] and over[32]  # the budget cuts through the space the same way
     assert within[32] == within[64] == within[48] and within[32]
     for key in within[32]:  # counted at 224 whatever the trials' size; the trials' own FLOPs are smaller
@@ -66,15 +68,18 @@ def test_a_budget_without_at_is_counted_at_the_spaces_own_size():
     assert {k: v.status for k, v in _verdicts(plain, 20).items()} == {k: v.status for k, v in _verdicts(explicit, 20).items()}
 
 
-@pytest.mark.parametrize("options, says", [
-    (["--budget", "2G@abc"], "--budget 2G@abc: cannot read the input size 'abc' after '@'"),
-    (["--budget", "2G@0"], "--budget 2G@0: cannot read the input size '0'"),
-    (["--budget", "2G", "--objective", "train", "--keep", "0"], "--keep 0.0: the fraction of pre-filtered draws"),
-    (["--budget", "2G", "--objective", "train", "--keep", "1.5"], "--keep 1.5: "),
-    (["--budget", "2G", "--objective", "train", "--epochs", "3"], "--epochs 3: ASHA needs at least 3 rungs"),
-    (["--budget", "2G", "--objective", "naswot", "--prefilter", "naswot"], "--prefilter naswot: a pre-filter ranks draws"),
-    (["--budget", "2G", "--objectives", "accuracy,speed"], "--objectives accuracy,speed: name the score first"),
-])
+@pytest.mark.parametrize(
+    "options, says",
+    [
+        (["--budget", "2G@abc"], "--budget 2G@abc: cannot read the input size 'abc' after '@'"),
+        (["--budget", "2G@0"], "--budget 2G@0: cannot read the input size '0'"),
+        (["--budget", "2G", "--objective", "train", "--keep", "0"], "--keep 0.0: the fraction of pre-filtered draws"),
+        (["--budget", "2G", "--objective", "train", "--keep", "1.5"], "--keep 1.5: "),
+        (["--budget", "2G", "--objective", "train", "--epochs", "3"], "--epochs 3: ASHA needs at least 3 rungs"),
+        (["--budget", "2G", "--objective", "naswot", "--prefilter", "naswot"], "--prefilter naswot: a pre-filter ranks draws"),
+        (["--budget", "2G", "--objectives", "accuracy,speed"], "--objectives accuracy,speed: name the score first"),
+    ],
+)
 def test_bad_search_options_are_one_clean_error_and_write_nothing(tmp_path, options, says):
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["search", *options, "--out", str(out)])
@@ -111,9 +116,26 @@ def training_search(local_ray, tiny_space, digits, tmp_path_factory):
     # 5 with the most parameters: the four 32 wide, then the 24-wide one with depth 2 and kernel 5,
     # whose weights turn NaN after its first epoch. 1.5 CPUs per trial: one trial at a time on
     # the fixture's 2 CPUs (ASHA sees them in a fixed order), with one torch thread
-    result = run_search(tiny_space, objective=PoisonedTraining(EPOCHS, width=24), budget=BUDGET, img_size=32, samples=5,
-                        prefilter="params", keep=0.42, searcher="random", seed=0, dataset=str(digits), epochs=EPOCHS,
-                        batch_size=32, lr=3e-3, cpus_per_trial=1.5, final_top=2, final_seeds=3, final_epochs=1, out=out)
+    result = run_search(
+        tiny_space,
+        objective=PoisonedTraining(EPOCHS, width=24),
+        budget=BUDGET,
+        img_size=32,
+        samples=5,
+        prefilter="params",
+        keep=0.42,
+        searcher="random",
+        seed=0,
+        dataset=str(digits),
+        epochs=EPOCHS,
+        batch_size=32,
+        lr=3e-3,
+        cpus_per_trial=1.5,
+        final_top=2,
+        final_seeds=3,
+        final_epochs=1,
+        out=out,
+    )
     return out, result, json.loads((out / "summary.json").read_text())
 
 
@@ -205,10 +227,12 @@ def _checkpointed_epochs(out: Path) -> int:
 
 def test_a_killed_training_search_resumes_its_trial_from_its_last_epoch(local_ray, tiny_space, digits, tmp_path):
     out, epochs = tmp_path / "out", 6
-    script = DRIVER.format(tests=str(Path(__file__).parent), space=str(tiny_space), epochs=epochs, budget=BUDGET,
-                           digits=str(digits), out=str(out))
-    driver = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    script = DRIVER.format(
+        tests=str(Path(__file__).parent), space=str(tiny_space), epochs=epochs, budget=BUDGET, digits=str(digits), out=str(out)
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 240
         while _checkpointed_epochs(out) < 2 and time.time() < deadline:
@@ -237,8 +261,17 @@ def test_a_multi_objective_search_writes_its_front(local_ray, tmp_path):
     from archdsl.api import load_spec, lower_spec
 
     out = tmp_path / "out"
-    result = run_search(None, objective="params", objectives=["accuracy", "flops"], budget="2GFLOPs@224", img_size=32,
-                        samples=6, seed=0, baselines=False, out=out)
+    result = run_search(
+        None,
+        objective="params",
+        objectives=["accuracy", "flops"],
+        budget="2GFLOPs@224",
+        img_size=32,
+        samples=6,
+        seed=0,
+        baselines=False,
+        out=out,
+    )
     done = [r for r in result.records if r["status"] == "done"]
     rows = list(csv.DictReader((out / "front.csv").open()))
     front = {row["trial"] for row in rows}

@@ -12,10 +12,15 @@ import yaml
 
 from archdsl.api import count_flops, create_model, load_spec, lower_spec
 from archdsl.blocks.position import resize_position_embedding
-from archdsl.blocks.sgformer import (HybridScaleAttentionModule, RankAggregation, SelfGuidedAttentionModule, nearest_divisor,
-                                     significance_orders)
-from archdsl.converters.sgformer import convert_sgformer
+from archdsl.blocks.sgformer import (
+    HybridScaleAttentionModule,
+    RankAggregation,
+    SelfGuidedAttentionModule,
+    nearest_divisor,
+    significance_orders,
+)
 from archdsl.compiler import compile_graph, count_node_params
+from archdsl.converters.sgformer import convert_sgformer
 from archdsl.errors import CheckpointError, SpecError
 
 VARIANTS = ["sgformer_s", "sgformer_m", "sgformer_b"]
@@ -133,15 +138,20 @@ def test_converter_maps_every_official_key(variant, reference):
 # --- other input sizes -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size, window, rates, keys", [
-    (384, (8, 8), [[192, 64, 32], [48, 16, 8], [2, 1]], [156, 156, 432]),
-    (256, (8, 8), [[256, 64, 32], [64, 16, 8], [2, 1]], [68, 68, 192]),
-])
+@pytest.mark.parametrize(
+    "size, window, rates, keys",
+    [
+        (384, (8, 8), [[192, 64, 32], [48, 16, 8], [2, 1]], [156, 156, 432]),
+        (256, (8, 8), [[256, 64, 32], [64, 16, 8], [2, 1]], [68, 68, 192]),
+    ],
+)
 def test_224_weights_in_another_size(size, window, rates, keys, vector, checkpoints):
     model = create_model("sgformer_s", img_size=size, pretrained=checkpoints["plain"])
     side = size // 4
     assert model.stem.pos_embed.shape == (1, side * side, 64)
-    assert torch.allclose(model.stem.pos_embed, resize_position_embedding(vector["state_dict"]["pos_embed"].float(), (side, side)))
+    assert torch.allclose(
+        model.stem.pos_embed, resize_position_embedding(vector["state_dict"]["pos_embed"].float(), (side, side))
+    )
     for stage in range(3):
         hybrid, guided = (model.stages[stage].blocks[i].mixer.candidates[0] for i in (0, 1))
         assert hybrid.window == window
@@ -184,8 +194,14 @@ def test_a_map_replaced_before_it_is_read():
 
 
 def test_a_producer_without_its_map_is_a_plain_candidate():
-    spec = load_spec("sgformer_s", {"stages.0.depth": 3, "stages.0.blocks.0.mixer.candidates.0.emits": None,
-                                    "stages.0.blocks.1.mixer.candidates.0": {"op": "hybrid_scale_attention", "heads": 2, "scale": 8, "emits": None}})
+    spec = load_spec(
+        "sgformer_s",
+        {
+            "stages.0.depth": 3,
+            "stages.0.blocks.0.mixer.candidates.0.emits": None,
+            "stages.0.blocks.1.mixer.candidates.0": {"op": "hybrid_scale_attention", "heads": 2, "scale": 8, "emits": None},
+        },
+    )
     assert lower_spec(spec).stage_nodes(0)[-1].side_outputs == []
 
 
@@ -221,8 +237,8 @@ def test_rank_aggregation_equals_one_linear_per_sub_region():
         ordered = tokens.gather(1, orders[k].unsqueeze(-1).expand(-1, -1, 5))
         parts = []
         for part, (start, size, rate, w0) in enumerate(zip(starts, sizes, rates, weight_starts)):
-            runs = ordered[:, start:start + size].reshape(3, size // rate, rate, 5)
-            parts.append(torch.einsum("bnrc,r->bnc", runs, aggregate.weight[w0:w0 + rate]) + aggregate.bias[part])
+            runs = ordered[:, start : start + size].reshape(3, size // rate, rate, 5)
+            parts.append(torch.einsum("bnrc,r->bnc", runs, aggregate.weight[w0 : w0 + rate]) + aggregate.bias[part])
         assert torch.allclose(out[k], torch.cat(parts, dim=1), atol=1e-6)
 
 

@@ -40,7 +40,9 @@ def line_of(path, needle) -> int:
 def test_unknown_key_with_did_you_mean(tmp_path):
     path = broken(tmp_path, "ffn: {op: conv_ffn, ratio: 4, kernel: 5}", "ffn: {op: conv_ffn, ratio: 4, kernal: 5}")
     message = error_of(path)
-    assert re.search(rf"{path}:{line_of(path, 'kernal')}:\d+: stages\[0\]\.blocks\[0\]\.ffn\.kernal: unknown key 'kernal'", message)
+    assert re.search(
+        rf"{path}:{line_of(path, 'kernal')}:\d+: stages\[0\]\.blocks\[0\]\.ffn\.kernal: unknown key 'kernal'", message
+    )
     assert "Did you mean 'kernel'?" in message and "Valid keys here: ratio, kernel" in message
 
 
@@ -59,13 +61,21 @@ def test_unknown_op_with_did_you_mean(tmp_path):
     assert "pooled_attention" in message  # lists what is valid
 
 
-@pytest.mark.parametrize("old, new, path_text, expected", [
-    ("depth: 6", "depth: 0", "stages[2].depth", "greater than 0; found 0"),
-    ("width: 128", "width: -128", "stages[2].width", "greater than 0; found -128"),
-    ("ratio: 4, kernel: 5}\n  - width: 64", "ratio: four, kernel: 5}\n  - width: 64", "stages[0].blocks[0].ffn.ratio", "valid integer"),
-    ("size: 224", "size: 0", "input.size", "greater than 0"),
-    ("classes: 1000", "classes: -1", "head.classes", "greater than or equal to 0"),  # 0: headless
-])
+@pytest.mark.parametrize(
+    "old, new, path_text, expected",
+    [
+        ("depth: 6", "depth: 0", "stages[2].depth", "greater than 0; found 0"),
+        ("width: 128", "width: -128", "stages[2].width", "greater than 0; found -128"),
+        (
+            "ratio: 4, kernel: 5}\n  - width: 64",
+            "ratio: four, kernel: 5}\n  - width: 64",
+            "stages[0].blocks[0].ffn.ratio",
+            "valid integer",
+        ),
+        ("size: 224", "size: 0", "input.size", "greater than 0"),
+        ("classes: 1000", "classes: -1", "head.classes", "greater than or equal to 0"),  # 0: headless
+    ],
+)
 def test_types_and_ranges(tmp_path, old, new, path_text, expected):
     path = broken(tmp_path, old, new)
     message = error_of(path)
@@ -111,8 +121,13 @@ def test_stage_width_without_downsample(tmp_path):
 
 
 def test_interaction_indices_are_checked():
-    spec = archdsl.load_spec("cloformer_xxs", {"stages.0.blocks.0.mixer.interactions": [{"op": "channel_interaction", "source": 0, "target": 5}]})
-    with pytest.raises(SpecError, match=r"stages\[0\]\.blocks\[0\]\.mixer\.interactions\[0\]\.target: target 5 is not a candidate of this mixer \(0\.\.1\)"):
+    spec = archdsl.load_spec(
+        "cloformer_xxs", {"stages.0.blocks.0.mixer.interactions": [{"op": "channel_interaction", "source": 0, "target": 5}]}
+    )
+    with pytest.raises(
+        SpecError,
+        match=r"stages\[0\]\.blocks\[0\]\.mixer\.interactions\[0\]\.target: target 5 is not a candidate of this mixer \(0\.\.1\)",
+    ):
         archdsl.lower_spec(spec)
 
 
@@ -143,7 +158,10 @@ def test_side_channel_consumed_but_never_produced(consumer_op):
     with pytest.raises(SpecError) as caught:
         archdsl.lower_spec(archdsl.load_spec("cloformer_xxs", overrides))
     message = str(caught.value)
-    assert "stages[1].blocks[0].mixer.candidates[0].consumes: side channel 'significance' is consumed by block 0 of stage 1" in message
+    assert (
+        "stages[1].blocks[0].mixer.candidates[0].consumes: side channel 'significance' is consumed by block 0 of stage 1"
+        in message
+    )
     assert "no earlier block of this stage emits it" in message
 
 
@@ -162,7 +180,9 @@ def test_what_validates_builds_and_runs(name, size):
 
 
 def test_even_kernels_are_refused_where_written(tmp_path):
-    path = broken(tmp_path, "{op: attn_conv, channels: 24, heads: 3, kernel: 3}", "{op: attn_conv, channels: 24, heads: 3, kernel: 4}")
+    path = broken(
+        tmp_path, "{op: attn_conv, channels: 24, heads: 3, kernel: 3}", "{op: attn_conv, channels: 24, heads: 3, kernel: 4}"
+    )
     message = error_of(path)
     assert f"{path}:{line_of(path, 'kernel: 4')}:" in message
     assert "stages[0].blocks[0].mixer.candidates[0].kernel: value error, kernel 4 is even" in message and "use 3 or 5" in message

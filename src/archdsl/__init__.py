@@ -5,6 +5,14 @@ from archdsl.errors import CheckpointError, SpecError
 from archdsl.plugins import load_plugins
 from archdsl.weights import save_checkpoint
 
-__all__ = ["load_spec", "create_model", "count_flops", "lower_spec", "save_checkpoint", "load_plugins", "SpecError",
-           "CheckpointError"]
+__all__ = [
+    "load_spec",
+    "create_model",
+    "count_flops",
+    "lower_spec",
+    "save_checkpoint",
+    "load_plugins",
+    "SpecError",
+    "CheckpointError",
+]
 __version__ = "0.1.0"

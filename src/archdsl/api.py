@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -31,16 +32,21 @@ def parse_image_size(value: ImageSize) -> int | list[int] | None:
         try:
             numbers = [int(part) for part in parts]
         except ValueError:
-            raise SpecError(Problem(f"image size {value!r} is not N or HxW (such as 224 or 224x288)", ("input", "size"), Location("img_size"))) from None
+            raise SpecError(
+                Problem(f"image size {value!r} is not N or HxW (such as 224 or 224x288)", ("input", "size"), Location("img_size"))
+            ) from None
         return numbers[0] if len(numbers) == 1 else numbers
     try:
         return [int(v) for v in value]
     except (TypeError, ValueError):
-        raise SpecError(Problem(f"image size {value!r} is not N, HxW or (H, W)", ("input", "size"), Location("img_size"))) from None
+        raise SpecError(
+            Problem(f"image size {value!r} is not N, HxW or (H, W)", ("input", "size"), Location("img_size"))
+        ) from None
 
 
-def _with_build_overrides(overrides: Overrides, img_size: ImageSize, num_classes: int | None,
-                          in_chans: int | None = None) -> Overrides:
+def _with_build_overrides(
+    overrides: Overrides, img_size: ImageSize, num_classes: int | None, in_chans: int | None = None
+) -> Overrides:
     extra: dict[str, Any] = {}
     if img_size is not None:
         extra["input.size"] = parse_image_size(img_size)
@@ -57,8 +63,14 @@ def _with_build_overrides(overrides: Overrides, img_size: ImageSize, num_classes
     return list(overrides) + [f"{key}={value}" for key, value in extra.items()]
 
 
-def load_spec(source, overrides: Overrides = None, *, img_size: ImageSize = None, num_classes: int | None = None,
-              in_chans: int | None = None):
+def load_spec(
+    source,
+    overrides: Overrides = None,
+    *,
+    img_size: ImageSize = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+):
     """A spec file path, bundled name (`cloformer_xxs`), mapping or Spec -> validated Spec.
 
     `overrides`: `["stages.2.depth=8"]` or `{"stages.2.depth": 8}`, applied after `extends`;
@@ -83,16 +95,28 @@ def _stored_checkpoint(source) -> dict | None:
     if isinstance(source, (str, Path)) and Path(source).suffix in (".pt", ".pth") and Path(source).is_file():
         stored = read_checkpoint(source)
         if not is_archdsl_checkpoint(stored):
-            raise SpecError(Problem("this is a weights file, not an archdsl checkpoint: pass a spec as the model and "
-                                    "this file as pretrained=", (), Location(str(source))))
+            raise SpecError(
+                Problem(
+                    "this is a weights file, not an archdsl checkpoint: pass a spec as the model and this file as pretrained=",
+                    (),
+                    Location(str(source)),
+                )
+            )
         return stored
     return None
 
 
-def create_model(source, pretrained: str | Path | None = None, num_classes: int | None = None,
-                 img_size: ImageSize = None, overrides: Overrides = None, in_chans: int | None = None,
-                 features_only: bool = False, out_indices: tuple[int, ...] = (0, 1, 2, 3),
-                 max_memory: str | int | None = None) -> ArchNet | FeatureNet:
+def create_model(
+    source,
+    pretrained: str | Path | None = None,
+    num_classes: int | None = None,
+    img_size: ImageSize = None,
+    overrides: Overrides = None,
+    in_chans: int | None = None,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] = (0, 1, 2, 3),
+    max_memory: str | int | None = None,
+) -> ArchNet | FeatureNet:
     """Build a model from a spec (object, file, bundled name) or an archdsl checkpoint (.pt).
 
     `pretrained`: weights to load (an archdsl checkpoint or the authors' released format);
@@ -106,8 +130,9 @@ def create_model(source, pretrained: str | Path | None = None, num_classes: int 
     `max_memory`: a network whose parameters and activations (batch 1) exceed it (bytes or "8G";
     default: this machine's memory) is refused before it is built."""
     stored = _stored_checkpoint(source)
-    spec = load_spec(stored["spec"] if stored is not None else source, overrides,
-                     img_size=img_size, num_classes=num_classes, in_chans=in_chans)
+    spec = load_spec(
+        stored["spec"] if stored is not None else source, overrides, img_size=img_size, num_classes=num_classes, in_chans=in_chans
+    )
     graph = lower_spec(spec)
     if features_only:
         stage_feature_info(graph, out_indices)  # a wrong index is refused before anything is built

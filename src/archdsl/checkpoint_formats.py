@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import pickle
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,8 +92,9 @@ class ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         admitted = _ADMITTED.get((module, name))
         if admitted is None:
-            raise UnsafeCheckpoint(f"the pickle names {module}.{name}, which is not a numpy array or plain container; "
-                                   "refused without running it")
+            raise UnsafeCheckpoint(
+                f"the pickle names {module}.{name}, which is not a numpy array or plain container; refused without running it"
+            )
         return admitted
 
     def persistent_load(self, pid: Any) -> Any:

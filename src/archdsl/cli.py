@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -37,11 +36,19 @@ class App(typer.Typer):
             raise SystemExit(1) from None
 
 
-app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-          help="A declarative architecture language for conv/attention vision backbones.")
+app = App(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="A declarative architecture language for conv/attention vision backbones.",
+)
 
-MaxMemoryOption = typer.Option(None, "--max-memory", help="Refuse a network whose parameters and batch-1 activations exceed "
-                                                           "this (e.g. 8G; default: this machine's memory).")
+MaxMemoryOption = typer.Option(
+    None,
+    "--max-memory",
+    help="Refuse a network whose parameters and batch-1 activations exceed this (e.g. 8G; default: this machine's memory).",
+)
 
 
 def report(error: Exception) -> None:
@@ -58,11 +65,17 @@ def fail_without_extra(extra: str, error: ModuleNotFoundError, command: str) -> 
     """A module of an optional extra is missing: say which extra to install, exit 2."""
     if error.name is None or error.name.split(".")[0] not in EXTRAS[extra]:
         raise error
-    fail(SpecError(Problem(f"`archdsl {command}` needs the {extra!r} extra, which is not installed (no module "
-                           f"{error.name.split('.')[0]!r}): pip install 'archdsl[{extra}]'")))
+    fail(
+        SpecError(
+            Problem(
+                f"`archdsl {command}` needs the {extra!r} extra, which is not installed (no module "
+                f"{error.name.split('.')[0]!r}): pip install 'archdsl[{extra}]'"
+            )
+        )
+    )
 
 
-def _load_plugins(modules: Optional[List[str]]) -> Optional[List[str]]:
+def _load_plugins(modules: list[str] | None) -> list[str] | None:
     from archdsl.plugins import load_plugins
 
     try:
@@ -73,10 +86,17 @@ def _load_plugins(modules: Optional[List[str]]) -> Optional[List[str]]:
 
 
 SpecArgument = typer.Argument(..., help="A spec file, or a bundled spec name such as cloformer_xxs.")
-SetOption = typer.Option(None, "--set", metavar="PATH=VALUE", help="Override a value by dotted path, e.g. --set stages.2.depth=8 (repeatable).")
+SetOption = typer.Option(
+    None, "--set", metavar="PATH=VALUE", help="Override a value by dotted path, e.g. --set stages.2.depth=8 (repeatable)."
+)
 ImgSizeOption = typer.Option(None, "--img-size", metavar="N|HxW", help="Input size: N or HxW (e.g. 224 or 224x288).")
-PluginOption = typer.Option(None, "--plugin", metavar="MODULE", callback=_load_plugins,
-                            help="Import MODULE first, to register its ops (repeatable; also ARCHDSL_PLUGINS and the archdsl.ops entry points).")
+PluginOption = typer.Option(
+    None,
+    "--plugin",
+    metavar="MODULE",
+    callback=_load_plugins,
+    help="Import MODULE first, to register its ops (repeatable; also ARCHDSL_PLUGINS and the archdsl.ops entry points).",
+)
 
 
 def _print_version(value: bool) -> None:
@@ -88,7 +108,9 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")) -> None:
+def main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+) -> None:
     """A declarative architecture language for conv/attention vision backbones."""
     from archdsl.plugins import load_configured_plugins
 
@@ -108,15 +130,17 @@ def _human(number: float) -> str:
 @app.command()
 def build(
     spec: str = SpecArgument,
-    img_size: Optional[str] = ImgSizeOption,
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classifier outputs."),
-    set_: Optional[List[str]] = SetOption,
-    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Weights to load (archdsl or the authors' checkpoint)."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write a checkpoint (resolved spec + weights)."),
+    img_size: str | None = ImgSizeOption,
+    num_classes: int | None = typer.Option(None, "--num-classes", help="Classifier outputs."),
+    set_: list[str] | None = SetOption,
+    pretrained: Path | None = typer.Option(None, "--pretrained", help="Weights to load (archdsl or the authors' checkpoint)."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write a checkpoint (resolved spec + weights)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table (with fvcore's counts)."),
-    fvcore: bool = typer.Option(False, "--fvcore", help="Also count FLOPs with fvcore on the built module (slower; always in --json)."),
-    plugin: Optional[List[str]] = PluginOption,
-    max_memory: Optional[str] = MaxMemoryOption,
+    fvcore: bool = typer.Option(
+        False, "--fvcore", help="Also count FLOPs with fvcore on the built module (slower; always in --json)."
+    ),
+    plugin: list[str] | None = PluginOption,
+    max_memory: str | None = MaxMemoryOption,
 ) -> None:
     """Validate, lower and compile a spec; print its per-stage summary (shapes, params, FLOPs)."""
     from archdsl.api import create_model, lower_spec
@@ -124,8 +148,9 @@ def build(
     from archdsl.weights import save_checkpoint
 
     try:
-        model = create_model(spec, pretrained=pretrained, num_classes=num_classes, img_size=img_size, overrides=set_ or None,
-                             max_memory=max_memory)
+        model = create_model(
+            spec, pretrained=pretrained, num_classes=num_classes, img_size=img_size, overrides=set_ or None, max_memory=max_memory
+        )
         summary = summarize(model, lower_spec(model.spec), fvcore=fvcore or as_json)
         if output is not None:
             save_checkpoint(model, output)
@@ -138,20 +163,30 @@ def build(
     for column in ("part", "blocks", "output", "params (total)", "FLOPs"):
         table.add_column(column, justify="left" if column in ("part", "output") else "right")
     for part in summary.stages:
-        table.add_row(part.part, str(part.blocks or ""), "x".join(map(str, part.out_shape)), f"{part.params:,}", _human(part.flops))
+        table.add_row(
+            part.part, str(part.blocks or ""), "x".join(map(str, part.out_shape)), f"{part.params:,}", _human(part.flops)
+        )
     table.add_section()
     table.add_row("total", "", "", f"{summary.params:,}", _human(summary.flops_analytic))
     out.print(table)
-    counted = (f"FLOPs {_human(summary.flops)} (fvcore raw {_human(summary.flops_fvcore_raw)}, analytic {_human(summary.flops_analytic)})"
-               if summary.flops is not None else f"FLOPs {_human(summary.flops_analytic)} (analytic; --fvcore for fvcore's count)")
+    counted = (
+        f"FLOPs {_human(summary.flops)} (fvcore raw {_human(summary.flops_fvcore_raw)}, analytic {_human(summary.flops_analytic)})"
+        if summary.flops is not None
+        else f"FLOPs {_human(summary.flops_analytic)} (analytic; --fvcore for fvcore's count)"
+    )
     out.print(f"params {summary.params:,} total, {summary.trainable_params:,} trainable   {counted}")
     if output is not None:
         out.print(f"wrote {output}")
 
 
 @app.command()
-def validate(spec: str = SpecArgument, img_size: Optional[str] = ImgSizeOption, set_: Optional[List[str]] = SetOption,
-             plugin: Optional[List[str]] = PluginOption, max_memory: Optional[str] = MaxMemoryOption) -> None:
+def validate(
+    spec: str = SpecArgument,
+    img_size: str | None = ImgSizeOption,
+    set_: list[str] | None = SetOption,
+    plugin: list[str] | None = PluginOption,
+    max_memory: str | None = MaxMemoryOption,
+) -> None:
     """Check a spec (schema and graph: shapes, heads, channel shares, side channels, memory) without building it."""
     from archdsl.api import load_spec, lower_spec
     from archdsl.footprint import check_fits
@@ -161,12 +196,16 @@ def validate(spec: str = SpecArgument, img_size: Optional[str] = ImgSizeOption, 
         check_fits(graph, max_memory)
     except SpecError as error:
         fail(error)
-    out.print(f"ok: {graph.spec.name or spec} is valid at {'x'.join(map(str, graph.image_size))}, {_human(graph.flops)} FLOPs (analytic)")
+    out.print(
+        f"ok: {graph.spec.name or spec} is valid at {'x'.join(map(str, graph.image_size))}, {_human(graph.flops)} FLOPs (analytic)"
+    )
 
 
 @app.command()
-def schema(space: bool = typer.Option(False, "--space", help="The schema of search spaces (choice nodes allowed anywhere)."),
-           plugin: Optional[List[str]] = PluginOption) -> None:
+def schema(
+    space: bool = typer.Option(False, "--space", help="The schema of search spaces (choice nodes allowed anywhere)."),
+    plugin: list[str] | None = PluginOption,
+) -> None:
     """Print the language's JSON Schema (for YAML completion in editors)."""
     from archdsl.schema import json_schema
 
@@ -177,10 +216,10 @@ def schema(space: bool = typer.Option(False, "--space", help="The schema of sear
 def nominations(
     spec: str = SpecArgument,
     image: Path = typer.Argument(..., help="An image file (resized to the model's input size)."),
-    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Weights (archdsl or the authors' checkpoint)."),
+    pretrained: Path | None = typer.Option(None, "--pretrained", help="Weights (archdsl or the authors' checkpoint)."),
     output: Path = typer.Option(Path("nominations.png"), "-o", "--output", help="The PNG to write."),
-    img_size: Optional[str] = ImgSizeOption,
-    plugin: Optional[List[str]] = PluginOption,
+    img_size: str | None = ImgSizeOption,
+    plugin: list[str] | None = PluginOption,
 ) -> None:
     """Save each nominating layer's per-pixel choice for IMAGE as a PNG (NomMer: red/green/blue = CNN/local/global)."""
     from archdsl.api import create_model
@@ -204,42 +243,85 @@ def nominations(
 @app.command()
 def search(
     # written here, not imported from archdsl.search: that would import Ray Tune for every command's --help
-    budget: Optional[str] = typer.Option(None, "--budget", help="FLOP budget such as 2GFLOPs@224, 2GFLOPs, 600M or 2GMACs, counted "
-                                         "at the @ size (default: the space's input size) whatever --img-size is; one "
-                                         "multiply-add counts as one FLOP (default: the space's budget)."),
-    space: Optional[str] = typer.Option(None, "--space", help="A search space file or bundled name (default: the bundled hybrid space)."),
-    max_params: Optional[str] = typer.Option(None, "--max-params", help="Parameter budget, such as 10M."),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input side the trials train / are scored at (default: the "
-                                                                    "space's); the budget stays at its own size (@N)."),
-    objective: str = typer.Option("naswot", "--objective", help="naswot | naswot_per_unit | synflow | grad_norm | zico | meco | params | flops | activation_units | train."),
-    objectives: Optional[str] = typer.Option(None, "--objectives", help="A multi-objective search (NSGA-II): the score, then "
-                                                                        "costs to minimise, e.g. accuracy,flops or accuracy,latency."),
+    budget: str | None = typer.Option(
+        None,
+        "--budget",
+        help="FLOP budget such as 2GFLOPs@224, 2GFLOPs, 600M or 2GMACs, counted "
+        "at the @ size (default: the space's input size) whatever --img-size is; one "
+        "multiply-add counts as one FLOP (default: the space's budget).",
+    ),
+    space: str | None = typer.Option(
+        None, "--space", help="A search space file or bundled name (default: the bundled hybrid space)."
+    ),
+    max_params: str | None = typer.Option(None, "--max-params", help="Parameter budget, such as 10M."),
+    img_size: int | None = typer.Option(
+        None,
+        "--img-size",
+        help="Input side the trials train / are scored at (default: the space's); the budget stays at its own size (@N).",
+    ),
+    objective: str = typer.Option(
+        "naswot",
+        "--objective",
+        help="naswot | naswot_per_unit | synflow | grad_norm | zico | meco | params | flops | activation_units | train.",
+    ),
+    objectives: str | None = typer.Option(
+        None,
+        "--objectives",
+        help="A multi-objective search (NSGA-II): the score, then costs to minimise, e.g. accuracy,flops or accuracy,latency.",
+    ),
     samples: int = typer.Option(64, "--samples", help="Trials to run."),
     searcher: str = typer.Option("tpe", "--searcher", help="tpe (Optuna) | evolution (NSGA-II) | random."),
     seed: int = typer.Option(0, "--seed", help="Seed for reproducible sampling."),
-    out_dir: Path = typer.Option(Path("runs/search"), "--out", help="Where results go (leaderboard.csv, best.yaml, pareto.png, ...)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the search stored in this --out directory."),
-    address: Optional[str] = typer.Option(None, "--address", help="Join an existing Ray cluster (HOST:PORT) instead of a local one."),
+    out_dir: Path = typer.Option(
+        Path("runs/search"), "--out", help="Where results go (leaderboard.csv, best.yaml, pareto.png, ...)."
+    ),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the search stored in this --out directory."),
+    address: str | None = typer.Option(
+        None, "--address", help="Join an existing Ray cluster (HOST:PORT) instead of a local one."
+    ),
     cpus_per_trial: float = typer.Option(1, "--cpus-per-trial"),
-    gpus_per_trial: Optional[float] = typer.Option(None, "--gpus-per-trial", help="Fractions allowed (default: 1 when GPUs exist, else 0)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="For training and labelled proxies: fashion-mnist (Debian's "
-                                                                  "dataset-fashion-mnist), a folder of IDX files or of class "
-                                                                  "folders, an .npz (default: the bundled 8x8 digits)."),
-    epochs: int = typer.Option(4, "--epochs", help="For --objective train: the most epochs a trial trains (ASHA's last rung, >= 4)."),
+    gpus_per_trial: float | None = typer.Option(
+        None, "--gpus-per-trial", help="Fractions allowed (default: 1 when GPUs exist, else 0)."
+    ),
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        help="For training and labelled proxies: fashion-mnist (Debian's "
+        "dataset-fashion-mnist), a folder of IDX files or of class "
+        "folders, an .npz (default: the bundled 8x8 digits).",
+    ),
+    train_images: int | None = typer.Option(
+        None,
+        "--train-images",
+        help="Train (search and final stage) on this many of the training images, the same number "
+        "of each class; the official test split stays whole (default: all).",
+    ),
+    epochs: int = typer.Option(
+        4, "--epochs", help="For --objective train: the most epochs a trial trains (ASHA's last rung, >= 4)."
+    ),
     proxy_batch: int = typer.Option(16, "--proxy-batch", help="Batch size of the training-free proxies."),
     batch_size: int = typer.Option(64, "--batch-size", help="For --objective train."),
     lr: float = typer.Option(2e-3, "--lr", help="For --objective train."),
-    prefilter: Optional[str] = typer.Option(None, "--prefilter", help="For --objective train: rank ceil(samples / keep) draws with "
-                                                                      "this proxy and train the best --samples."),
+    prefilter: str | None = typer.Option(
+        None,
+        "--prefilter",
+        help="For --objective train: rank ceil(samples / keep) draws with this proxy and train the best --samples.",
+    ),
     keep: float = typer.Option(0.25, "--keep", help="The fraction of the pre-filtered draws that is trained, in (0, 1]."),
-    final_top: int = typer.Option(3, "--final-top", help="For --objective train: retrain this many of the best trials and the paper "
-                                                         "variants with several seeds (0: no final stage)."),
+    final_top: int = typer.Option(
+        3,
+        "--final-top",
+        help="For --objective train: retrain this many of the best trials and the paper "
+        "variants with several seeds (0: no final stage).",
+    ),
     final_seeds: int = typer.Option(3, "--final-seeds", help="Seeds per architecture in the final stage."),
-    final_epochs: Optional[int] = typer.Option(None, "--final-epochs", help="Epochs of the final stage (default: --epochs)."),
+    final_epochs: int | None = typer.Option(None, "--final-epochs", help="Epochs of the final stage (default: --epochs)."),
     top_k: int = typer.Option(5, "--top-k", help="How many of the best to write as spec files."),
-    no_baselines: bool = typer.Option(False, "--no-baselines", help="Do not score the bundled paper variants for the Pareto plot."),
-    set_: Optional[List[str]] = SetOption,
-    plugin: Optional[List[str]] = PluginOption,
+    no_baselines: bool = typer.Option(
+        False, "--no-baselines", help="Do not score the bundled paper variants for the Pareto plot."
+    ),
+    set_: list[str] | None = SetOption,
+    plugin: list[str] | None = PluginOption,
 ) -> None:
     """Search hybrids of the papers' context mixers under a FLOP budget, on Ray Tune (the 'search' extra)."""
     try:
@@ -249,11 +331,32 @@ def search(
         fail_without_extra("search", error, "search")
 
     settings = SearchSettings(
-        space=space, overrides=list(set_ or []), budget=budget, max_params=max_params, img_size=img_size, objective=objective,
-        objectives=objectives.split(",") if objectives else [], samples=samples, searcher=searcher, seed=seed,
-        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, dataset=dataset, epochs=epochs, proxy_batch=proxy_batch,
-        batch_size=batch_size, lr=lr, top_k=top_k, baselines=not no_baselines, prefilter=prefilter, keep=keep,
-        final_top=final_top, final_seeds=final_seeds, final_epochs=final_epochs)
+        space=space,
+        overrides=list(set_ or []),
+        budget=budget,
+        max_params=max_params,
+        img_size=img_size,
+        objective=objective,
+        objectives=objectives.split(",") if objectives else [],
+        samples=samples,
+        searcher=searcher,
+        seed=seed,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        dataset=dataset,
+        train_images=train_images,
+        epochs=epochs,
+        proxy_batch=proxy_batch,
+        batch_size=batch_size,
+        lr=lr,
+        top_k=top_k,
+        baselines=not no_baselines,
+        prefilter=prefilter,
+        keep=keep,
+        final_top=final_top,
+        final_seeds=final_seeds,
+        final_epochs=final_epochs,
+    )
     try:
         with LiveProgress() as show:
             result = run_search(settings=settings, out=out_dir, resume=resume, address=address, progress=show)
@@ -264,8 +367,8 @@ def search(
 
 @app.command(name="list")
 def list_specs(
-    contains: Optional[str] = typer.Argument(None, help="Only the names that contain this, such as mixformer."),
-    plugin: Optional[List[str]] = PluginOption,
+    contains: str | None = typer.Argument(None, help="Only the names that contain this, such as mixformer."),
+    plugin: list[str] | None = PluginOption,
 ) -> None:
     """List the bundled specs (family, parameters, analytic FLOPs at the spec's input size) and
     search spaces; each is usable by name anywhere a spec (or --space) path is accepted."""
@@ -278,8 +381,13 @@ def list_specs(
         table.add_column(column, justify="right" if column.startswith(("params", "GFLOPs")) else "left")
     for name in (name for name in bundled_spec_names() if contains is None or contains in name):
         graph = lower_spec(load_spec(name))
-        table.add_row(name, graph.spec.family or "", "x".join(map(str, graph.image_size)),
-                      f"{meta_param_count(graph) / 1e6:.2f} M", f"{graph.flops / 1e9:.3f}")
+        table.add_row(
+            name,
+            graph.spec.family or "",
+            "x".join(map(str, graph.image_size)),
+            f"{meta_param_count(graph) / 1e6:.2f} M",
+            f"{graph.flops / 1e9:.3f}",
+        )
     out.print(table)
     out.print("search spaces (archdsl search --space NAME):")
     for name, description in bundled_space_descriptions().items():

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from archdsl.norms import make_norm
 from archdsl.graph import ArchGraph, Node
 from archdsl.network import ArchNet, Block, Interaction, Mixer, Stage
+from archdsl.norms import make_norm
 
 
 def _build_block(node: Node, drop_path: float) -> Block:

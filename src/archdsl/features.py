@@ -36,15 +36,22 @@ def stage_feature_info(graph: ArchGraph, out_indices: tuple[int, ...]) -> Featur
     info = FeatureInfo()
     for index in out_indices:
         if not -count <= index < count:
-            raise SpecError(Problem(f"stage {index} does not exist; this network has stages 0..{count - 1}",
-                                    (), Location("out_indices")))
+            raise SpecError(
+                Problem(f"stage {index} does not exist; this network has stages 0..{count - 1}", (), Location("out_indices"))
+            )
         stage = index % count
         channels, map_height, map_width = graph.stage_nodes(stage)[-1].out_shape
         reduction = round(height / map_height)
         if reduction != round(width / map_width):
-            raise SpecError(Problem(f"stage {stage}'s output is {map_height}x{map_width}, not a map at one stride of the "
-                                    f"{height}x{width} input (a token sequence, such as NomMer's class-token stage); "
-                                    f"name only stages that output maps", (), Location("out_indices")))
+            raise SpecError(
+                Problem(
+                    f"stage {stage}'s output is {map_height}x{map_width}, not a map at one stride of the "
+                    f"{height}x{width} input (a token sequence, such as NomMer's class-token stage); "
+                    f"name only stages that output maps",
+                    (),
+                    Location("out_indices"),
+                )
+            )
         info.append({"num_chs": channels, "reduction": reduction, "module": f"stages.{stage}"})
     return info
 

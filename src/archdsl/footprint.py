@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from archdsl.compiler import count_node_params
 from archdsl.errors import Location, Problem, SpecError
-from archdsl.graph import ArchGraph, Node
+from archdsl.graph import ArchGraph
 
 BYTES_PER_VALUE = 4  # float32 weights and maps
 
@@ -42,7 +42,7 @@ def parse_memory(text: str | int) -> int:
 
 def _size(count: int) -> str:
     """Bytes, in the largest unit that keeps a figure above 1."""
-    for unit, scale in (("TB", 1024 ** 4), ("GB", 1024 ** 3), ("MB", 1024 ** 2), ("KB", 1024)):
+    for unit, scale in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
         if count >= scale:
             return f"{count / scale:,.1f} {unit}"
     return f"{count} bytes"
@@ -75,8 +75,13 @@ def check_fits(graph: ArchGraph, max_memory: str | int | None = None) -> Footpri
     activations = nodes[0].in_shape.numel + sum(node.out_shape.numel for node in nodes)
 
     def refuse(path: tuple, what: str) -> SpecError:
-        return SpecError(Problem(f"{what}, more than {limit_text}; make the network or its input smaller", path,
-                                 sources.locate(path) if sources else None))
+        return SpecError(
+            Problem(
+                f"{what}, more than {limit_text}; make the network or its input smaller",
+                path,
+                sources.locate(path) if sources else None,
+            )
+        )
 
     if activations * BYTES_PER_VALUE > limit:
         largest = max(nodes, key=lambda node: node.out_shape.numel)
@@ -84,8 +89,11 @@ def check_fits(graph: ArchGraph, max_memory: str | int | None = None) -> Footpri
             path, detail = ("input",), f"the {nodes[0].in_shape} input alone"
         else:
             path, detail = largest.path, f"{largest.name} alone outputs {largest.out_shape}"
-        raise refuse(path, f"the input and the maps between this network's layers hold {activations:,} values at batch 1 "
-                           f"({_gb(activations)}; {detail})")
+        raise refuse(
+            path,
+            f"the input and the maps between this network's layers hold {activations:,} values at batch 1 "
+            f"({_gb(activations)}; {detail})",
+        )
     # every weight takes part in at least one multiply-add per output, so FLOPs bound the weights;
     # tables added to maps (position embeddings, norms) are no larger than those maps
     if (graph.flops + 2 * activations) * BYTES_PER_VALUE <= limit:
@@ -94,7 +102,10 @@ def check_fits(graph: ArchGraph, max_memory: str | int | None = None) -> Footpri
     params = sum(counts.values())
     if (params + activations) * BYTES_PER_VALUE > limit:
         largest = max(nodes, key=lambda node: counts[node.name])
-        raise refuse(largest.path, f"this network has {params:,} parameters ({_gb(params)}; {largest.name} alone "
-                              f"{counts[largest.name]:,}) and its maps hold {activations:,} values at batch 1 "
-                              f"({_gb(activations)})")
+        raise refuse(
+            largest.path,
+            f"this network has {params:,} parameters ({_gb(params)}; {largest.name} alone "
+            f"{counts[largest.name]:,}) and its maps hold {activations:,} values at batch 1 "
+            f"({_gb(activations)})",
+        )
     return Footprint(activations, params)

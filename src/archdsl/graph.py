@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from archdsl.norms import norm_flops
 from archdsl.errors import Problem, SpecError
 from archdsl.loading import SourceMap
+from archdsl.norms import norm_flops
 from archdsl.ops import FeatureShape, Op, OpCheckError, Site, ops_for
 
 
@@ -107,8 +107,13 @@ def _place(op: Op, site: Site, path: tuple, sources: SourceMap | None) -> Placed
     _check(placed, sources)
     shape = placed.out_shape
     if min(shape) < 1:
-        raise SpecError(Problem(f"this {op.role} leaves an empty {shape} map; use a larger input size", path,
-                                sources.locate(path) if sources else None))
+        raise SpecError(
+            Problem(
+                f"this {op.role} leaves an empty {shape} map; use a larger input size",
+                path,
+                sources.locate(path) if sources else None,
+            )
+        )
     return placed
 
 
@@ -121,19 +126,36 @@ def _candidate_order(interactions: list[Placed], count: int, path: tuple, source
         for end in ("source", "target"):
             index = getattr(op, end)
             if not 0 <= index < count:
-                raise SpecError(Problem(f"{end} {index} is not a candidate of this mixer (0..{count - 1})",
-                                        placed.path + (end,), sources.locate(placed.path + (end,)) if sources else None))
+                raise SpecError(
+                    Problem(
+                        f"{end} {index} is not a candidate of this mixer (0..{count - 1})",
+                        placed.path + (end,),
+                        sources.locate(placed.path + (end,)) if sources else None,
+                    )
+                )
         if op.applies_to == "values":
             dependencies.add_edge(op.source, op.target)
     try:
         return list(nx.lexicographical_topological_sort(dependencies))
     except nx.NetworkXUnfeasible:
-        raise SpecError(Problem("interactions gate each other's values in a cycle; no candidate can run first",
-                                path + ("interactions",), sources.locate(path + ("interactions",)) if sources else None)) from None
+        raise SpecError(
+            Problem(
+                "interactions gate each other's values in a cycle; no candidate can run first",
+                path + ("interactions",),
+                sources.locate(path + ("interactions",)) if sources else None,
+            )
+        ) from None
 
 
-def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, sources: SourceMap | None,
-                 absorbed: bool, produced: dict[str, tuple[str, FeatureShape]]) -> Node:
+def _lower_block(
+    spec,
+    stage_index: int,
+    block_index: int,
+    shape: FeatureShape,
+    sources: SourceMap | None,
+    absorbed: bool,
+    produced: dict[str, tuple[str, FeatureShape]],
+) -> Node:
     pattern_index = block_index % len(spec.stages[stage_index].blocks)
     path = ("stages", stage_index, "blocks", pattern_index)
     block = spec.stages[stage_index].blocks[pattern_index]
@@ -152,19 +174,28 @@ def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, 
         if consumed is not None:
             if consumed not in produced:
                 where = cand_path + ("consumes",)
-                raise SpecError(Problem(
-                    f"side channel {consumed!r} is consumed by block {block_index} of stage {stage_index}, but no earlier block "
-                    f"of this stage emits it (a {mixed.height}x{mixed.width} map here; side channels do not cross stages); "
-                    f"put a block whose candidate has `emits: {consumed}` before it in the stage's `blocks:` pattern",
-                    where, sources.locate(where) if sources else None))
+                raise SpecError(
+                    Problem(
+                        f"side channel {consumed!r} is consumed by block {block_index} of stage {stage_index}, but no earlier block "
+                        f"of this stage emits it (a {mixed.height}x{mixed.width} map here; side channels do not cross stages); "
+                        f"put a block whose candidate has `emits: {consumed}` before it in the stage's `blocks:` pattern",
+                        where,
+                        sources.locate(where) if sources else None,
+                    )
+                )
             producer, emitted_on = produced[consumed]
             if (emitted_on.height, emitted_on.width) != (mixed.height, mixed.width):
                 where = path + ("mixer", "pad_multiple") if pad else cand_path + ("consumes",)
-                raise SpecError(Problem(
-                    f"side channel {consumed!r} is a {emitted_on.height}x{emitted_on.width} map (emitted by {producer}), but block "
-                    f"{block_index} of stage {stage_index} reads it on a {mixed.height}x{mixed.width} map"
-                    f"{f' (padded to a multiple of {pad})' if pad else ''}; give the emitting and the consuming blocks the same "
-                    f"`pad_multiple`", where, sources.locate(where) if sources else None))
+                raise SpecError(
+                    Problem(
+                        f"side channel {consumed!r} is a {emitted_on.height}x{emitted_on.width} map (emitted by {producer}), but block "
+                        f"{block_index} of stage {stage_index} reads it on a {mixed.height}x{mixed.width} map"
+                        f"{f' (padded to a multiple of {pad})' if pad else ''}; give the emitting and the consuming blocks the same "
+                        f"`pad_multiple`",
+                        where,
+                        sources.locate(where) if sources else None,
+                    )
+                )
             side_inputs.append(consumed)
         emitted = op.emits
         if emitted is not None:
@@ -172,31 +203,47 @@ def _lower_block(spec, stage_index: int, block_index: int, shape: FeatureShape, 
         candidates.append(placed)
 
     parts = tuple(placed.out_shape.channels for placed in candidates)
-    fusion = _place(block.mixer.fusion, Site(mixed, shape.channels, image_size, stage_index, parts), path + ("mixer", "fusion"), sources)
+    fusion = _place(
+        block.mixer.fusion, Site(mixed, shape.channels, image_size, stage_index, parts), path + ("mixer", "fusion"), sources
+    )
     interactions = []
     for index, op in enumerate(block.mixer.interactions):
         source = candidates[op.source].op.feature_shape(candidates[op.source].site) if 0 <= op.source < len(candidates) else mixed
         target_channels = parts[op.target] if 0 <= op.target < len(parts) else shape.channels
-        interactions.append(Placed(op, Site(source, target_channels, image_size, stage_index, parts), path + ("mixer", "interactions", index)))
+        interactions.append(
+            Placed(op, Site(source, target_channels, image_size, stage_index, parts), path + ("mixer", "interactions", index))
+        )
     order = _candidate_order(interactions, len(candidates), path + ("mixer",), sources)
     for placed in interactions:
         target = candidates[placed.op.target].op
         if placed.op.applies_to == "values" and "value_gate" not in target.capabilities:
             takers = sorted(name for name, cls in ops_for("candidate").items() if "value_gate" in cls.capabilities)
             where = placed.path + ("target",)
-            raise SpecError(Problem(
-                f"{placed.op.op} gates its target's values, but candidate {placed.op.target} ({target.op}) has none to gate; "
-                f"target a candidate that does ({', '.join(takers)})", where, sources.locate(where) if sources else None))
+            raise SpecError(
+                Problem(
+                    f"{placed.op.op} gates its target's values, but candidate {placed.op.target} ({target.op}) has none to gate; "
+                    f"target a candidate that does ({', '.join(takers)})",
+                    where,
+                    sources.locate(where) if sources else None,
+                )
+            )
     for placed in interactions:  # only now are their source and target known to exist
         _check(placed, sources)
 
     ffn = None
     if block.ffn is not None and not absorbed:
         ffn = _place(block.ffn, Site(shape, shape.channels, image_size, stage_index), path + ("ffn",), sources)
-    flops = (norm_flops(block.norm, shape) + sum(p.flops for p in candidates) + fusion.flops + sum(p.flops for p in interactions)
-             + (norm_flops(block.norm, shape) + ffn.flops if ffn else 0))
+    flops = (
+        norm_flops(block.norm, shape)
+        + sum(p.flops for p in candidates)
+        + fusion.flops
+        + sum(p.flops for p in interactions)
+        + (norm_flops(block.norm, shape) + ffn.flops if ffn else 0)
+    )
     plan = BlockPlan(block.norm, candidates, fusion, interactions, order, ffn, pad)
-    return Node(name, "block", stage_index, path, shape, shape, flops, block=plan, side_inputs=side_inputs, side_outputs=side_outputs)
+    return Node(
+        name, "block", stage_index, path, shape, shape, flops, block=plan, side_inputs=side_inputs, side_outputs=side_outputs
+    )
 
 
 def _side_channel_fault(pattern: list[tuple[list[str], list[str]]], depth: int) -> tuple[str, int, str, int | None] | None:
@@ -236,32 +283,43 @@ def _check_side_channels(stage, stage_index: int, shape: FeatureShape, sources: 
     pattern = []
     for block in stage.blocks:
         ops = block.mixer.candidates
-        pattern.append(([op.consumes for op in ops if op.consumes is not None],
-                        [op.emits for op in ops if op.emits is not None]))
+        pattern.append(([op.consumes for op in ops if op.consumes is not None], [op.emits for op in ops if op.emits is not None]))
     fault = _side_channel_fault(pattern, stage.depth) if any(emitted for _, emitted in pattern) else None
     if fault is None or fault[0] == "unproduced":  # a consumer with no producer is reported at its own line
         return
     kind, block_index, channel, replacing = fault
     entry = block_index % len(stage.blocks)
-    what = (f"block {block_index} of stage {stage_index} (pattern entry {entry}) emits side channel {channel!r}, "
-            f"a {shape.height}x{shape.width} map, ")
+    what = (
+        f"block {block_index} of stage {stage_index} (pattern entry {entry}) emits side channel {channel!r}, "
+        f"a {shape.height}x{shape.width} map, "
+    )
     if kind == "replaced":
         path = ("stages", stage_index, "blocks")
-        message = (what + f"but block {replacing} (pattern entry {replacing % len(stage.blocks)}) emits it again before any block "
-                   f"reads it; put a block that consumes {channel!r} between them, or set `emits: null` on the first")
+        message = (
+            what + f"but block {replacing} (pattern entry {replacing % len(stage.blocks)}) emits it again before any block "
+            f"reads it; put a block that consumes {channel!r} between them, or set `emits: null` on the first"
+        )
     else:
         path = ("stages", stage_index, "depth")
         depths = _depths_that_work(pattern, stage.depth)
-        fix = (f"depth {' or '.join(str(d) for d in depths)} would give every producer a consumer" if depths
-               else f"add a block that consumes {channel!r} after it")
-        message = (what + f"and no later block of the stage reads it: with depth {stage.depth} the {len(stage.blocks)}-block pattern "
-                   f"ends on a producer, and side channels do not cross into the next stage. {fix}, or set `emits: null` on that candidate")
+        fix = (
+            f"depth {' or '.join(str(d) for d in depths)} would give every producer a consumer"
+            if depths
+            else f"add a block that consumes {channel!r} after it"
+        )
+        message = (
+            what + f"and no later block of the stage reads it: with depth {stage.depth} the {len(stage.blocks)}-block pattern "
+            f"ends on a producer, and side channels do not cross into the next stage. {fix}, or set `emits: null` on that candidate"
+        )
     raise SpecError(Problem(message, path, sources.locate(path) if sources else None))
 
 
 def _emitted(stage, block_index: int) -> list[str]:
-    return [channel for op in stage.blocks[block_index % len(stage.blocks)].mixer.candidates
-            if (channel := getattr(op, "emits", None)) is not None]
+    return [
+        channel
+        for op in stage.blocks[block_index % len(stage.blocks)].mixer.candidates
+        if (channel := getattr(op, "emits", None)) is not None
+    ]
 
 
 def lower(spec, sources: SourceMap | None = None) -> ArchGraph:
@@ -300,12 +358,22 @@ def lower(spec, sources: SourceMap | None = None) -> ArchGraph:
             previous, shape = name, placed.out_shape
         elif shape.channels != stage.width:
             path = ("stages", stage_index, "width")
-            problems.setdefault(path, Problem(
-                f"stage {stage_index} has width {stage.width} but receives {shape.channels} channels and has no downsample to "
-                f"change them; add a `downsample:` or set width: {shape.channels}", path, sources.locate(path) if sources else None))
+            problems.setdefault(
+                path,
+                Problem(
+                    f"stage {stage_index} has width {stage.width} but receives {shape.channels} channels and has no downsample to "
+                    f"change them; add a `downsample:` or set width: {shape.channels}",
+                    path,
+                    sources.locate(path) if sources else None,
+                ),
+            )
             shape = shape.with_channels(stage.width)
         next_stage = spec.stages[stage_index + 1] if stage_index + 1 < len(spec.stages) else None
-        next_absorbs = next_stage is not None and next_stage.downsample is not None and "replaces_previous_ffn" in next_stage.downsample.capabilities
+        next_absorbs = (
+            next_stage is not None
+            and next_stage.downsample is not None
+            and "replaces_previous_ffn" in next_stage.downsample.capabilities
+        )
         for block_index in range(stage.depth):
             absorbed = next_absorbs and block_index == stage.depth - 1
             node = attempt(_lower_block, spec, stage_index, block_index, shape, sources, absorbed, produced)

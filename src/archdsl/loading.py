@@ -11,10 +11,11 @@ from __future__ import annotations
 import copy
 import re
 import reprlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -46,7 +47,7 @@ class SourceMap:
                 return self.default
             path = path[:-1]
 
-    def graft(self, other: "SourceMap", prefix: tuple = ()) -> None:
+    def graft(self, other: SourceMap, prefix: tuple = ()) -> None:
         for path, location in other.locations.items():
             self.locations[prefix + path] = location
 
@@ -74,13 +75,20 @@ _PLAIN_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
 def _refuse_tag(node: yaml.Node, path: tuple, file: str) -> SpecError:
-    return SpecError(Problem(f"YAML tag {node.tag!r} is not allowed: specs are plain YAML (mappings, lists, numbers, strings)",
-                             path, _mark(node.start_mark, file)))
+    return SpecError(
+        Problem(
+            f"YAML tag {node.tag!r} is not allowed: specs are plain YAML (mappings, lists, numbers, strings)",
+            path,
+            _mark(node.start_mark, file),
+        )
+    )
 
 
 def _too_deep(mark: yaml.Mark, file: str, expanded: bool = False) -> SpecError:
     how = "with its aliases expanded " if expanded else ""
-    return SpecError(Problem(f"{how}the YAML nests deeper than {MAX_NESTING} levels; a spec needs about 10", (), _mark(mark, file)))
+    return SpecError(
+        Problem(f"{how}the YAML nests deeper than {MAX_NESTING} levels; a spec needs about 10", (), _mark(mark, file))
+    )
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -115,15 +123,22 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def _measure(node: yaml.Node, depth: int, file: str, measured: dict[int, tuple[int, int]], open_nodes: set[int]) -> tuple[int, int]:
+def _measure(
+    node: yaml.Node, depth: int, file: str, measured: dict[int, tuple[int, int]], open_nodes: set[int]
+) -> tuple[int, int]:
     """(values, height) of the tree that `node` expands to once aliases are copied out; each node is
     walked once (an aliased node is measured where it is defined, then looked up), so this is
     linear in the file. Refuses, at the node's line, a tree over MAX_VALUES values or
     MAX_NESTING levels, and an anchor that contains itself."""
     key = id(node)
     if key in open_nodes:
-        raise SpecError(Problem("this alias refers to the collection that contains it: the value would be infinite",
-                                (), _mark(node.start_mark, file)))
+        raise SpecError(
+            Problem(
+                "this alias refers to the collection that contains it: the value would be infinite",
+                (),
+                _mark(node.start_mark, file),
+            )
+        )
     if key not in measured:
         if depth > MAX_NESTING:
             raise _too_deep(node.start_mark, file, expanded=True)
@@ -133,8 +148,14 @@ def _measure(node: yaml.Node, depth: int, file: str, measured: dict[int, tuple[i
             child_values, child_height = _measure(child, depth + 1, file, measured, open_nodes)
             values, height = values + child_values, max(height, child_height + 1)
             if values > MAX_VALUES:
-                raise SpecError(Problem(f"with its aliases (*name) expanded this value holds over {MAX_VALUES:,} values; "
-                                        f"a spec has a few thousand", (), _mark(node.start_mark, file)))
+                raise SpecError(
+                    Problem(
+                        f"with its aliases (*name) expanded this value holds over {MAX_VALUES:,} values; "
+                        f"a spec has a few thousand",
+                        (),
+                        _mark(node.start_mark, file),
+                    )
+                )
         open_nodes.discard(key)
         measured[key] = (values, height)
     values, height = measured[key]
@@ -158,7 +179,9 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, sources: S
                 raise SpecError(Problem(f"mapping keys must be strings, found {key!r}", path, _mark(key_node.start_mark, file)))
             if id(key_node) in written:
                 if key in seen_written:
-                    raise SpecError(Problem(f"key {key!r} appears twice in this mapping", path + (key,), _mark(key_node.start_mark, file)))
+                    raise SpecError(
+                        Problem(f"key {key!r} appears twice in this mapping", path + (key,), _mark(key_node.start_mark, file))
+                    )
                 seen_written.add(key)
             result[key] = _construct(loader, value_node, path + (key,), sources, file)
         return result
@@ -169,8 +192,13 @@ def _construct(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, sources: S
     except yaml.constructor.ConstructorError:
         raise _refuse_tag(node, path, file) from None
     except (ValueError, OverflowError) as error:  # `!!int x`, a 5,000-digit number, a 13th month
-        raise SpecError(Problem(f"cannot read {node.value[:40]!r} as {node.tag.rsplit(':', 1)[-1]}: {str(error).split(';')[0]}", path,
-                                _mark(node.start_mark, file))) from None
+        raise SpecError(
+            Problem(
+                f"cannot read {node.value[:40]!r} as {node.tag.rsplit(':', 1)[-1]}: {str(error).split(';')[0]}",
+                path,
+                _mark(node.start_mark, file),
+            )
+        ) from None
 
 
 def _location_in(text: str, position: int, file: str) -> Location:
@@ -194,9 +222,14 @@ def parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
         data = None if node is None else _construct(loader, node, (), sources, file)
     except yaml.reader.ReaderError as error:
         character = chr(error.character) if isinstance(error.character, int) else error.character
-        raise SpecError(Problem(f"cannot read YAML: character {character!r} is not allowed in YAML text (a control "
-                                f"character must be escaped in a double-quoted string, such as \"\\x{ord(character):02x}\")",
-                                (), _location_in(text, error.position, file))) from None
+        raise SpecError(
+            Problem(
+                f"cannot read YAML: character {character!r} is not allowed in YAML text (a control "
+                f'character must be escaped in a double-quoted string, such as "\\x{ord(character):02x}")',
+                (),
+                _location_in(text, error.position, file),
+            )
+        ) from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         what = error.problem or "is not valid YAML"
@@ -268,9 +301,13 @@ def _merge(base: Any, child: Any, path: tuple, sources: SourceMap, child_sources
         merged_list = list(base)
         for index, value in child.items():
             if not -len(base) <= index < len(base):
-                raise SpecError(Problem(
-                    f"list index {index} is out of range: the inherited list has {len(base)} items (0..{len(base) - 1})",
-                    path + (index,), child_sources.locate(path + (index,))))
+                raise SpecError(
+                    Problem(
+                        f"list index {index} is out of range: the inherited list has {len(base)} items (0..{len(base) - 1})",
+                        path + (index,),
+                        child_sources.locate(path + (index,)),
+                    )
+                )
             index %= len(base)
             merged_list[index] = _merge(base[index], value, path + (index,), sources, child_sources)
         return merged_list
@@ -291,8 +328,13 @@ def _decode(raw: bytes, file: str) -> str:
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
         column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
-        raise SpecError(Problem(f"the file is not UTF-8 text: byte 0x{raw[error.start]:02x} cannot be decoded ({error.reason}); "
-                                f"save it as UTF-8", (), Location(file, line, column))) from None
+        raise SpecError(
+            Problem(
+                f"the file is not UTF-8 text: byte 0x{raw[error.start]:02x} cannot be decoded ({error.reason}); save it as UTF-8",
+                (),
+                Location(file, line, column),
+            )
+        ) from None
 
 
 def _base_path(parent: Path, base: str, where: Location | None, at: tuple) -> Path:
@@ -308,8 +350,14 @@ def _base_path(parent: Path, base: str, where: Location | None, at: tuple) -> Pa
         bundled = bundled_spec_path(base)
         if bundled is not None:
             return bundled.resolve()
-        raise SpecError(Problem(f"base spec {shown!r} not found (looked for {base_path}, and for a bundled spec of that name); "
-                                f"paths are relative to {parent}", at, where))
+        raise SpecError(
+            Problem(
+                f"base spec {shown!r} not found (looked for {base_path}, and for a bundled spec of that name); "
+                f"paths are relative to {parent}",
+                at,
+                where,
+            )
+        )
     return base_path
 
 
@@ -323,7 +371,13 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[dict, SourceMap]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise SpecError(Problem(f"a spec is a YAML mapping (name:, input:, stem:, stages:, head:), found {type(data).__name__}", (), sources.locate(())))
+        raise SpecError(
+            Problem(
+                f"a spec is a YAML mapping (name:, input:, stem:, stages:, head:), found {type(data).__name__}",
+                (),
+                sources.locate(()),
+            )
+        )
     bases = data.pop("extends", None)
     if bases is None:
         return data, sources
@@ -337,7 +391,13 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[dict, SourceMap]:
         base_path = _base_path(path.parent, base, sources.locate(at), at)
         if base_path in chain + (path,):
             cycle = " -> ".join(str(p) for p in chain + (path, base_path))
-            raise SpecError(Problem(f"`extends` forms a cycle: {cycle}; a spec cannot extend itself, directly or through its bases", at, sources.locate(at)))
+            raise SpecError(
+                Problem(
+                    f"`extends` forms a cycle: {cycle}; a spec cannot extend itself, directly or through its bases",
+                    at,
+                    sources.locate(at),
+                )
+            )
         base_data, base_sources = _load_file(base_path, chain + (path,))
         merged_sources.graft(base_sources)
         merged = _merge(merged, base_data, (), merged_sources, base_sources) if merged else base_data
@@ -348,7 +408,13 @@ def _load_file(path: Path, chain: tuple[Path, ...]) -> tuple[dict, SourceMap]:
 def parse_override(text: str) -> tuple[tuple, Any]:
     """`stages.2.depth=8` -> (('stages', 2, 'depth'), 8). The value is read as YAML."""
     if "=" not in text:
-        raise SpecError(Problem(f"an override is KEY=VALUE with a dotted key, such as stages.2.depth=8; found {text!r}", (), Location(f"--set {text}")))
+        raise SpecError(
+            Problem(
+                f"an override is KEY=VALUE with a dotted key, such as stages.2.depth=8; found {text!r}",
+                (),
+                Location(f"--set {text}"),
+            )
+        )
     key, raw = text.split("=", 1)
     value, _ = parse_yaml(raw, f"--set {text}")
     return override_path(key), value
@@ -376,21 +442,34 @@ def apply_override(data: dict, sources: SourceMap, path: tuple, value: Any, orig
         elif isinstance(target, list):
             if not isinstance(part, int) or not -len(target) <= part < len(target):
                 what = f"index {part}" if isinstance(part, int) else f"{part!r} is not an index and"
-                raise SpecError(Problem(f"{what} does not exist: {format_path(path[:depth])} is a list of {len(target)} items "
-                                        f"(indices 0..{len(target) - 1})", here, Location(origin)))
+                raise SpecError(
+                    Problem(
+                        f"{what} does not exist: {format_path(path[:depth])} is a list of {len(target)} items "
+                        f"(indices 0..{len(target) - 1})",
+                        here,
+                        Location(origin),
+                    )
+                )
             if last:
                 break
         else:
-            raise SpecError(Problem(f"{format_path(path[:depth])} is a value ({reprlib.repr(target)}), not a mapping or list, so it has no "
-                                    f"{part!r}", here, Location(origin)))
+            raise SpecError(
+                Problem(
+                    f"{format_path(path[:depth])} is a value ({reprlib.repr(target)}), not a mapping or list, so it has no "
+                    f"{part!r}",
+                    here,
+                    Location(origin),
+                )
+            )
         target = target[part]
     target[path[-1]] = value
     sources.drop(path)
     sources.locations[path] = Location(origin)
 
 
-def load_data(source: str | Path | Mapping, overrides: Iterable[str] | Mapping[str, Any] | None = None,
-              sources: SourceMap | None = None) -> LoadedSpec:
+def load_data(
+    source: str | Path | Mapping, overrides: Iterable[str] | Mapping[str, Any] | None = None, sources: SourceMap | None = None
+) -> LoadedSpec:
     """Read a spec file, bundled name or mapping into data + source map, with extends and
     overrides applied. A mapping may bring the source map it was read with."""
     if isinstance(source, Mapping):
@@ -402,8 +481,10 @@ def load_data(source: str | Path | Mapping, overrides: Iterable[str] | Mapping[s
         data, sources = _load_file(path, ())
         origin = str(path)
         # a value written in a base file says which spec inherited it
-        sources.locations = {where: location if location.file == origin else replace(location, via=origin)
-                             for where, location in sources.locations.items()}
+        sources.locations = {
+            where: location if location.file == origin else replace(location, via=origin)
+            for where, location in sources.locations.items()
+        }
     for path_text, value, origin_text in _normalise_overrides(overrides):
         apply_override(data, sources, path_text, value, origin_text)
     return LoadedSpec(data, sources, origin)

@@ -71,13 +71,23 @@ class Mixer(nn.Module):
     their source's features.
     """
 
-    def __init__(self, candidates: list[nn.Module], fusion: nn.Module, interactions: list[Interaction],
-                 order: list[int], emits: list[str | None], consumes: list[str | None], pad_multiple: int | None = None):
+    def __init__(
+        self,
+        candidates: list[nn.Module],
+        fusion: nn.Module,
+        interactions: list[Interaction],
+        order: list[int],
+        emits: list[str | None],
+        consumes: list[str | None],
+        pad_multiple: int | None = None,
+    ):
         super().__init__()
         for candidate in candidates:
             if not isinstance(candidate, CandidateModule):
-                raise TypeError(f"a candidate op built {type(candidate).__name__}; a candidate's module must subclass "
-                                f"archdsl.network.CandidateModule")
+                raise TypeError(
+                    f"a candidate op built {type(candidate).__name__}; a candidate's module must subclass "
+                    f"archdsl.network.CandidateModule"
+                )
         self.candidates = nn.ModuleList(candidates)
         self.fusion = fusion
         self.interactions = nn.ModuleList(interactions)
@@ -109,7 +119,11 @@ class Mixer(nn.Module):
             gate = None
             for interaction in self.interactions:
                 if interaction.target == index and interaction.applies_to == "output":
-                    gate = interaction(features[interaction.source]) if gate is None else gate * interaction(features[interaction.source])
+                    gate = (
+                        interaction(features[interaction.source])
+                        if gate is None
+                        else gate * interaction(features[interaction.source])
+                    )
             outputs.append(candidate.finish(features[index], gate))
         out = self.fusion(outputs)
         if self.pad_multiple:
@@ -241,11 +255,15 @@ class ArchNet(nn.Module):
                 raise
             size = f"{given[0]}" if given[0] == given[1] else f"'{given[0]}x{given[1]}'"
             where = ("input", "size")
-            raise SpecError(Problem(
-                f"this model was built for {built[0]}x{built[1]} inputs and cannot run on a {given[0]}x{given[1]} input "
-                f"({str(error).splitlines()[0]}); build it for that size: create_model(spec, img_size={size}) or "
-                f"`archdsl build SPEC --img-size {given[0]}x{given[1]}`", where,
-                self.spec._sources.locate(where) if self.spec._sources else None)) from None
+            raise SpecError(
+                Problem(
+                    f"this model was built for {built[0]}x{built[1]} inputs and cannot run on a {given[0]}x{given[1]} input "
+                    f"({str(error).splitlines()[0]}); build it for that size: create_model(spec, img_size={size}) or "
+                    f"`archdsl build SPEC --img-size {given[0]}x{given[1]}`",
+                    where,
+                    self.spec._sources.locate(where) if self.spec._sources else None,
+                )
+            ) from None
 
     def _stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)

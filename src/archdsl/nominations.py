@@ -19,7 +19,7 @@ from archdsl.blocks.nommer import NominationModule
 NOMINATION_COLORS = ((1.0, 0.0, 0.0), (0.0, 0.8, 0.0), (0.0, 0.0, 1.0), (1.0, 0.85, 0.0), (1.0, 0.0, 1.0), (0.0, 0.9, 0.9))
 
 
-def nomination_maps(model: nn.Module, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+def nomination_maps(model: nn.Module, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
     """Run `model` once on `x` (no gradients, in its current mode) and return every
     nomination's per-pixel choice, in execution order: block name (`stages.0.blocks.1`) ->
     (B, K, H, W) float weights, channel k for candidate k. In eval mode these are 0/1 (one 1
@@ -73,8 +73,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def load_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     """An image file -> a (1, 3, H, W) ImageNet-normalised tensor: shorter side resized to
     size/0.875, centre crop (the usual evaluation transform)."""
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     image = Image.open(path).convert("RGB")
     scale = max(size) / 0.875 / min(image.size)
@@ -86,7 +86,7 @@ def load_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
     return ((tensor - mean) / std).unsqueeze(0)
 
 
-def save_nomination_maps(model: nn.Module, image, path: str | Path, colors=NOMINATION_COLORS) -> "OrderedDict[str, torch.Tensor]":
+def save_nomination_maps(model: nn.Module, image, path: str | Path, colors=NOMINATION_COLORS) -> OrderedDict[str, torch.Tensor]:
     """Write the input image and each nominating layer's map side by side as a PNG at `path`
     (candidate k in colour k: for NomMer red = CNN, green = local, blue = global, as in the
     paper) and return the maps (see `nomination_maps`).
@@ -121,8 +121,13 @@ def save_nomination_maps(model: nn.Module, image, path: str | Path, colors=NOMIN
         axis.imshow(picture.numpy(), interpolation="nearest")
         axis.set_title(title, fontsize=9)
     names = _candidate_names(model, next(iter(maps)))
-    figure.legend(handles=[Patch(color=colors[k], label=name) for k, name in enumerate(names)],
-                  loc="lower center", ncol=len(names), fontsize=8, frameon=False)
+    figure.legend(
+        handles=[Patch(color=colors[k], label=name) for k, name in enumerate(names)],
+        loc="lower center",
+        ncol=len(names),
+        fontsize=8,
+        frameon=False,
+    )
     figure.tight_layout(rect=(0, 0.06, 1, 1))
     figure.savefig(path, dpi=100)
     return maps

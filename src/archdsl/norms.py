@@ -11,8 +11,9 @@ Adding a norm is one entry in `NORMS`; the language (`NormKind`) follows it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, Union
+from typing import Literal, Union
 
 import torch
 import torch.nn.functional as F

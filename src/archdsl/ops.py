@@ -15,8 +15,9 @@ the schema, the graph and the compiler; none of those name any op.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal, Mapping, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
 
@@ -38,7 +39,7 @@ class FeatureShape(NamedTuple):
     def numel(self) -> int:
         return self.channels * self.height * self.width
 
-    def with_channels(self, channels: int) -> "FeatureShape":
+    def with_channels(self, channels: int) -> FeatureShape:
         return FeatureShape(channels, self.height, self.width)
 
     def __str__(self) -> str:
@@ -122,8 +123,9 @@ class CandidateOp(Op):
 
 
 # pydantic warns when a field shadows a base attribute; for `emits`/`consumes` that is the protocol
-warnings.filterwarnings("ignore", message=r'Field name "(emits|consumes)" in ".*" shadows an attribute in parent',
-                        category=UserWarning)
+warnings.filterwarnings(
+    "ignore", message=r'Field name "(emits|consumes)" in ".*" shadows an attribute in parent', category=UserWarning
+)
 
 
 class DownsampleOp(Op):
@@ -156,8 +158,10 @@ def register(cls: type[Op]) -> type[Op]:
         raise ValueError(f"{cls.__name__}: declare `op: Literal['name'] = 'name'`")
     existing = _REGISTRY[role].get(name)
     if existing is not None and existing is not cls:
-        raise ValueError(f"op {name!r} ({role}) is already registered by {existing.__module__}.{existing.__qualname__}; "
-                         f"{cls.__module__}.{cls.__qualname__} needs another name (or `unregister({role!r}, {name!r})` first)")
+        raise ValueError(
+            f"op {name!r} ({role}) is already registered by {existing.__module__}.{existing.__qualname__}; "
+            f"{cls.__module__}.{cls.__qualname__} needs another name (or `unregister({role!r}, {name!r})` first)"
+        )
     _REGISTRY[role][name] = cls
     for listener in _listeners:
         listener()

@@ -51,14 +51,26 @@ def load_plugin(module: str, origin: str) -> None:
         importlib.import_module(module)
     except ModuleNotFoundError as error:
         if error.name is not None and (module == error.name or module.startswith(error.name + ".")):
-            raise SpecError(Problem(f"plugin module {module!r} not found: is it installed, or on PYTHONPATH "
-                                    f"(the directory that holds it, not the file)?", (), Location(origin))) from None
-        raise SpecError(Problem(f"plugin module {module!r} does not import: {error}{_where_it_failed(error, module)}",
-                                (), Location(origin))) from None
-    except Exception as error:  # a plugin is the user's code: any failure in it is reported as the plugin's
+            raise SpecError(
+                Problem(
+                    f"plugin module {module!r} not found: is it installed, or on PYTHONPATH "
+                    f"(the directory that holds it, not the file)?",
+                    (),
+                    Location(origin),
+                )
+            ) from None
+        raise SpecError(
+            Problem(f"plugin module {module!r} does not import: {error}{_where_it_failed(error, module)}", (), Location(origin))
+        ) from None
+    except Exception as error:  # noqa: BLE001  (a plugin is the user's code: any failure in it is reported as the plugin's)
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SpecError(Problem(f"plugin module {module!r} does not import: {type(error).__name__}: {message}"
-                                f"{_where_it_failed(error, module)}", (), Location(origin))) from None
+        raise SpecError(
+            Problem(
+                f"plugin module {module!r} does not import: {type(error).__name__}: {message}{_where_it_failed(error, module)}",
+                (),
+                Location(origin),
+            )
+        ) from None
     _loaded.add(module)
 
 

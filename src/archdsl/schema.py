@@ -36,7 +36,7 @@ def op_slot(role: str, optional: bool = False):
         raise RuntimeError(f"no ops are registered for role {role!r}")
     union = Union[classes] if len(classes) > 1 else classes[0]  # noqa: UP007  (built at run time)
     if optional:
-        union = Optional[union]  # noqa: UP007
+        union = Optional[union]  # noqa: UP045
     if len(classes) == 1:
         return Annotated[union, BeforeValidator(_shorthand)]
     # the discriminator must come before the validator: the other way round pydantic nests the
@@ -63,7 +63,9 @@ def spec_models() -> types.SimpleNamespace:
 
     class Input(Strict):
         channels: PositiveInt = Field(3, description="image channels (3 for RGB)")
-        size: ImageSide | tuple[ImageSide, ImageSide] = Field(224, description="input side N, or [height, width]; `--img-size` overrides it")
+        size: ImageSide | tuple[ImageSide, ImageSide] = Field(
+            224, description="input side N, or [height, width]; `--img-size` overrides it"
+        )
 
         @property
         def hw(self) -> tuple[int, int]:
@@ -72,12 +74,18 @@ def spec_models() -> types.SimpleNamespace:
     class Mixer(Strict):
         """The token mixer: context candidates, each reading the block's input; one fusion rule."""
 
-        candidates: Annotated[list[op_slot("candidate")], Field(
-            min_length=1, description="context candidates, each reading the block's normalised input")]
+        candidates: Annotated[
+            list[op_slot("candidate")],
+            Field(min_length=1, description="context candidates, each reading the block's normalised input"),
+        ]
         fusion: op_slot("fusion") = Field("sum", validate_default=True, description="how the candidates' outputs are joined")
-        interactions: list[op_slot("interaction")] = Field([], description="gates from one candidate onto another's values or output")
+        interactions: list[op_slot("interaction")] = Field(
+            [], description="gates from one candidate onto another's values or output"
+        )
         pad_multiple: PositiveInt | None = Field(
-            None, description="zero-pad the normalised map (bottom, right) to a multiple of this before the candidates run; crop after")
+            None,
+            description="zero-pad the normalised map (bottom, right) to a multiple of this before the candidates run; crop after",
+        )
 
     class Block(Strict):
         """x + mixer(norm(x)), then x + ffn(norm(x)): pre-norm residuals."""
@@ -90,7 +98,8 @@ def spec_models() -> types.SimpleNamespace:
         width: PositiveInt = Field(description="channels of the stage's blocks")
         depth: Annotated[int, Field(gt=0, le=MAX_STAGE_DEPTH, description="number of blocks")]
         downsample: op_slot("downsample", optional=True) = Field(
-            None, description="the op that brings the previous map to this stage's width and size (none when null)")
+            None, description="the op that brings the previous map to this stage's width and size (none when null)"
+        )
         blocks: Annotated[list[Block], Field(min_length=1, description="block pattern, repeated to fill `depth`")]
 
     class Spec(Strict):
@@ -99,9 +108,13 @@ def spec_models() -> types.SimpleNamespace:
         description: str | None = Field(None, description="free text")
         input: Input = Field(Input(), description="the input image: channels and size")
         stem: op_slot("stem") = Field(description="the op that turns the image into the first feature map")
-        stages: Annotated[list[Stage], Field(min_length=1, description="the stages, in order; each may downsample, then runs its blocks")]
+        stages: Annotated[
+            list[Stage], Field(min_length=1, description="the stages, in order; each may downsample, then runs its blocks")
+        ]
         head: op_slot("head") = Field(description="the classifier on the last stage's map")
-        drop_path_rate: Annotated[float, Field(ge=0.0, lt=1.0, description="stochastic depth, rising linearly to this over the blocks")] = 0.0
+        drop_path_rate: Annotated[
+            float, Field(ge=0.0, lt=1.0, description="stochastic depth, rising linearly to this over the blocks")
+        ] = 0.0
         # where each value was written, so that errors found after validation point at YAML lines
         _sources: SourceMap | None = PrivateAttr(None)
 
@@ -128,16 +141,26 @@ def json_schema(space: bool = False) -> dict:
     defs["Spec"] = generated
     for definition in defs.values():  # `op:` selects the op the rest of the mapping configures
         if "const" in definition.get("properties", {}).get("op", {}):
-            definition["properties"]["op"]["description"] = (definition.get("description") or definition["properties"]["op"]["const"]).split("\n")[0]
-    op_names = {name: definition["properties"]["op"]["const"] for name, definition in defs.items()
-                if "const" in definition.get("properties", {}).get("op", {})}
+            definition["properties"]["op"]["description"] = (
+                definition.get("description") or definition["properties"]["op"]["const"]
+            ).split("\n")[0]
+    op_names = {
+        name: definition["properties"]["op"]["const"]
+        for name, definition in defs.items()
+        if "const" in definition.get("properties", {}).get("op", {})
+    }
     defs = {name: _with_shorthand(definition, op_names) for name, definition in defs.items()}
     if space:
         spaced = {f"Space{name}": _variant(definition, "Space", _with_choice_nodes) for name, definition in defs.items()}
         spaced["SpaceSpec"]["properties"]["search"] = {
-            "type": "object", "additionalProperties": False, "description": "the space's defaults for `archdsl search`",
-            "properties": {"budget": {"type": ["string", "number"], "description": "FLOP budget, such as 2GFLOPs"},
-                           "max_params": {"type": ["string", "number"], "description": "parameter budget, such as 10M"}}}
+            "type": "object",
+            "additionalProperties": False,
+            "description": "the space's defaults for `archdsl search`",
+            "properties": {
+                "budget": {"type": ["string", "number"], "description": "FLOP budget, such as 2GFLOPs"},
+                "max_params": {"type": ["string", "number"], "description": "parameter budget, such as 10M"},
+            },
+        }
         return _with_extends({**defs, **spaced}, "SpaceSpec", "archdsl search space")
     return _with_extends(defs, "Spec", "archdsl spec")
 
@@ -147,9 +170,17 @@ def _with_extends(defs: dict, root: str, title: str) -> dict:
     partial = {f"Partial{name}": _variant(definition, "Partial", _as_patch) for name, definition in defs.items()}
     partial[f"Partial{root}"]["properties"]["extends"] = {
         "description": "base file(s), relative to this file; this file's values win, a mapping of list indices patches an "
-                       "inherited list", "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
-    return {"$schema": _DRAFT, "title": title, "$defs": {**defs, **partial},
-            "if": {"required": ["extends"]}, "then": {"$ref": f"#/$defs/Partial{root}"}, "else": {"$ref": f"#/$defs/{root}"}}
+        "inherited list",
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+    }
+    return {
+        "$schema": _DRAFT,
+        "title": title,
+        "$defs": {**defs, **partial},
+        "if": {"required": ["extends"]},
+        "then": {"$ref": f"#/$defs/Partial{root}"},
+        "else": {"$ref": f"#/$defs/{root}"},
+    }
 
 
 _DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -197,19 +228,37 @@ def _as_patch(node: dict) -> dict:
         node["anyOf"] = node.pop("oneOf")
     if node.get("type") == "array":
         items = node.get("items", {})
-        by_index = {"type": "object", "patternProperties": {"^-?[0-9]+$": items}, "additionalProperties": False,
-                    "description": "patches of the inherited list's items, by index"}
+        by_index = {
+            "type": "object",
+            "patternProperties": {"^-?[0-9]+$": items},
+            "additionalProperties": False,
+            "description": "patches of the inherited list's items, by index",
+        }
         return {"description": node.get("description", ""), "anyOf": [node, by_index]}
     return node
 
 
 _CHOICE_NODES = [
-    {"type": "object", "required": ["range"], "additionalProperties": False, "description": "a number drawn from [low, high]",
-     "properties": {"range": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2, "description": "[low, high]"},
-                    "step": {"type": "number", "description": "spacing of the values drawn"},
-                    "log": {"type": "boolean", "description": "draw on a log scale"}}},
-    {"type": "object", "required": ["expr"], "additionalProperties": False, "description": "a value derived from the sampled ones",
-     "properties": {"expr": {"type": "string", "description": "an expression such as share or divisor(channels, channels / 16)"}}},
+    {
+        "type": "object",
+        "required": ["range"],
+        "additionalProperties": False,
+        "description": "a number drawn from [low, high]",
+        "properties": {
+            "range": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2, "description": "[low, high]"},
+            "step": {"type": "number", "description": "spacing of the values drawn"},
+            "log": {"type": "boolean", "description": "draw on a log scale"},
+        },
+    },
+    {
+        "type": "object",
+        "required": ["expr"],
+        "additionalProperties": False,
+        "description": "a value derived from the sampled ones",
+        "properties": {
+            "expr": {"type": "string", "description": "an expression such as share or divisor(channels, channels / 16)"}
+        },
+    },
 ]
 
 
@@ -220,15 +269,33 @@ def _with_choice_nodes(node: dict) -> dict:
         return node
     properties = {}
     for name, value in node["properties"].items():
-        alternatives = [value, {"type": "object", "required": ["choice"], "additionalProperties": False,
-                                "description": "one of the options, drawn by the search",
-                                "properties": {"choice": {"type": "array", "minItems": 1, "items": value, "description": "the options"}}},
-                        *_CHOICE_NODES]
+        alternatives = [
+            value,
+            {
+                "type": "object",
+                "required": ["choice"],
+                "additionalProperties": False,
+                "description": "one of the options, drawn by the search",
+                "properties": {"choice": {"type": "array", "minItems": 1, "items": value, "description": "the options"}},
+            },
+            *_CHOICE_NODES,
+        ]
         if value.get("type") == "array":
-            alternatives.append({"type": "object", "required": ["subset"], "additionalProperties": False,
-                                 "description": "some of the items, drawn by the search",
-                                 "properties": {"subset": value, "size": {"description": "[fewest, most] items drawn",
-                                                                           "anyOf": [{"type": "integer"}, {"type": "array", "items": {"type": "integer"}}]}}})
+            alternatives.append(
+                {
+                    "type": "object",
+                    "required": ["subset"],
+                    "additionalProperties": False,
+                    "description": "some of the items, drawn by the search",
+                    "properties": {
+                        "subset": value,
+                        "size": {
+                            "description": "[fewest, most] items drawn",
+                            "anyOf": [{"type": "integer"}, {"type": "array", "items": {"type": "integer"}}],
+                        },
+                    },
+                }
+            )
         properties[name] = {"description": value.get("description", ""), "anyOf": alternatives}
     return {**node, "properties": properties}
 
@@ -358,8 +425,14 @@ def _oversized(data: Any, path: tuple, loaded: LoadedSpec) -> list[Problem]:
     if isinstance(data, list):
         return [problem for index, value in enumerate(data) for problem in _oversized(value, path + (index,), loaded)]
     if isinstance(data, int) and not isinstance(data, bool) and abs(data) > MAX_INTEGER:
-        return [Problem(f"{data:,} is beyond any size a network can use: widths, channels, heads, kernels, classes and other "
-                        f"counts are at most {MAX_INTEGER:,} (2^24)", path, loaded.sources.locate(path))]
+        return [
+            Problem(
+                f"{data:,} is beyond any size a network can use: widths, channels, heads, kernels, classes and other "
+                f"counts are at most {MAX_INTEGER:,} (2^24)",
+                path,
+                loaded.sources.locate(path),
+            )
+        ]
     return []
 
 

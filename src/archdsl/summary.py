@@ -56,8 +56,15 @@ def summarize(model: ArchNet, graph: ArchGraph, fvcore: bool = True) -> ModelSum
     parts = [PartSummary("stem", 0, list(graph.node("stem").out_shape), _params(model.stem), graph.node("stem").flops)]
     for index, stage in enumerate(model.stages):
         nodes = graph.stage_nodes(index)
-        parts.append(PartSummary(f"stage {index}", sum(n.kind == "block" for n in nodes), list(nodes[-1].out_shape),
-                                 _params(stage), sum(n.flops for n in nodes)))
+        parts.append(
+            PartSummary(
+                f"stage {index}",
+                sum(n.kind == "block" for n in nodes),
+                list(nodes[-1].out_shape),
+                _params(stage),
+                sum(n.flops for n in nodes),
+            )
+        )
     head = graph.node("head")
     parts.append(PartSummary("head", 0, list(head.out_shape[:1]), _params(model.head), head.flops))
     trainable, total = count_params(model)

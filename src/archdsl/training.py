@@ -26,8 +26,11 @@ def no_weight_decay(model: nn.Module) -> set[str]:
     names = {name for name, parameter in model.named_parameters() if parameter.ndim <= 1}
     for prefix, module in model.named_modules():
         if isinstance(module, WithoutWeightDecay):
-            names |= {f"{prefix}.{name}" if prefix else name for name in module.without_weight_decay
-                      if isinstance(getattr(module, name), nn.Parameter)}
+            names |= {
+                f"{prefix}.{name}" if prefix else name
+                for name in module.without_weight_decay
+                if isinstance(getattr(module, name), nn.Parameter)
+            }
     return names
 
 
@@ -67,8 +70,13 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: 
         decays = name not in skip
         key = (ids[name], decays)
         if key not in groups:
-            groups[key] = {"params": [], "names": [], "layer": ids[name], "weight_decay": weight_decay if decays else 0.0,
-                           "lr": lr * layer_decay ** (depth - ids[name])}
+            groups[key] = {
+                "params": [],
+                "names": [],
+                "layer": ids[name],
+                "weight_decay": weight_decay if decays else 0.0,
+                "lr": lr * layer_decay ** (depth - ids[name]),
+            }
         groups[key]["params"].append(parameter)
         groups[key]["names"].append(name)
     return [groups[key] for key in sorted(groups)]

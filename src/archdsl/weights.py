@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -85,7 +85,7 @@ def read_checkpoint(path: str | Path) -> dict:
     kind = "a torch checkpoint" if reader is read_torch else f"a {path.suffix} checkpoint"
     try:
         return reader(path)
-    except Exception as error:  # readers raise several types for a bad or unsafe file
+    except Exception as error:  # noqa: BLE001  (readers raise several types for a bad or unsafe file)
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise _refuse(path, f"cannot read as {kind} (only tensors and plain containers are accepted): {first_line}") from None
 
@@ -99,7 +99,9 @@ def state_dict_of(stored: dict, path: Path) -> dict[str, torch.Tensor]:
             return stored[key]
     if isinstance(stored, dict) and all(isinstance(v, torch.Tensor) for v in stored.values()):
         return stored
-    raise _refuse(path, "no state_dict found: expected a mapping of names to tensors, or one nested under 'model' or 'state_dict'")
+    raise _refuse(
+        path, "no state_dict found: expected a mapping of names to tensors, or one nested under 'model' or 'state_dict'"
+    )
 
 
 def _mismatches(state: dict[str, torch.Tensor], model: nn.Module) -> list[str]:
@@ -114,7 +116,9 @@ def _mismatches(state: dict[str, torch.Tensor], model: nn.Module) -> list[str]:
             lines.append(f"{len(keys)} {label}: {shown}")
     if misshapen:
         shown = ", ".join(f"{key} {list(state[key].shape)} (model: {list(expected[key].shape)})" for key in misshapen[:8])
-        lines.append(f"{len(misshapen)} misshapen: {shown}" + (f", ... ({len(misshapen) - 8} more)" if len(misshapen) > 8 else ""))
+        lines.append(
+            f"{len(misshapen)} misshapen: {shown}" + (f", ... ({len(misshapen) - 8} more)" if len(misshapen) > 8 else "")
+        )
     return lines
 
 
@@ -147,14 +151,19 @@ def _adapt_to_input_channels(state: dict[str, torch.Tensor], model: nn.Module, e
 def _fresh_classifier(state: dict[str, torch.Tensor], expected: dict, path: Path) -> dict[str, torch.Tensor]:
     """Drop the checkpoint's classifier where it does not fit the model's (another class count,
     or none), keeping the model's freshly initialised one, and say so in one line."""
-    unfit = [key for key in state if key.startswith(CLASSIFIER) and (key not in expected or state[key].shape != expected[key].shape)]
+    unfit = [
+        key for key in state if key.startswith(CLASSIFIER) and (key not in expected or state[key].shape != expected[key].shape)
+    ]
     fitting = {key: value for key, value in state.items() if key not in unfit}
     fresh = {key: value for key, value in expected.items() if key.startswith(CLASSIFIER) and key not in fitting}
     if not unfit and not fresh:
         return state
     found = ", ".join(f"{key} {list(state[key].shape)}" for key in unfit) or "none"
-    own = (f"re-initialised as {', '.join(f'{key} {list(value.shape)}' for key, value in fresh.items())}" if fresh
-           else "the model has none (headless)")
+    own = (
+        f"re-initialised as {', '.join(f'{key} {list(value.shape)}' for key, value in fresh.items())}"
+        if fresh
+        else "the model has none (headless)"
+    )
     _log.warning("%s: classifier not loaded (checkpoint: %s); %s", path, found, own)
     return {**fitting, **fresh}
 
@@ -185,8 +194,9 @@ def load_weights(model: nn.Module, path: str | Path, stored: dict | None = None,
     if problems:
         spec = getattr(model, "spec", None)
         name = getattr(spec, "name", None) or "this spec"
-        raise _refuse(path, f"checkpoint does not fit {name}: " + "; ".join(problems)
-                      + ". Is it a checkpoint of another family or variant?")
+        raise _refuse(
+            path, f"checkpoint does not fit {name}: " + "; ".join(problems) + ". Is it a checkpoint of another family or variant?"
+        )
     converted = {key: value.to(expected[key].dtype) for key, value in state.items()}
     model.load_state_dict(converted, strict=True)
 

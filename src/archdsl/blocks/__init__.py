@@ -1,4 +1,16 @@
 """The ops of the language. Importing this package registers every bundled op."""
 
-from archdsl.blocks import attention, convolution, dct, ffn, fusion, heads, interactions, layers  # noqa: F401  (shared ops first)
-from archdsl.blocks import cloformer, mixformer, nommer, sgformer  # noqa: F401
+from archdsl.blocks import (  # noqa: F401  (shared ops first)
+    attention,
+    cloformer,
+    convolution,
+    dct,
+    ffn,
+    fusion,
+    heads,
+    interactions,
+    layers,
+    mixformer,
+    nommer,
+    sgformer,
+)

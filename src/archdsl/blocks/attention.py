@@ -9,13 +9,20 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
+from archdsl.blocks.layers import FitRule, attention_flops, common_divisors, conv_flops, divisors, fit_to_map, linear_flops
+from archdsl.blocks.multihead import (
+    SpatialReductionAttention,
+    attend,
+    merge_heads,
+    sdpa_flops,
+    split_heads,
+    window_merge,
+    window_partition,
+)
 from archdsl.network import CandidateModule
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import CandidateOp, OpCheckError, Site, register
 from archdsl.training import WithoutWeightDecay
-from archdsl.blocks.layers import FitRule, attention_flops, common_divisors, conv_flops, divisors, fit_to_map, linear_flops
-from archdsl.blocks.multihead import (SpatialReductionAttention, attend, merge_heads, sdpa_flops, split_heads, window_merge,
-                                      window_partition)
 
 
 class AttentionCandidate(CandidateOp):
@@ -31,7 +38,8 @@ class AttentionCandidate(CandidateOp):
         if site.out_channels % self.heads:
             raise OpCheckError(
                 f"{self.heads} heads do not divide this candidate's {site.out_channels} channels; heads that do: {divisors(site.out_channels)}",
-                field="heads")
+                field="heads",
+            )
 
 
 def pooled_elements(inputs, outputs) -> int:
@@ -42,14 +50,19 @@ def pooled_elements(inputs, outputs) -> int:
     return prod(get_shape(inputs[0]))
 
 
-def pooled_attention_module(in_channels: int, channels: int, heads: int, pool: int, qkv_bias: bool = True,
-                            output_projection: bool = False) -> SpatialReductionAttention:
+def pooled_attention_module(
+    in_channels: int, channels: int, heads: int, pool: int, qkv_bias: bool = True, output_projection: bool = False
+) -> SpatialReductionAttention:
     """1x1 convs for Q and K/V; the input is pooled before the K/V projection: equal to pooling K
     and V (the projection is per pixel and affine), and the released CloFormer code does it so."""
     return SpatialReductionAttention(
-        nn.Conv2d(in_channels, channels, 1, bias=qkv_bias), nn.AvgPool2d(pool) if pool > 1 else nn.Identity(),
-        nn.Conv2d(in_channels, 2 * channels, 1, bias=qkv_bias), heads, channels // heads,
-        nn.Conv2d(channels, channels, 1) if output_projection else None)
+        nn.Conv2d(in_channels, channels, 1, bias=qkv_bias),
+        nn.AvgPool2d(pool) if pool > 1 else nn.Identity(),
+        nn.Conv2d(in_channels, 2 * channels, 1, bias=qkv_bias),
+        heads,
+        channels // heads,
+        nn.Conv2d(channels, channels, 1) if output_projection else None,
+    )
 
 
 @register
@@ -79,21 +92,25 @@ class PooledAttention(AttentionCandidate):
             raise OpCheckError(
                 f"pool {self.pool} {problem} the {height}x{width} map of stage {site.stage}; "
                 f"pools that do: {fits}, or an input size that makes this map a multiple of {self.pool}",
-                field="pool")
+                field="pool",
+            )
 
     def flops(self, site: Site) -> int:
         c_in, height, width = site.in_shape
         channels = site.out_channels
         keys = (height // self.pool) * (width // self.pool)
-        return (conv_flops(c_in, channels, 1, (height, width))
-                + conv_flops(c_in, 2 * channels, 1, (height // self.pool, width // self.pool))
-                + attention_flops(self.heads, height * width, keys, channels // self.heads)
-                + (site.in_shape.numel if self.pool > 1 else 0)  # the pooling's sums (`pooled_elements`)
-                + (conv_flops(channels, channels, 1, (height, width)) if self.output_projection else 0))
+        return (
+            conv_flops(c_in, channels, 1, (height, width))
+            + conv_flops(c_in, 2 * channels, 1, (height // self.pool, width // self.pool))
+            + attention_flops(self.heads, height * width, keys, channels // self.heads)
+            + (site.in_shape.numel if self.pool > 1 else 0)  # the pooling's sums (`pooled_elements`)
+            + (conv_flops(channels, channels, 1, (height, width)) if self.output_projection else 0)
+        )
 
     def build(self, site: Site) -> nn.Module:
-        return pooled_attention_module(site.in_shape.channels, site.out_channels, self.heads, self.pool, self.qkv_bias,
-                                       self.output_projection)
+        return pooled_attention_module(
+            site.in_shape.channels, site.out_channels, self.heads, self.pool, self.qkv_bias, self.output_projection
+        )
 
 
 # --- window attention --------------------------------------------------------------------------
@@ -113,12 +130,20 @@ class WindowAttentionModule(WithoutWeightDecay, CandidateModule):
 
     without_weight_decay = ("relative_position_bias_table",)
 
-    def __init__(self, in_channels: int, channels: int, heads: int, window: int, input_projection: bool,
-                 output_projection: bool, output_norm: NormName | None):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        heads: int,
+        window: int,
+        input_projection: bool,
+        output_projection: bool,
+        output_norm: NormName | None,
+    ):
         super().__init__()
         self.heads, self.window = heads, (window, window)
         self.head_dim = channels // heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         # MixFormer: the attention branch's own Linear + LayerNorm from the block width to its share
         self.input_projection = nn.Linear(in_channels, channels) if input_projection else None
         self.input_norm = make_token_norm("layer_norm", channels) if input_projection else None
@@ -130,7 +155,9 @@ class WindowAttentionModule(WithoutWeightDecay, CandidateModule):
         self.projection = nn.Linear(channels, channels) if output_projection else None
         self.output_norm = make_norm(output_norm, channels) if output_norm else None
 
-    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         batch, _, height, width = x.shape
         x = x.permute(0, 2, 3, 1)
         if self.input_projection is not None:
@@ -194,7 +221,9 @@ class WindowAttention(AttentionCandidate):
             raise OpCheckError(
                 f"window {self.window} does not divide the {height}x{width} map of stage {site.stage}; give the mixer "
                 f"`pad_multiple: {self.window}` to zero-pad it, use a window that divides it: {fits}, or "
-                f"`fit: nearest_divisor` to pick one of those where it does not", field="window")
+                f"`fit: nearest_divisor` to pick one of those where it does not",
+                field="window",
+            )
 
     def flops(self, site: Site) -> int:
         c_in, height, width = site.in_shape
@@ -204,8 +233,8 @@ class WindowAttention(AttentionCandidate):
             flops += linear_flops(c_in, channels, tokens) + norm_flops("layer_norm", site.in_shape.with_channels(channels))
         flops += linear_flops(channels if self.input_projection else c_in, 3 * channels, tokens)
         window = self.window_at(site)
-        windows = tokens // window ** 2
-        flops += windows * attention_flops(self.heads, window ** 2, window ** 2, channels // self.heads)
+        windows = tokens // window**2
+        flops += windows * attention_flops(self.heads, window**2, window**2, channels // self.heads)
         if self.output_projection:
             flops += linear_flops(channels, channels, tokens)
         if self.output_norm:
@@ -213,5 +242,12 @@ class WindowAttention(AttentionCandidate):
         return flops
 
     def build(self, site: Site) -> nn.Module:
-        return WindowAttentionModule(site.in_shape.channels, site.out_channels, self.heads, self.window_at(site),
-                                     self.input_projection, self.output_projection, self.output_norm)
+        return WindowAttentionModule(
+            site.in_shape.channels,
+            site.out_channels,
+            self.heads,
+            self.window_at(site),
+            self.input_projection,
+            self.output_projection,
+            self.output_norm,
+        )

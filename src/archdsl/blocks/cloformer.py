@@ -14,14 +14,13 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
+from archdsl.blocks.attention import AttentionCandidate
+from archdsl.blocks.ffn import ConvFFNModule, conv_ffn_flops
+from archdsl.blocks.layers import OddKernel, Swish, conv_flops, strided_size
 from archdsl.network import CandidateModule
 from archdsl.norms import NormName, make_norm, norm_flops
 from archdsl.ops import DownsampleOp, FeatureShape, Op, Site, register
 from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
-from archdsl.blocks.attention import AttentionCandidate
-from archdsl.blocks.ffn import ConvFFNModule, conv_ffn_flops
-from archdsl.blocks.layers import OddKernel, Swish, conv_flops, strided_size
-
 
 # --- stem ---------------------------------------------------------------------------------------
 
@@ -64,8 +63,12 @@ class CloFormerStem(Op):
         half_hw = (strided_size(height, 3, 2, 1), strided_size(width, 3, 2, 1))
         out = self.output_shape(site)
         out_hw = (out.height, out.width)
-        convs = (conv_flops(c_in, half, 3, half_hw) + conv_flops(half, channels, 3, out_hw)
-                 + 2 * conv_flops(channels, channels, 3, out_hw) + conv_flops(channels, channels, 1, out_hw))
+        convs = (
+            conv_flops(c_in, half, 3, half_hw)
+            + conv_flops(half, channels, 3, out_hw)
+            + 2 * conv_flops(channels, channels, 3, out_hw)
+            + conv_flops(channels, channels, 1, out_hw)
+        )
         batch_norms = norm_flops("batch_norm", FeatureShape(half, *half_hw)) + 3 * norm_flops("batch_norm", out)
         return convs + batch_norms + norm_flops("group_norm", out)
 
@@ -86,7 +89,9 @@ class AttnConvModule(CandidateModule):
         # the released code scales by the per-head dimension, not the branch width
         self.scale = (channels // heads) ** -0.5
 
-    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         query, key, value = self.depthwise(self.qkv(x)).chunk(3, dim=1)
         weights = torch.tanh(self.scale * self.gate(query * key))
         return weights * value
@@ -104,8 +109,11 @@ class AttnConv(AttentionCandidate):
     def flops(self, site: Site) -> int:
         c_in, height, width = site.in_shape
         channels, hw = site.out_channels, (height, width)
-        return (conv_flops(c_in, 3 * channels, 1, hw) + conv_flops(3 * channels, 3 * channels, self.kernel, hw, groups=3 * channels)
-                + 2 * conv_flops(channels, channels, 1, hw))
+        return (
+            conv_flops(c_in, 3 * channels, 1, hw)
+            + conv_flops(3 * channels, 3 * channels, self.kernel, hw, groups=3 * channels)
+            + 2 * conv_flops(channels, channels, 1, hw)
+        )
 
     def build(self, site: Site) -> nn.Module:
         return AttnConvModule(site.in_shape.channels, site.out_channels, self.heads, self.kernel)
@@ -148,14 +156,19 @@ class StridedConvFFN(DownsampleOp):
     def output_shape(self, site: Site) -> FeatureShape:
         _, height, width = site.in_shape
         pad = self.kernel // 2
-        return FeatureShape(site.out_channels, strided_size(height, self.kernel, 2, pad), strided_size(width, self.kernel, 2, pad))
+        return FeatureShape(
+            site.out_channels, strided_size(height, self.kernel, 2, pad), strided_size(width, self.kernel, 2, pad)
+        )
 
     def flops(self, site: Site) -> int:
         c_in = site.in_shape.channels
         out = self.output_shape(site)
         out_hw = (out.height, out.width)
-        shortcut = (conv_flops(c_in, c_in, self.kernel, out_hw) + norm_flops("batch_norm", FeatureShape(c_in, *out_hw))
-                    + conv_flops(c_in, site.out_channels, 1, out_hw))
+        shortcut = (
+            conv_flops(c_in, c_in, self.kernel, out_hw)
+            + norm_flops("batch_norm", FeatureShape(c_in, *out_hw))
+            + conv_flops(c_in, site.out_channels, 1, out_hw)
+        )
         return norm_flops(self.norm, site.in_shape) + conv_ffn_flops(site, self.ratio, self.kernel, stride=2) + shortcut
 
     def build(self, site: Site) -> nn.Module:

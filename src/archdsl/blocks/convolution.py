@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from pydantic import PositiveInt
 from torch import nn
 
+from archdsl.blocks.layers import OddKernel, conv_flops, linear_flops
 from archdsl.network import CandidateModule
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import CandidateOp, FeatureShape, OpCheckError, Site, register
-from archdsl.blocks.layers import OddKernel, conv_flops, linear_flops
 
 
 class DepthwiseConvModule(CandidateModule):
@@ -29,7 +29,9 @@ class DepthwiseConvModule(CandidateModule):
         self.projection = nn.Conv2d(in_channels, channels, 1)
         self.output_norm = make_norm(output_norm, channels) if output_norm else None
 
-    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.input_projection is not None:
             x = self.input_norm(self.input_projection(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
         return self.act(self.depthwise_norm(self.depthwise(x)))
@@ -76,7 +78,9 @@ class DepthwiseConv(CandidateOp):
         return flops
 
     def build(self, site: Site) -> nn.Module:
-        return DepthwiseConvModule(site.in_shape.channels, site.out_channels, self.kernel, self.input_projection, self.output_norm)
+        return DepthwiseConvModule(
+            site.in_shape.channels, site.out_channels, self.kernel, self.input_projection, self.output_norm
+        )
 
 
 # --- a ResNet bottleneck (NomMer's CNN candidate) ---------------------------------------------
@@ -94,7 +98,9 @@ class BottleneckModule(CandidateModule):
         self.conv3 = nn.Conv2d(width, channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(channels)
 
-    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         # the shortcut adds the candidate's input: in a block, the normalised map
@@ -114,11 +120,16 @@ class Bottleneck(CandidateOp):
 
     def check(self, site: Site) -> None:
         if site.out_channels != site.in_shape.channels:
-            raise OpCheckError(f"the bottleneck adds its input back, so it must keep the block width "
-                               f"{site.in_shape.channels}; found channels: {site.out_channels}", field="channels")
+            raise OpCheckError(
+                f"the bottleneck adds its input back, so it must keep the block width "
+                f"{site.in_shape.channels}; found channels: {site.out_channels}",
+                field="channels",
+            )
         if site.out_channels < self.expansion:
-            raise OpCheckError(f"expansion {self.expansion} leaves no channels of {site.out_channels}; "
-                               f"use at most {site.out_channels}", field="expansion")
+            raise OpCheckError(
+                f"expansion {self.expansion} leaves no channels of {site.out_channels}; use at most {site.out_channels}",
+                field="expansion",
+            )
 
     def flops(self, site: Site) -> int:
         channels, height, width = site.in_shape
@@ -139,7 +150,9 @@ class LePEModule(CandidateModule):
         self.linear = nn.Conv2d(in_channels, channels, 1)
         self.conv = nn.Conv2d(channels, channels, kernel, 1, kernel // 2, groups=channels)
 
-    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.conv(self.linear(x))
 
 
@@ -156,7 +169,9 @@ class LePE(CandidateOp):
     def flops(self, site: Site) -> int:
         c_in, height, width = site.in_shape
         channels = site.out_channels
-        return conv_flops(c_in, channels, 1, (height, width)) + conv_flops(channels, channels, self.kernel, (height, width), groups=channels)
+        return conv_flops(c_in, channels, 1, (height, width)) + conv_flops(
+            channels, channels, self.kernel, (height, width), groups=channels
+        )
 
     def build(self, site: Site) -> nn.Module:
         return LePEModule(site.in_shape.channels, site.out_channels, self.kernel)

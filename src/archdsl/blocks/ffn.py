@@ -8,8 +8,8 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.ops import Op, Site, register
 from archdsl.blocks.layers import OddKernel, conv_flops, strided_size
+from archdsl.ops import Op, Site, register
 
 
 class FFNOp(Op):
@@ -20,8 +20,9 @@ class ConvFFNModule(nn.Module):
     """1x1 conv to h, GELU, depthwise kxk conv (optionally strided), 1x1 conv; no norm inside.
     With `depthwise_residual`: 1x1 conv to h, GELU(h + depthwise(h)), 1x1 conv (SG-Former)."""
 
-    def __init__(self, in_channels: int, hidden: int, out_channels: int, kernel: int, stride: int = 1,
-                 depthwise_residual: bool = False):
+    def __init__(
+        self, in_channels: int, hidden: int, out_channels: int, kernel: int, stride: int = 1, depthwise_residual: bool = False
+    ):
         super().__init__()
         self.fc1 = nn.Conv2d(in_channels, hidden, 1)
         self.act = nn.GELU()
@@ -40,9 +41,11 @@ def conv_ffn_flops(site: Site, ratio: int, kernel: int, stride: int = 1) -> int:
     c_in, height, width = site.in_shape
     hidden = c_in * ratio
     out_hw = (strided_size(height, kernel, stride, kernel // 2), strided_size(width, kernel, stride, kernel // 2))
-    return (conv_flops(c_in, hidden, 1, (height, width))
-            + conv_flops(hidden, hidden, kernel, out_hw, groups=hidden)
-            + conv_flops(hidden, site.out_channels, 1, out_hw))
+    return (
+        conv_flops(c_in, hidden, 1, (height, width))
+        + conv_flops(hidden, hidden, kernel, out_hw, groups=hidden)
+        + conv_flops(hidden, site.out_channels, 1, out_hw)
+    )
 
 
 @register
@@ -60,8 +63,13 @@ class ConvFFN(FFNOp):
         return conv_ffn_flops(site, self.ratio, self.kernel)  # the residual add, if any, is free
 
     def build(self, site: Site) -> nn.Module:
-        return ConvFFNModule(site.in_shape.channels, site.in_shape.channels * self.ratio, site.out_channels, self.kernel,
-                             depthwise_residual=self.depthwise_residual)
+        return ConvFFNModule(
+            site.in_shape.channels,
+            site.in_shape.channels * self.ratio,
+            site.out_channels,
+            self.kernel,
+            depthwise_residual=self.depthwise_residual,
+        )
 
 
 @register

@@ -7,12 +7,15 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from archdsl.ops import Op, OpCheckError, Site, register
 from archdsl.blocks.layers import conv_flops
+from archdsl.ops import Op, OpCheckError, Site, register
 
 
 class FusionOp(Op):
     role: ClassVar[str] = "fusion"
+    # True when the candidates split the block width between them (their channels sum to it),
+    # False when each has the full width; the search derives the candidates' shares from it
+    splits_width: ClassVar[bool] = False
 
 
 class SumModule(nn.Module):
@@ -33,7 +36,8 @@ class Sum(FusionOp):
         if any(part != site.out_channels for part in site.parts):
             raise OpCheckError(
                 f"`{self.op}` adds candidates of the block width {site.out_channels}, but they have {list(site.parts)} channels; "
-                f"give every candidate channels: {site.out_channels}, or fuse with concat_projection")
+                f"give every candidate channels: {site.out_channels}, or fuse with concat_projection"
+            )
 
     def flops(self, site: Site) -> int:
         return 0
@@ -56,12 +60,14 @@ class ConcatProjection(FusionOp):
     """Concatenate the candidates' channel shares, then a 1x1 projection (CloFormer)."""
 
     op: Literal["concat_projection"] = "concat_projection"
+    splits_width: ClassVar[bool] = True
 
     def check(self, site: Site) -> None:
         if sum(site.parts) != site.out_channels:
             raise OpCheckError(
                 f"candidate channel shares {list(site.parts)} sum to {sum(site.parts)}, not the stage width {site.out_channels}; "
-                f"adjust their `channels` so they sum to {site.out_channels}")
+                f"adjust their `channels` so they sum to {site.out_channels}"
+            )
 
     def flops(self, site: Site) -> int:
         channels = site.out_channels

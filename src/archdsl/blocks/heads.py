@@ -9,9 +9,9 @@ import torch
 from pydantic import NonNegativeInt
 from torch import nn
 
-from archdsl.ops import FeatureShape, Op, Site, register
 from archdsl.blocks.layers import linear_flops
 from archdsl.norms import NormName, make_norm, norm_flops
+from archdsl.ops import FeatureShape, Op, Site, register
 
 
 def classifier(features: int, classes: int) -> nn.Module:

@@ -13,9 +13,9 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.ops import FeatureShape, InteractionOp, OpCheckError, Site, register
 from archdsl.blocks.layers import conv_flops
 from archdsl.norms import norm_flops
+from archdsl.ops import FeatureShape, InteractionOp, OpCheckError, Site, register
 
 
 def _bottleneck(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
@@ -24,8 +24,11 @@ def _bottleneck(in_channels: int, hidden: int, out_channels: int) -> nn.Sequenti
 
 
 def _bottleneck_flops(in_channels: int, hidden: int, out_channels: int, hw: tuple[int, int]) -> int:
-    return (conv_flops(in_channels, hidden, 1, hw) + norm_flops("batch_norm", FeatureShape(hidden, *hw))
-            + conv_flops(hidden, out_channels, 1, hw))
+    return (
+        conv_flops(in_channels, hidden, 1, hw)
+        + norm_flops("batch_norm", FeatureShape(hidden, *hw))
+        + conv_flops(hidden, out_channels, 1, hw)
+    )
 
 
 class _ReducingInteraction(InteractionOp):
@@ -41,7 +44,9 @@ class _ReducingInteraction(InteractionOp):
         if self.hidden(site) < 1:
             raise OpCheckError(
                 f"reduction {self.reduction} leaves no hidden channels from the source's {site.in_shape.channels}; "
-                f"use a reduction of at most {site.in_shape.channels}", field="reduction")
+                f"use a reduction of at most {site.in_shape.channels}",
+                field="reduction",
+            )
 
 
 class ChannelInteractionModule(nn.Module):

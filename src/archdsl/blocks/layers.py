@@ -16,8 +16,10 @@ from torch import nn
 
 def _odd(kernel: int) -> int:
     if kernel % 2 == 0:
-        raise ValueError(f"kernel {kernel} is even; a conv keeps the map size with padding k//2 only for odd kernels, "
-                         f"so use {kernel - 1} or {kernel + 1}")
+        raise ValueError(
+            f"kernel {kernel} is even; a conv keeps the map size with padding k//2 only for odd kernels, "
+            f"so use {kernel - 1} or {kernel + 1}"
+        )
     return kernel
 
 
@@ -25,7 +27,9 @@ def _odd(kernel: int) -> int:
 OddKernel = Annotated[PositiveInt, AfterValidator(_odd)]
 
 
-def conv_flops(in_channels: int, out_channels: int, kernel: int | tuple[int, int], out_hw: tuple[int, int], groups: int = 1) -> int:
+def conv_flops(
+    in_channels: int, out_channels: int, kernel: int | tuple[int, int], out_hw: tuple[int, int], groups: int = 1
+) -> int:
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     return out_channels * out_hw[0] * out_hw[1] * (in_channels // groups) * kh * kw
 

@@ -17,12 +17,11 @@ import torch.nn.functional as F
 from pydantic import PositiveInt
 from torch import nn
 
+from archdsl.blocks.heads import HeadModule, HeadOp, classifier
+from archdsl.blocks.layers import conv_flops, linear_flops, strided_size
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
 from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
-from archdsl.blocks.heads import HeadModule, HeadOp, classifier
-from archdsl.blocks.layers import conv_flops, linear_flops, strided_size
-
 
 # --- stem ---------------------------------------------------------------------------------------
 
@@ -35,9 +34,15 @@ class MixFormerStemModule(nn.Module):
         super().__init__()
         half = channels // 2
         self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, half, 3, 2, 1), nn.BatchNorm2d(half), nn.GELU(),
-            nn.Conv2d(half, half, 3, 1, 1), nn.BatchNorm2d(half), nn.GELU(),
-            nn.Conv2d(half, half, 3, 1, 1), nn.BatchNorm2d(half), nn.GELU(),
+            nn.Conv2d(in_channels, half, 3, 2, 1),
+            nn.BatchNorm2d(half),
+            nn.GELU(),
+            nn.Conv2d(half, half, 3, 1, 1),
+            nn.BatchNorm2d(half),
+            nn.GELU(),
+            nn.Conv2d(half, half, 3, 1, 1),
+            nn.BatchNorm2d(half),
+            nn.GELU(),
         )
         self.proj = nn.Conv2d(half, channels, 2, 2)
         self.norm = make_norm("layer_norm", channels)
@@ -73,8 +78,11 @@ class MixFormerStem(Op):
         channels, half = site.out_channels, site.out_channels // 2
         half_hw = (self._half_size(height), self._half_size(width))
         out = self.output_shape(site)
-        convs = (conv_flops(c_in, half, 3, half_hw) + 2 * conv_flops(half, half, 3, half_hw)
-                 + conv_flops(half, channels, 2, (out.height, out.width)))
+        convs = (
+            conv_flops(c_in, half, 3, half_hw)
+            + 2 * conv_flops(half, half, 3, half_hw)
+            + conv_flops(half, channels, 2, (out.height, out.width))
+        )
         return convs + 3 * norm_flops("batch_norm", FeatureShape(half, *half_hw)) + norm_flops("layer_norm", out)
 
     def build(self, site: Site) -> nn.Module:
@@ -115,12 +123,15 @@ class NormStridedConv(DownsampleOp):
             raise OpCheckError(
                 f"the {height}x{width} map entering stage {site.stage} is not a multiple of the stride {self.kernel} "
                 f"(the released MixFormer code asserts this); use an input size that keeps every stage map divisible: "
-                f"with a stride-4 stem and three such downsamples, sides that are multiples of 32", field="kernel")
+                f"with a stride-4 stem and three such downsamples, sides that are multiples of 32",
+                field="kernel",
+            )
 
     def flops(self, site: Site) -> int:
         out = self.output_shape(site)
-        return norm_flops(self.norm, site.in_shape) + conv_flops(site.in_shape.channels, site.out_channels, self.kernel,
-                                                                 (out.height, out.width))
+        return norm_flops(self.norm, site.in_shape) + conv_flops(
+            site.in_shape.channels, site.out_channels, self.kernel, (out.height, out.width)
+        )
 
     def build(self, site: Site) -> nn.Module:
         return NormStridedConvModule(site.in_shape.channels, site.out_channels, self.kernel, self.norm)
@@ -153,8 +164,9 @@ class ProjectionHead(HeadOp):
     def flops(self, site: Site) -> int:
         shape = site.in_shape
         # the token mean is not a multiply-add (fvcore does not count it either)
-        return (norm_flops("layer_norm", shape) + linear_flops(shape.channels, self.width, shape.tokens)
-                + self.classifier_flops(site))
+        return (
+            norm_flops("layer_norm", shape) + linear_flops(shape.channels, self.width, shape.tokens) + self.classifier_flops(site)
+        )
 
     def num_features(self, site: Site) -> int:
         return self.width

@@ -18,8 +18,14 @@ from torch import nn
 from archdsl.network import CandidateModule
 
 
-def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, bias: torch.Tensor | None = None,
-           return_probabilities: bool = False):
+def attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: float,
+    bias: torch.Tensor | None = None,
+    return_probabilities: bool = False,
+):
     """softmax(scale · q kᵀ + bias) v over (..., tokens, dim) tensors; with
     `return_probabilities`, (that, the softmax probabilities).
 
@@ -108,18 +114,30 @@ class SpatialReductionAttention(CandidateModule):
     Its values can be gated per channel (`value_gate`, channels ordered head by head), and it
     can return the attention probabilities (B, heads, H·W, keys) beside its output."""
 
-    def __init__(self, query: nn.Module, reduce: nn.Module, key_value: nn.Module, heads: int, head_dim: int,
-                 projection: nn.Module | None = None):
+    def __init__(
+        self,
+        query: nn.Module,
+        reduce: nn.Module,
+        key_value: nn.Module,
+        heads: int,
+        head_dim: int,
+        projection: nn.Module | None = None,
+    ):
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
-        self.scale = head_dim ** -0.5
+        self.scale = head_dim**-0.5
         self.query = query
         self.reduce = reduce
         self.key_value = key_value
         self.projection = projection
 
-    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None,
-                return_probabilities: bool = False):
+    def forward(
+        self,
+        x: torch.Tensor,
+        value_gate: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        return_probabilities: bool = False,
+    ):
         batch, _, height, width = x.shape
         query = split_heads(map_to_tokens(self.query(x)), self.heads)
         key, value = (split_heads(part, self.heads) for part in map_to_tokens(self.key_value(self.reduce(x))).chunk(2, dim=-1))

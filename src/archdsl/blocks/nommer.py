@@ -27,17 +27,25 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
+from archdsl.blocks.attention import AttentionCandidate, PooledAttention, pooled_attention_module
+from archdsl.blocks.dct import BlockDCT, BlockIDCT, block_dct_flops
+from archdsl.blocks.fusion import FusionOp
+from archdsl.blocks.heads import HeadModule, HeadOp, classifier
+from archdsl.blocks.layers import (
+    FitRule,
+    OddKernel,
+    common_divisors,
+    conv_flops,
+    divisors,
+    fit_to_map,
+    linear_flops,
+    strided_size,
+)
 from archdsl.network import CandidateModule
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
 from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
 from archdsl.training import WithoutWeightDecay
-from archdsl.blocks.attention import AttentionCandidate, PooledAttention, pooled_attention_module
-from archdsl.blocks.dct import BlockDCT, BlockIDCT, block_dct_flops
-from archdsl.blocks.fusion import FusionOp
-from archdsl.blocks.heads import HeadModule, HeadOp, classifier
-from archdsl.blocks.layers import FitRule, OddKernel, common_divisors, conv_flops, divisors, fit_to_map, linear_flops, strided_size
-
 
 # --- stem ---------------------------------------------------------------------------------------
 
@@ -68,7 +76,9 @@ class NomMerStem(Op):
 
     def flops(self, site: Site) -> int:
         out = self.output_shape(site)
-        return conv_flops(site.in_shape.channels, out.channels, self.patch, (out.height, out.width)) + norm_flops("batch_norm", out)
+        return conv_flops(site.in_shape.channels, out.channels, self.patch, (out.height, out.width)) + norm_flops(
+            "batch_norm", out
+        )
 
     def build(self, site: Site) -> nn.Module:
         return PatchConvStemModule(site.in_shape.channels, site.out_channels, self.patch)
@@ -91,7 +101,9 @@ class CompressedGlobalAttentionModule(CandidateModule):
         self.expand = nn.Conv2d(channels, channels * coefficients, 1, groups=groups, bias=False)
         self.idct = BlockIDCT(channels, block, keep)
 
-    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = self.compress_norm(self.compress(self.dct(x)))
         return self.idct(self.expand(self.attention(x)))
 
@@ -141,17 +153,24 @@ class CompressedGlobalAttention(AttentionCandidate):
             fits = common_divisors(height, width)
             raise OpCheckError(
                 f"DCT block {self.block} does not divide the {height}x{width} map of stage {site.stage}; blocks that do: "
-                f"{fits}, or `fit: nearest_divisor` to pick one of those where it does not", field="block")
+                f"{fits}, or `fit: nearest_divisor` to pick one of those where it does not",
+                field="block",
+            )
         keep = self.keep_at(site)
         if keep > block:
-            raise OpCheckError(f"keep {keep} frequencies per axis, but a {block}x{block} block has only {block}; "
-                               f"use keep <= {block}", field="keep")
+            raise OpCheckError(
+                f"keep {keep} frequencies per axis, but a {block}x{block} block has only {block}; use keep <= {block}",
+                field="keep",
+            )
         coefficients = keep * keep
         for what, count in (("the DCT coefficients", c_in * coefficients), ("the candidate's channels", site.out_channels)):
             if count % self.groups:
                 fits = divisors(gcd(site.out_channels, c_in * coefficients))
-                raise OpCheckError(f"{self.groups} groups do not divide {what} ({count}); groups that divide both "
-                                   f"{c_in * coefficients} coefficients and {site.out_channels} channels: {fits}", field="groups")
+                raise OpCheckError(
+                    f"{self.groups} groups do not divide {what} ({count}); groups that divide both "
+                    f"{c_in * coefficients} coefficients and {site.out_channels} channels: {fits}",
+                    field="groups",
+                )
 
     def flops(self, site: Site) -> int:
         c_in, height, width = site.in_shape
@@ -161,15 +180,19 @@ class CompressedGlobalAttention(AttentionCandidate):
         small = self._compressed(site)
         hw = (small.height, small.width)
         attention = self._attention().flops(Site(small, channels, site.image_size, site.stage))
-        return (block_dct_flops(c_in, keep, height, width)
-                + conv_flops(c_in * coefficients, channels, 1, hw, groups=self.groups) + norm_flops("batch_norm", small)
-                + attention
-                + conv_flops(channels, channels * coefficients, 1, hw, groups=self.groups)
-                + block_dct_flops(channels, keep, height, width))
+        return (
+            block_dct_flops(c_in, keep, height, width)
+            + conv_flops(c_in * coefficients, channels, 1, hw, groups=self.groups)
+            + norm_flops("batch_norm", small)
+            + attention
+            + conv_flops(channels, channels * coefficients, 1, hw, groups=self.groups)
+            + block_dct_flops(channels, keep, height, width)
+        )
 
     def build(self, site: Site) -> nn.Module:
-        return CompressedGlobalAttentionModule(site.in_shape.channels, site.out_channels, self.heads, self.block_at(site),
-                                               self.keep_at(site), self.groups)
+        return CompressedGlobalAttentionModule(
+            site.in_shape.channels, site.out_channels, self.heads, self.block_at(site), self.keep_at(site), self.groups
+        )
 
 
 # --- the nominator ------------------------------------------------------------------------------
@@ -242,15 +265,19 @@ class Nomination(FusionOp):
 
     def check(self, site: Site) -> None:
         if not self.temperature > 0:
-            raise OpCheckError(f"temperature {self.temperature} must be > 0: the Gumbel-softmax divides its logits by it "
-                               f"(the released code uses 1.0)", field="temperature")
+            raise OpCheckError(
+                f"temperature {self.temperature} must be > 0: the Gumbel-softmax divides its logits by it "
+                f"(the released code uses 1.0)",
+                field="temperature",
+            )
         if len(site.parts) < 2:
             raise OpCheckError("nomination chooses among candidates; give the mixer at least two")
         if any(part != site.out_channels for part in site.parts):
             raise OpCheckError(
                 f"nomination picks one candidate's output per pixel, so every candidate must have the block width "
                 f"{site.out_channels}, but they have {list(site.parts)} channels; give every candidate "
-                f"channels: {site.out_channels} (or leave `channels` out), or fuse with concat_projection")
+                f"channels: {site.out_channels} (or leave `channels` out), or fuse with concat_projection"
+            )
 
     def flops(self, site: Site) -> int:
         return linear_flops(site.out_channels, len(site.parts), site.in_shape.tokens)
@@ -265,8 +292,16 @@ class Nomination(FusionOp):
 class ConvMaxPoolModule(WithoutWeightDecay, nn.Module):
     without_weight_decay = ("position_embedding", "class_token")
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, pool: int, norm: NormName,
-                 position_embedding: tuple[int, int] | None, class_token: bool):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        pool: int,
+        norm: NormName,
+        position_embedding: tuple[int, int] | None,
+        class_token: bool,
+    ):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel, 1, kernel // 2)
         self.pool = nn.MaxPool2d(pool)
@@ -317,18 +352,30 @@ class ConvMaxPool(DownsampleOp):
 
     def check(self, site: Site) -> None:
         if min(site.in_shape.height, site.in_shape.width) < self.pool:
-            raise OpCheckError(f"the {site.in_shape.height}x{site.in_shape.width} map entering stage {site.stage} is "
-                               f"smaller than the {self.pool}x{self.pool} pool; use a larger input size", field="pool")
+            raise OpCheckError(
+                f"the {site.in_shape.height}x{site.in_shape.width} map entering stage {site.stage} is "
+                f"smaller than the {self.pool}x{self.pool} pool; use a larger input size",
+                field="pool",
+            )
 
     def flops(self, site: Site) -> int:
         _, height, width = site.in_shape
         # the max-pool's comparisons are not multiply-adds (fvcore skips them too)
-        return conv_flops(site.in_shape.channels, site.out_channels, self.kernel, (height, width)) + norm_flops(self.norm, self._pooled(site))
+        return conv_flops(site.in_shape.channels, site.out_channels, self.kernel, (height, width)) + norm_flops(
+            self.norm, self._pooled(site)
+        )
 
     def build(self, site: Site) -> nn.Module:
         pooled = self._pooled(site)
-        return ConvMaxPoolModule(site.in_shape.channels, site.out_channels, self.kernel, self.pool, self.norm,
-                                 (pooled.height, pooled.width) if self.position_embedding else None, self.class_token)
+        return ConvMaxPoolModule(
+            site.in_shape.channels,
+            site.out_channels,
+            self.kernel,
+            self.pool,
+            self.norm,
+            (pooled.height, pooled.width) if self.position_embedding else None,
+            self.class_token,
+        )
 
 
 # --- head ---------------------------------------------------------------------------------------

@@ -38,17 +38,25 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
+from archdsl.blocks.attention import AttentionCandidate
+from archdsl.blocks.layers import attention_flops, conv_flops, divisors, linear_flops, strided_size
+from archdsl.blocks.multihead import (
+    PixelLinear,
+    SpatialReductionAttention,
+    attend,
+    map_to_tokens,
+    merge_heads,
+    split_heads,
+    tokens_to_map,
+    window_merge,
+    window_partition,
+)
+from archdsl.blocks.position import sincos_position_embedding
 from archdsl.network import CandidateModule
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
 from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
 from archdsl.training import WithoutWeightDecay
-from archdsl.blocks.attention import AttentionCandidate
-from archdsl.blocks.layers import attention_flops, conv_flops, divisors, linear_flops, strided_size
-from archdsl.blocks.multihead import (PixelLinear, SpatialReductionAttention, attend, map_to_tokens, merge_heads, split_heads,
-                                      tokens_to_map, window_merge, window_partition)
-from archdsl.blocks.position import sincos_position_embedding
-
 
 # --- derivation of resolution-dependent sizes ---------------------------------------------------
 
@@ -72,8 +80,10 @@ def _input_sizes_that_work(site: Site, side_fits, count: int = 4) -> list[int]:
 
 def _conv_norm(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
     """Conv without bias, then GroupNorm with one group (the code's `Conv2d_BN`)."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
-                         make_norm("group_norm", out_channels))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
+        make_norm("group_norm", out_channels),
+    )
 
 
 class SGFormerStemModule(WithoutWeightDecay, nn.Module):
@@ -82,8 +92,10 @@ class SGFormerStemModule(WithoutWeightDecay, nn.Module):
     def __init__(self, in_channels: int, channels: int, grid: tuple[int, int], position_embedding: bool):
         super().__init__()
         self.layers = nn.Sequential(
-            _conv_norm(in_channels, channels, 3, 2), nn.GELU(),
-            _conv_norm(channels, channels, 3, 1), nn.GELU(),
+            _conv_norm(in_channels, channels, 3, 2),
+            nn.GELU(),
+            _conv_norm(channels, channels, 3, 1),
+            nn.GELU(),
             _conv_norm(channels, channels, 3, 2),  # no activation after the last GroupNorm
         )
         self.norm = make_token_norm("layer_norm", channels)  # eps 1e-5 here (the block norms use 1e-6)
@@ -119,8 +131,11 @@ class SGFormerStem(Op):
         channels = site.out_channels
         half = FeatureShape(channels, strided_size(height, 3, 2, 1), strided_size(width, 3, 2, 1))
         out = self.output_shape(site)
-        convs = (conv_flops(c_in, channels, 3, half[1:]) + conv_flops(channels, channels, 3, half[1:])
-                 + conv_flops(channels, channels, 3, out[1:]))
+        convs = (
+            conv_flops(c_in, channels, 3, half[1:])
+            + conv_flops(channels, channels, 3, half[1:])
+            + conv_flops(channels, channels, 3, out[1:])
+        )
         return convs + 2 * norm_flops("group_norm", half) + norm_flops("group_norm", out) + norm_flops("layer_norm", out)
 
     def build(self, site: Site) -> nn.Module:
@@ -136,8 +151,10 @@ class ConvPatchMergingModule(nn.Module):
         super().__init__()
         self.norm = make_norm(norm, in_channels) if norm else nn.Identity()
         self.layers = nn.Sequential(
-            _conv_norm(in_channels, out_channels, 1), nn.GELU(),
-            _conv_norm(out_channels, out_channels, 3, 2, groups=out_channels), nn.GELU(),
+            _conv_norm(in_channels, out_channels, 1),
+            nn.GELU(),
+            _conv_norm(out_channels, out_channels, 3, 2, groups=out_channels),
+            nn.GELU(),
             _conv_norm(out_channels, out_channels, 1),
         )
 
@@ -162,10 +179,15 @@ class ConvPatchMerging(DownsampleOp):
         c_in, height, width = site.in_shape
         channels = site.out_channels
         out = self.output_shape(site)
-        return ((norm_flops(self.norm, site.in_shape) if self.norm else 0)
-                + conv_flops(c_in, channels, 1, (height, width)) + norm_flops("group_norm", FeatureShape(channels, height, width))
-                + conv_flops(channels, channels, 3, out[1:], groups=channels) + norm_flops("group_norm", out)
-                + conv_flops(channels, channels, 1, out[1:]) + norm_flops("group_norm", out))
+        return (
+            (norm_flops(self.norm, site.in_shape) if self.norm else 0)
+            + conv_flops(c_in, channels, 1, (height, width))
+            + norm_flops("group_norm", FeatureShape(channels, height, width))
+            + conv_flops(channels, channels, 3, out[1:], groups=channels)
+            + norm_flops("group_norm", out)
+            + conv_flops(channels, channels, 1, out[1:])
+            + norm_flops("group_norm", out)
+        )
 
     def build(self, site: Site) -> nn.Module:
         return ConvPatchMergingModule(site.in_shape.channels, site.out_channels, self.norm)
@@ -179,8 +201,11 @@ def _check_even_heads(op: AttentionCandidate, site: Site) -> None:
     if op.heads % 2:
         channels = site.out_channels
         fits = [h for h in divisors(channels) if h % 2 == 0]
-        raise OpCheckError(f"{op.op} splits its heads in two halves, so it needs an even head count, not {op.heads}; "
-                           f"even head counts that divide its {channels} channels: {fits}", field="heads")
+        raise OpCheckError(
+            f"{op.op} splits its heads in two halves, so it needs an even head count, not {op.heads}; "
+            f"even head counts that divide its {channels} channels: {fits}",
+            field="heads",
+        )
 
 
 class GridMerge(nn.Module):
@@ -209,12 +234,17 @@ class HybridScaleAttentionModule(CandidateModule):
         super().__init__()
         self.half_heads = heads // 2
         head_dim = channels // heads
-        self.scale = head_dim ** -0.5
+        self.scale = head_dim**-0.5
         self.merge_stride = scale
         self.window = window
         self.emit = emit
-        self.coarse = SpatialReductionAttention(PixelLinear(in_channels, channels // 2), GridMerge(in_channels, scale),
-                                                PixelLinear(in_channels, channels), self.half_heads, head_dim)
+        self.coarse = SpatialReductionAttention(
+            PixelLinear(in_channels, channels // 2),
+            GridMerge(in_channels, scale),
+            PixelLinear(in_channels, channels),
+            self.half_heads,
+            head_dim,
+        )
         self.window_query = nn.Linear(in_channels, channels // 2)
         self.window_key_value = nn.Linear(in_channels, channels)
 
@@ -225,7 +255,9 @@ class HybridScaleAttentionModule(CandidateModule):
 
         # fine half: attention within non-overlapping windows
         tokens = map_to_tokens(x)
-        query = split_heads(window_partition(self.window_query(tokens).unflatten(1, (height, width)), self.window), self.half_heads)
+        query = split_heads(
+            window_partition(self.window_query(tokens).unflatten(1, (height, width)), self.window), self.half_heads
+        )
         key_value = window_partition(self.window_key_value(tokens).unflatten(1, (height, width)), self.window)
         key, value = (split_heads(part, self.half_heads) for part in key_value.chunk(2, dim=-1))
         fine = attend(query, key, value, self.scale, return_probabilities=self.emit)
@@ -252,8 +284,12 @@ class HybridScaleAttention(AttentionCandidate):
     significance map (side channel `emits`) for a later self-guided block of the same stage."""
 
     op: Literal["hybrid_scale_attention"] = "hybrid_scale_attention"
-    scale: PositiveInt = Field(description="merge stride of the coarse half's keys and values (the code's sr_ratio; 1: global attention)")
-    window: PositiveInt = Field(7, description="preferred window side of the fine half; per side, the nearest divisor of the map side is used")
+    scale: PositiveInt = Field(
+        description="merge stride of the coarse half's keys and values (the code's sr_ratio; 1: global attention)"
+    )
+    window: PositiveInt = Field(
+        7, description="preferred window side of the fine half; per side, the nearest divisor of the map side is used"
+    )
     emits: str | None = "significance"
     """name of the side channel the significance map is emitted as (null: none)"""
 
@@ -268,7 +304,9 @@ class HybridScaleAttention(AttentionCandidate):
             raise OpCheckError(
                 f"scale {self.scale} does not divide the {height}x{width} map of stage {site.stage}: the coarse grid and the "
                 f"significance map need map sides that are multiples of {self.scale}; input sizes whose map here fits: {sizes}, or a "
-                f"scale that divides {math.gcd(height, width)}", field="scale")
+                f"scale that divides {math.gcd(height, width)}",
+                field="scale",
+            )
 
     def flops(self, site: Site) -> int:
         c_in, height, width = site.in_shape
@@ -277,15 +315,25 @@ class HybridScaleAttention(AttentionCandidate):
         grid = (height // self.scale) * (width // self.scale)
         wh, ww = self.windows(site)
         merged = FeatureShape(c_in, height // self.scale, width // self.scale)
-        coarse = (linear_flops(c_in, half, tokens) + conv_flops(c_in, c_in, self.scale, merged[1:]) + norm_flops("layer_norm", merged)
-                  + linear_flops(c_in, channels, grid) + attention_flops(self.heads // 2, tokens, grid, head_dim))
-        fine = linear_flops(c_in, half, tokens) + linear_flops(c_in, channels, tokens) + attention_flops(self.heads // 2, tokens, wh * ww, head_dim)
+        coarse = (
+            linear_flops(c_in, half, tokens)
+            + conv_flops(c_in, c_in, self.scale, merged[1:])
+            + norm_flops("layer_norm", merged)
+            + linear_flops(c_in, channels, grid)
+            + attention_flops(self.heads // 2, tokens, grid, head_dim)
+        )
+        fine = (
+            linear_flops(c_in, half, tokens)
+            + linear_flops(c_in, channels, tokens)
+            + attention_flops(self.heads // 2, tokens, wh * ww, head_dim)
+        )
         upsample = tokens if self.emits is not None else 0  # fvcore counts the nearest upsample's output elements
         return coarse + fine + upsample
 
     def build(self, site: Site) -> nn.Module:
-        return HybridScaleAttentionModule(site.in_shape.channels, site.out_channels, self.heads, self.scale, self.windows(site),
-                                          self.emits is not None)
+        return HybridScaleAttentionModule(
+            site.in_shape.channels, site.out_channels, self.heads, self.scale, self.windows(site), self.emits is not None
+        )
 
 
 # --- self-guided attention: consumes the significance map ------------------------------------------
@@ -307,7 +355,9 @@ class RankAggregation(nn.Module):
         self.tokens, self.runs = sum(part_sizes), sum(runs)
         weight_start = np.cumsum([0] + rates[:-1])
         # per sorted position: which weight multiplies it; per run: where it starts and its sub-region
-        weight_index = np.concatenate([start + np.arange(size) % rate for start, size, rate in zip(weight_start, part_sizes, rates)])
+        weight_index = np.concatenate(
+            [start + np.arange(size) % rate for start, size, rate in zip(weight_start, part_sizes, rates)]
+        )
         run_part = np.repeat(np.arange(len(rates)), runs)
         run_start = np.concatenate([[0], np.cumsum(np.repeat(rates, runs))[:-1]])
         self.register_buffer("weight_index", torch.from_numpy(weight_index).long(), persistent=False)
@@ -317,8 +367,8 @@ class RankAggregation(nn.Module):
         self.bias = nn.Parameter(torch.empty(len(rates)))
         with torch.no_grad():  # nn.Linear(rate, 1)'s default initialisation, per sub-region
             for part, (start, rate) in enumerate(zip(weight_start.tolist(), rates)):
-                nn.init.uniform_(self.weight[start:start + rate], -rate ** -0.5, rate ** -0.5)
-                nn.init.uniform_(self.bias[part:part + 1], -rate ** -0.5, rate ** -0.5)
+                nn.init.uniform_(self.weight[start : start + rate], -(rate**-0.5), rate**-0.5)
+                nn.init.uniform_(self.bias[part : part + 1], -(rate**-0.5), rate**-0.5)
 
     def forward(self, tokens: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
         """tokens (B, N, C); orders (K, B, N): K rank -> token permutations. -> (K, B, runs, C)."""
@@ -368,7 +418,9 @@ class SelfGuidedAttentionModule(CandidateModule):
         self.column_key_value = nn.Linear(in_channels, channels)
         self.aggregate = RankAggregation(part_sizes, rates)
 
-    def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         _, _, height, width = x.shape
         tokens = map_to_tokens(x)
         row_runs, column_runs = self.aggregate(tokens, significance_orders(context.detach())).unbind(0)
@@ -389,7 +441,9 @@ class SelfGuidedAttention(AttentionCandidate):
 
     op: Literal["self_guided_attention"] = "self_guided_attention"
     shares: list[PositiveInt] = Field(min_length=1, description="sub-region sizes in proportion, least significant first")
-    rates: list[PositiveInt] = Field(min_length=1, description="preferred aggregation rate per sub-region; the nearest divisor of its token count is used")
+    rates: list[PositiveInt] = Field(
+        min_length=1, description="preferred aggregation rate per sub-region; the nearest divisor of its token count is used"
+    )
     consumes: str = "significance"
     """name of the side channel read as the significance map"""
 
@@ -420,14 +474,20 @@ class SelfGuidedAttention(AttentionCandidate):
             raise OpCheckError(
                 f"the {height * width} tokens of the {height}x{width} map of stage {site.stage} cannot be cut in shares {self.shares} "
                 f"({total} equal units): {height * width} is not a multiple of {total}; input sizes whose map here splits: {sizes}, or shares "
-                f"summing to one of {divisors}", field="shares")
+                f"summing to one of {divisors}",
+                field="shares",
+            )
 
     def flops(self, site: Site) -> int:
         c_in, height, width = site.in_shape
         channels, tokens = site.out_channels, height * width
         keys = self.key_tokens(site)
-        return (linear_flops(c_in, channels, tokens) + 2 * tokens * c_in  # query; the two weighted rank aggregations
-                + 2 * linear_flops(c_in, channels, keys) + attention_flops(self.heads, tokens, keys, channels // self.heads))
+        return (
+            linear_flops(c_in, channels, tokens)
+            + 2 * tokens * c_in  # query; the two weighted rank aggregations
+            + 2 * linear_flops(c_in, channels, keys)
+            + attention_flops(self.heads, tokens, keys, channels // self.heads)
+        )
 
     def build(self, site: Site) -> nn.Module:
         sizes, rates = self.layout(site)

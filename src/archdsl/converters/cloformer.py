@@ -7,9 +7,9 @@ import re
 import torch
 from torch import nn
 
-from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.cloformer import AttnConvModule
 from archdsl.blocks.multihead import SpatialReductionAttention
+from archdsl.weights import index_of, register_converter, rename_by_table
 
 
 @register_converter("cloformer")
@@ -51,11 +51,11 @@ def _rename(key: str, net: nn.Module) -> str:
     prefix = f"stages.{stage}.blocks.{block}"
     if module == "attn":
         if rest.startswith("proj."):
-            return f"{prefix}.mixer.fusion.projection.{rest[len('proj.'):]}"
+            return f"{prefix}.mixer.fusion.projection.{rest[len('proj.') :]}"
         for official, (kind, name) in _CANDIDATE_NAMES.items():
             if rest.startswith(official + "."):
                 index = index_of(net.stages[stage].blocks[block].mixer.candidates, kind)
-                return f"{prefix}.mixer.candidates.{index}.{name}.{rest[len(official) + 1:]}"
+                return f"{prefix}.mixer.candidates.{index}.{name}.{rest[len(official) + 1 :]}"
     if module in ("norm2", "mlp", "downsample"):
         # the block whose FFN downsamples is, in this project, the next stage's downsample
         downsamples = net.stages[stage].blocks[block].ffn is None and stage + 1 < len(net.stages)

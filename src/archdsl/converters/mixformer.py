@@ -8,10 +8,10 @@ import re
 import torch
 from torch import nn
 
-from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import WindowAttentionModule
 from archdsl.blocks.convolution import DepthwiseConvModule
 from archdsl.blocks.interactions import ChannelInteractionModule, SpatialInteractionModule
+from archdsl.weights import index_of, register_converter, rename_by_table
 
 
 @register_converter("mixformer")
@@ -81,7 +81,7 @@ def _rename(key: str, net: nn.Module) -> str:
     if match := re.fullmatch(r"mlp\.(.+)", rest):
         return f"{prefix}.ffn.{match[1]}"
     if rest == "attn.relative_position_bias_table" or rest == "attn.relative_position_index":
-        part, leaf = rest[len("attn."):], ""
+        part, leaf = rest[len("attn.") :], ""
     elif match := re.fullmatch(r"attn\.(.+)\.(weight|bias|_mean|_variance)", rest):
         part, leaf = match[1], "." + match[2]
     else:

@@ -8,11 +8,11 @@ import re
 import torch
 from torch import nn
 
-from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.attention import WindowAttentionModule
 from archdsl.blocks.convolution import BottleneckModule
 from archdsl.blocks.multihead import SpatialReductionAttention
 from archdsl.blocks.nommer import CompressedGlobalAttentionModule, ConvMaxPoolModule
+from archdsl.weights import index_of, register_converter, rename_by_table
 
 
 @register_converter("nommer")
@@ -86,7 +86,7 @@ def _rename(key: str, value: torch.Tensor, net: nn.Module) -> list[tuple[str, to
         return [(f"{prefix}.ffn.{'fc1' if match[1] == '0' else 'fc2'}.{match[2]}", value)]
     if match := re.fullmatch(r"fn\.fc\.(.+)", rest):
         return [(f"{prefix}.mixer.fusion.fc.{match[1]}", value)]
-    inner = rest[len("fn."):] if rest.startswith("fn.") else None
+    inner = rest[len("fn.") :] if rest.startswith("fn.") else None
     for pattern, kind, template in _MIXER_KEYS:
         if inner is not None and (match := re.fullmatch(pattern, inner)):
             index = index_of(net.stages[stage].blocks[block].mixer.candidates, kind)

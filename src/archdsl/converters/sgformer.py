@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archdsl.weights import index_of, register_converter, rename_by_table
 from archdsl.blocks.convolution import LePEModule
 from archdsl.blocks.multihead import SpatialReductionAttention
 from archdsl.blocks.position import resize_position_embedding
 from archdsl.blocks.sgformer import HybridScaleAttentionModule, SelfGuidedAttentionModule
+from archdsl.weights import index_of, register_converter, rename_by_table
 
 
 def _is_square(count: int) -> bool:
@@ -32,12 +32,21 @@ def resample_rank_weights(weight: torch.Tensor, rate: int) -> torch.Tensor:
     return resampled * (weight.numel() / rate)
 
 
-_HYBRID_NAMES = {"sr": "coarse.reduce.merge", "norm": "coarse.reduce.norm", "q1": "coarse.query", "kv1": "coarse.key_value",
-                 "q2": "window_query", "kv2": "window_key_value"}
+_HYBRID_NAMES = {
+    "sr": "coarse.reduce.merge",
+    "norm": "coarse.reduce.norm",
+    "q1": "coarse.query",
+    "kv1": "coarse.key_value",
+    "q2": "window_query",
+    "kv2": "window_key_value",
+}
 _SELF_GUIDED_NAMES = {"q": "query", "kv1": "row_key_value", "kv2": "column_key_value"}
 _PLAIN_NAMES = {"q": "query", "kv": "key_value"}
-_ATTENTION_NAMES = {HybridScaleAttentionModule: _HYBRID_NAMES, SelfGuidedAttentionModule: _SELF_GUIDED_NAMES,
-                    SpatialReductionAttention: _PLAIN_NAMES}
+_ATTENTION_NAMES = {
+    HybridScaleAttentionModule: _HYBRID_NAMES,
+    SelfGuidedAttentionModule: _SELF_GUIDED_NAMES,
+    SpatialReductionAttention: _PLAIN_NAMES,
+}
 
 
 def _candidate(net: nn.Module, stage: int, block: int, kinds: tuple[type, ...]) -> tuple[int, nn.Module | None]:
@@ -59,8 +68,10 @@ _NETWORK_NAMES = (
     (r"pos_embed", lambda m: "stem.pos_embed"),
     (r"patch_embed1\.conv\.(\d)\.(c|bn)\.(.+)", lambda m: f"stem.layers.{m[1]}.{0 if m[2] == 'c' else 1}.{m[3]}"),
     (r"patch_embed1\.norm\.(.+)", lambda m: f"stem.norm.{m[1]}"),
-    (r"patch_embed(\d+)\.conv(\d)\.(c|bn)\.(.+)",
-     lambda m: f"stages.{int(m[1]) - 1}.downsample.layers.{2 * (int(m[2]) - 1)}.{0 if m[3] == 'c' else 1}.{m[4]}"),
+    (
+        r"patch_embed(\d+)\.conv(\d)\.(c|bn)\.(.+)",
+        lambda m: f"stages.{int(m[1]) - 1}.downsample.layers.{2 * (int(m[2]) - 1)}.{0 if m[3] == 'c' else 1}.{m[4]}",
+    ),
     (r"head\.(.+)", lambda m: f"head.fc.{m[1]}"),
 )
 
@@ -128,6 +139,7 @@ def convert_sgformer(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str
                     converted[f"{owner}.f{part}.{kind}"] = value  # reported as unexpected, with the missing aggregate
             continue
         converted[f"{owner}.aggregate.weight"] = torch.cat(
-            [resample_rank_weights(layers[p]["weight"], rate) for p, rate in zip(parts, module.rates)])
+            [resample_rank_weights(layers[p]["weight"], rate) for p, rate in zip(parts, module.rates)]
+        )
         converted[f"{owner}.aggregate.bias"] = torch.cat([layers[p]["bias"].reshape(1).float() for p in parts])
     return converted

@@ -14,5 +14,18 @@ from archdsl.search.searchers import SEARCHERS
 from archdsl.search.settings import SearchSettings
 from archdsl.search.space import SearchSpace, load_space
 
-__all__ = ["run_search", "SearchSettings", "SearchProgress", "SearchResult", "SearchError", "load_space", "SearchSpace",
-           "parse_flops", "parse_params", "format_flops", "OBJECTIVES", "Objective", "SEARCHERS"]
+__all__ = [
+    "run_search",
+    "SearchSettings",
+    "SearchProgress",
+    "SearchResult",
+    "SearchError",
+    "load_space",
+    "SearchSpace",
+    "parse_flops",
+    "parse_params",
+    "format_flops",
+    "OBJECTIVES",
+    "Objective",
+    "SEARCHERS",
+]

@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 
 from archdsl.errors import SpecError
-from archdsl.search.feasibility import BudgetCheck, INVALID_AT_IMG_SIZE
+from archdsl.search.feasibility import INVALID_AT_IMG_SIZE, BudgetCheck
 from archdsl.search.records import atomic_write
 from archdsl.search.searchers import METRIC
 

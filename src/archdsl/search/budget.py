@@ -22,9 +22,11 @@ _AT = re.compile(r"^\s*(?P<height>\d+)\s*(?:x\s*(?P<width>\d+)\s*)?$", re.IGNORE
 _NUMBER = r"(?P<number>(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)"
 _PATTERN = re.compile(_NUMBER + r"\s*(?P<scale>[kmgt]?)\s*(?P<unit>[a-z-]*)$", re.IGNORECASE)
 
-FLOPS_HELP = ("a FLOP budget such as 2GFLOPs, 2G, 600M, 0.6GFLOPs or 2GMACs; one multiply-add counts as one FLOP "
-              "(fvcore's convention, the papers'), so GMACs and GFLOPs are the same number here; @224 or @224x288 after it "
-              "names the input size the budget is counted at (default: the space's input.size)")
+FLOPS_HELP = (
+    "a FLOP budget such as 2GFLOPs, 2G, 600M, 0.6GFLOPs or 2GMACs; one multiply-add counts as one FLOP "
+    "(fvcore's convention, the papers'), so GMACs and GFLOPs are the same number here; @224 or @224x288 after it "
+    "names the input size the budget is counted at (default: the space's input.size)"
+)
 PARAMS_HELP = "a parameter budget such as 10M, 3.5M, 500K or 12000000"
 
 
@@ -64,8 +66,12 @@ class FlopBudget(int):
 def _parse_at(text: str, whole, where: str) -> int | list[int]:
     match = _AT.match(text)
     if match is None or int(match.group("height")) < 1 or (match.group("width") and int(match.group("width")) < 1):
-        raise option_error(where, whole, f"cannot read the input size {text.strip()!r} after '@': give a positive N or HxW, "
-                                         f"such as 2GFLOPs@224 or 2GFLOPs@224x288")
+        raise option_error(
+            where,
+            whole,
+            f"cannot read the input size {text.strip()!r} after '@': give a positive N or HxW, "
+            f"such as 2GFLOPs@224 or 2GFLOPs@224x288",
+        )
     height, width = int(match.group("height")), match.group("width")
     return height if width is None or int(width) == height else [height, int(width)]
 
@@ -76,7 +82,9 @@ def parse_flops(text: str | int | float, where: str = "--budget") -> FlopBudget:
     if isinstance(text, str) and "@" in text:
         amount, _, at = text.partition("@")
         return FlopBudget(_parse(amount, _FLOP_UNITS, "FLOP budget", where, FLOPS_HELP), _parse_at(at, text, where))
-    return FlopBudget(_parse(text, _FLOP_UNITS, "FLOP budget", where, FLOPS_HELP), text.at if isinstance(text, FlopBudget) else None)
+    return FlopBudget(
+        _parse(text, _FLOP_UNITS, "FLOP budget", where, FLOPS_HELP), text.at if isinstance(text, FlopBudget) else None
+    )
 
 
 def parse_params(text: str | int | float, where: str = "--max-params") -> int:

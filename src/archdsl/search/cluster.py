@@ -12,15 +12,23 @@ def check_address(address: str) -> None:
         return
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise option_error("--address", address, "a Ray cluster address is HOST:PORT (the GCS port `ray start --head` printed, "
-                                                 "6379 by default), `auto`, or ray://HOST:PORT")
+        raise option_error(
+            "--address",
+            address,
+            "a Ray cluster address is HOST:PORT (the GCS port `ray start --head` printed, "
+            "6379 by default), `auto`, or ray://HOST:PORT",
+        )
     try:
         with socket.create_connection((host, int(port)), timeout=3):
             pass
     except OSError as error:
-        raise option_error("--address", address, f"cannot reach a Ray cluster there ({error.strerror or error}); start one "
-                                                 f"with `ray start --head --port {port}` on {host}, or leave --address out to "
-                                                 f"run on this machine") from None
+        raise option_error(
+            "--address",
+            address,
+            f"cannot reach a Ray cluster there ({error.strerror or error}); start one "
+            f"with `ray start --head --port {port}` on {host}, or leave --address out to "
+            f"run on this machine",
+        ) from None
 
 
 def connect(address: str | None) -> bool:

@@ -1,7 +1,7 @@
 """A live terminal display of a running search, for `archdsl search` (rich).
 
-    with LiveProgress() as show:
-        run_search(..., progress=show)
+with LiveProgress() as show:
+    run_search(..., progress=show)
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ class LiveProgress:
         table = Table.grid(padding=(0, 2))
         rejected = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in sorted(progress.rejected_by.items()))
         epoch = "" if progress.best_epoch is None else f", epoch {progress.best_epoch}"
-        best = "-" if progress.best_score is None else (
-            f"{progress.best_score:.5g} ({progress.best_trial}, {format_flops(progress.best_flops or 0)}{epoch})")
+        best = (
+            "-"
+            if progress.best_score is None
+            else (f"{progress.best_score:.5g} ({progress.best_trial}, {format_flops(progress.best_flops or 0)}{epoch})")
+        )
         for line in progress.plan:
             table.add_row("plan", line)
         table.add_row("phase", progress.phase, "elapsed", f"{progress.elapsed:.0f}s")
@@ -43,7 +46,7 @@ class LiveProgress:
         else:
             self.live.update(self._render(progress))
 
-    def __enter__(self) -> "LiveProgress":
+    def __enter__(self) -> LiveProgress:
         return self
 
     def __exit__(self, *exc) -> None:

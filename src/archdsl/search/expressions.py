@@ -44,11 +44,24 @@ def divisor(number: float, near: float) -> int:
 
 FUNCTIONS = {"min": min, "max": max, "round": round, "int": int, "abs": abs, "multiple": multiple, "divisor": divisor}
 
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
-_COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-            ast.Gt: operator.gt, ast.GtE: operator.ge}
+_COMPARE = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}
 
 
 class ExpressionError(ValueError):
@@ -65,7 +78,9 @@ class Expression:
         missing = sorted(name for name in self.names if names.get(name) is None)
         if missing:
             available = sorted(name for name, value in names.items() if value is not None)
-            raise ExpressionError(f"`{'`, `'.join(missing)}` is not defined here; names defined here: {', '.join(available) or 'none'}")
+            raise ExpressionError(
+                f"`{'`, `'.join(missing)}` is not defined here; names defined here: {', '.join(available) or 'none'}"
+            )
         try:
             value = _evaluate(self.tree.body, names)
         except ZeroDivisionError:
@@ -83,7 +98,7 @@ class Expression:
 def parse_expression(text) -> Expression:
     """Parse `text` (a string or a number) or raise `ExpressionError` saying what is allowed."""
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):
-        raise ExpressionError(f"an expression is a string such as \"width // 2\", found {text!r}")
+        raise ExpressionError(f'an expression is a string such as "width // 2", found {text!r}')
     source = str(text)
     try:
         tree = ast.parse(source, mode="eval")
@@ -104,18 +119,36 @@ def _is_function_position(name: ast.Name, tree: ast.AST) -> bool:
 
 
 def _allowed(node: ast.AST, source: str) -> None:
-    simple = (ast.Expression, ast.Constant, ast.Name, ast.Load, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare,
-              ast.IfExp, ast.And, ast.Or, *_BINARY, *_UNARY, *_COMPARE)
+    simple = (
+        ast.Expression,
+        ast.Constant,
+        ast.Name,
+        ast.Load,
+        ast.BinOp,
+        ast.UnaryOp,
+        ast.BoolOp,
+        ast.Compare,
+        ast.IfExp,
+        ast.And,
+        ast.Or,
+        *_BINARY,
+        *_UNARY,
+        *_COMPARE,
+    )
     if isinstance(node, simple):
         if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float, str)):
             raise ExpressionError(f"constant {node.value!r} is not allowed in {source!r}")
         return
     if isinstance(node, ast.Call):
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS or node.keywords:
-            raise ExpressionError(f"only calls of {', '.join(sorted(FUNCTIONS))} with positional arguments are allowed, in {source!r}")
+            raise ExpressionError(
+                f"only calls of {', '.join(sorted(FUNCTIONS))} with positional arguments are allowed, in {source!r}"
+            )
         return
-    raise ExpressionError(f"{type(node).__name__} is not allowed in {source!r}: use arithmetic, comparisons, "
-                          f"`a if cond else b` and the functions {', '.join(sorted(FUNCTIONS))}")
+    raise ExpressionError(
+        f"{type(node).__name__} is not allowed in {source!r}: use arithmetic, comparisons, "
+        f"`a if cond else b` and the functions {', '.join(sorted(FUNCTIONS))}"
+    )
 
 
 def _evaluate(node: ast.AST, names: dict):

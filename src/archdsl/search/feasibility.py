@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 
 from archdsl.api import lower_spec
 from archdsl.compiler import count_node_params
 from archdsl.errors import Location, SpecError
-
 from archdsl.search.budget import format_flops, format_params
 from archdsl.search.errors import OptionProblem, SearchError
-from archdsl.search.space import FixedChooser, Range, RandomChooser, SearchSpace
+from archdsl.search.space import FixedChooser, RandomChooser, Range, SearchSpace
 
 FITS, OVER_FLOPS, OVER_PARAMS, INVALID = "fits", "over_flops", "over_params", "invalid"
 INVALID_AT_IMG_SIZE = "invalid_at_img_size"  # fits the budget at its reference size, cannot run at --img-size
@@ -106,8 +105,9 @@ class BudgetCheck:
             try:
                 trial_flops = lower_spec(self.space.resolve(sample.config, self.img_size).spec()).flops
             except SpecError as error:
-                return Verdict(INVALID_AT_IMG_SIZE, flops, params, reason=str(error).splitlines()[0],
-                               seconds=time.perf_counter() - start)
+                return Verdict(
+                    INVALID_AT_IMG_SIZE, flops, params, reason=str(error).splitlines()[0], seconds=time.perf_counter() - start
+                )
         return Verdict(FITS, flops, params, trial_flops, seconds=time.perf_counter() - start)
 
     def __call__(self, config: Mapping) -> Verdict:
@@ -191,25 +191,45 @@ def ensure_feasible(check: BudgetCheck, draws: int = 200, seed: int = 0) -> Prob
         return found
     common = "; ".join(f"{reason} ({count}x)" for reason, count in found.reasons.most_common(3))
     if found.counts[INVALID_AT_IMG_SIZE]:
-        raise SearchError(OptionProblem(
-            f"{found.counts[INVALID_AT_IMG_SIZE]} of {draws} random samples fit the budget at {check.budget_at}, and none of them "
-            f"is a valid network at --img-size {check.img_size}; the commonest problems: {common}; choose an image size whose "
-            f"maps the space's pools divide, or offer pools that fit it", (), Location(f"--img-size {check.img_size}")))
+        raise SearchError(
+            OptionProblem(
+                f"{found.counts[INVALID_AT_IMG_SIZE]} of {draws} random samples fit the budget at {check.budget_at}, and none of them "
+                f"is a valid network at --img-size {check.img_size}; the commonest problems: {common}; choose an image size whose "
+                f"maps the space's pools divide, or offer pools that fit it",
+                (),
+                Location(f"--img-size {check.img_size}"),
+            )
+        )
     if not found.counts[OVER_FLOPS] and not found.counts[OVER_PARAMS]:
-        raise SearchError(OptionProblem(
-            f"none of {draws} random samples of this space is a valid network at image size {check.budget_at}; "
-            f"the commonest problems: {common}", (), Location(where)))
+        raise SearchError(
+            OptionProblem(
+                f"none of {draws} random samples of this space is a valid network at image size {check.budget_at}; "
+                f"the commonest problems: {common}",
+                (),
+                Location(where),
+            )
+        )
     flops, config = smallest_flops(check.space, check.budget_at, seed=seed)
 
     if flops is not None and flops > check.budget:
         shown = ", ".join(f"{name}={value}" for name, value in list((config or {}).items())[:8])
-        raise SearchError(OptionProblem(
-            f"nothing in this space fits the budget of {format_flops(check.budget)} at image size "
-            f"{check.budget_at}: the smallest FLOPs it reaches is {format_flops(flops)} ({flops:,}), "
-            f"with {shown}{'...' if config and len(config) > 8 else ''}; raise --budget to at least {format_flops(flops)} or "
-            f"offer smaller widths, depths or candidates", (), Location(where)))
+        raise SearchError(
+            OptionProblem(
+                f"nothing in this space fits the budget of {format_flops(check.budget)} at image size "
+                f"{check.budget_at}: the smallest FLOPs it reaches is {format_flops(flops)} ({flops:,}), "
+                f"with {shown}{'...' if config and len(config) > 8 else ''}; raise --budget to at least {format_flops(flops)} or "
+                f"offer smaller widths, depths or candidates",
+                (),
+                Location(where),
+            )
+        )
     if check.max_params is not None and found.counts[OVER_PARAMS] and not found.counts[OVER_FLOPS]:
-        raise SearchError(OptionProblem(
-            f"none of {draws} random samples fits --max-params {format_params(check.max_params)} (and the FLOP budget); "
-            f"raise --max-params or offer smaller widths", (), Location(where)))
+        raise SearchError(
+            OptionProblem(
+                f"none of {draws} random samples fits --max-params {format_params(check.max_params)} (and the FLOP budget); "
+                f"raise --max-params or offer smaller widths",
+                (),
+                Location(where),
+            )
+        )
     return found  # rare, but reachable (the descent found a sample under budget): the searcher will redraw

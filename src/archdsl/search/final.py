@@ -39,9 +39,18 @@ def _candidates(records: list[dict], settings: SearchSettings, setup) -> tuple[l
         if record["status"] != "done" or config_key(record["config"]) in seen or len(seen) == settings.final_top:
             continue  # the same architecture drawn twice is retrained once
         seen.add(config_key(record["config"]))
-        chosen.append({"name": record["trial"], "kind": "trial", "flops": record["flops"], "flops_trial": record.get("flops_trial"),
-                       "spec_file": record["spec_file"], "search_epoch": record.get("epoch"), "search_score": record["score"],
-                       "config": record["config"]})
+        chosen.append(
+            {
+                "name": record["trial"],
+                "kind": "trial",
+                "flops": record["flops"],
+                "flops_trial": record.get("flops_trial"),
+                "spec_file": record["spec_file"],
+                "search_epoch": record.get("epoch"),
+                "search_score": record["score"],
+                "config": record["config"],
+            }
+        )
     for name in paper_variants():
         row, spec = judge_variant(name, setup.check)
         if spec is None:
@@ -70,9 +79,13 @@ def _run(candidate: dict, setup, seed: int) -> dict:
 def _summarise(candidate: dict, runs: list[dict], max_params: int | None) -> dict:
     scores = [run["score"] for run in runs if run["status"] == "done"]
     row = dict(candidate)
-    row.update(seeds=[run["seed"] for run in runs if run["status"] == "done"], scores=scores,
-               mean=statistics.fmean(scores) if scores else None, sd=statistics.stdev(scores) if len(scores) > 1 else None,
-               failed=[{"seed": run["seed"], "error": run["error"]} for run in runs if run["status"] == "failed"])
+    row.update(
+        seeds=[run["seed"] for run in runs if run["status"] == "done"],
+        scores=scores,
+        mean=statistics.fmean(scores) if scores else None,
+        sd=statistics.stdev(scores) if len(scores) > 1 else None,
+        failed=[{"seed": run["seed"], "error": run["error"]} for run in runs if run["status"] == "failed"],
+    )
     params = next((run["params"] for run in runs if run["status"] == "done"), None)
     row["params"] = params
     row["status"] = "done" if scores else "failed"
@@ -93,8 +106,17 @@ def run_final_stage(out: Path, settings: SearchSettings, setup, resources: dict,
     runs = [run for run in stored.get("runs", []) if run["status"] == "done"]
     candidates, skipped = _candidates(records, settings, setup)
     finished = {(run["name"], run["seed"]) for run in runs}
-    recipe = {"epochs": epochs, "batch_size": settings.batch_size, "lr": settings.lr, "optimizer": "AdamW, weight decay 0.05",
-              "schedule": "one-cycle", "img_size": settings.img_size, "dataset": settings.dataset or "digits", "seeds": seeds}
+    recipe = {
+        "epochs": epochs,
+        "batch_size": settings.batch_size,
+        "lr": settings.lr,
+        "optimizer": "AdamW, weight decay 0.05",
+        "schedule": "one-cycle",
+        "img_size": settings.img_size,
+        "dataset": settings.dataset or "digits",
+        "train_images": settings.train_images or "all",
+        "seeds": seeds,
+    }
 
     def write() -> dict:
         architectures = [_summarise(c, [r for r in runs if r["name"] == c["name"]], settings.max_params) for c in candidates]
@@ -104,8 +126,12 @@ def run_final_stage(out: Path, settings: SearchSettings, setup, resources: dict,
         return summary
 
     task = ray.remote(_run).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
-    pending = {task.remote(c, final_setup, seed): (c["name"], seed)
-               for c in candidates for seed in seeds if (c["name"], seed) not in finished}
+    pending = {
+        task.remote(c, final_setup, seed): (c["name"], seed)
+        for c in candidates
+        for seed in seeds
+        if (c["name"], seed) not in finished
+    }
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         name, seed = pending.pop(ready[0])

@@ -38,8 +38,15 @@ def _score(configs: list[dict], setup) -> list[dict]:
             result = score_spec(spec, setup, lambda metrics: None, reference_flops=verdict.flops)
             rows.append({"config": config, "score": result[METRIC], "flops": verdict.flops})
         except Exception as error:  # noqa: BLE001  (a proxy that cannot score a draw ranks it last)
-            rows.append({"config": config, "score": None, "flops": verdict.flops, "error": f"{type(error).__name__}: {error}",
-                         "traceback": traceback.format_exc()})
+            rows.append(
+                {
+                    "config": config,
+                    "score": None,
+                    "flops": verdict.flops,
+                    "error": f"{type(error).__name__}: {error}",
+                    "traceback": traceback.format_exc(),
+                }
+            )
     return rows
 
 
@@ -67,7 +74,13 @@ def prefilter(out: Path, settings: SearchSettings, setup, resources: dict, slots
     chunks = [configs[index::slots] for index in range(slots) if configs[index::slots]]
     rows = [row for chunk in ray.get([task.remote(chunk, proxy_setup) for chunk in chunks]) for row in chunk]
     rows.sort(key=lambda row: (row["score"] is None, -(row["score"] or 0.0)))
-    kept = [row["config"] for row in rows if row["score"] is not None][:settings.samples]
-    atomic_write(path, json.dumps({"proxy": settings.prefilter, "drawn": len(configs), "keep": settings.keep, "kept": kept,
-                                   "rows": rows}, indent=1, default=str))
+    kept = [row["config"] for row in rows if row["score"] is not None][: settings.samples]
+    atomic_write(
+        path,
+        json.dumps(
+            {"proxy": settings.prefilter, "drawn": len(configs), "keep": settings.keep, "kept": kept, "rows": rows},
+            indent=1,
+            default=str,
+        ),
+    )
     return kept

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import yaml
 from ray.tune import Callback
@@ -25,8 +25,22 @@ from archdsl.search.settings import SearchSettings
 from archdsl.search.space import SearchSpace
 
 # what a trial's last result contributes to its record (and replays on resume)
-RESULT_KEYS = ("score", "epoch", "resumed_from_epoch", "train_loss", "flops", "flops_trial", "params", "latency_ms", "t_sample",
-               "t_lower", "t_build", "t_objective", "device", "pid")
+RESULT_KEYS = (
+    "score",
+    "epoch",
+    "resumed_from_epoch",
+    "train_loss",
+    "flops",
+    "flops_trial",
+    "params",
+    "latency_ms",
+    "t_sample",
+    "t_lower",
+    "t_build",
+    "t_objective",
+    "device",
+    "pid",
+)
 
 
 @dataclass
@@ -69,7 +83,9 @@ def error_text(trial) -> tuple[str, str]:
         text = Path(trial.error_file).read_text()
     text = str(text or "the trial failed without an error message")
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    summary = next((line.strip() for line in reversed(lines) if ": " in line and not line.startswith(" ")), lines[-1] if lines else text)
+    summary = next(
+        (line.strip() for line in reversed(lines) if ": " in line and not line.startswith(" ")), lines[-1] if lines else text
+    )
     for prefix in ("ray.exceptions.RayTaskError", "ray.tune.error."):
         if summary.startswith(prefix):
             summary = summary.split(": ", 1)[-1]
@@ -80,8 +96,16 @@ class Recorder:
     """Writes each finished trial to disk at once and keeps the progress display current
     (driven by `RecorderCallback`, Tune's callback in the driver)."""
 
-    def __init__(self, out: Path, space: SearchSpace, settings: SearchSettings, stats_key: str,
-                 progress: Callable[[SearchProgress], None] | None, records: dict[str, dict], started: float):
+    def __init__(
+        self,
+        out: Path,
+        space: SearchSpace,
+        settings: SearchSettings,
+        stats_key: str,
+        progress: Callable[[SearchProgress], None] | None,
+        records: dict[str, dict],
+        started: float,
+    ):
         self.out = out
         self.space = space
         self.settings = settings
@@ -99,8 +123,11 @@ class Recorder:
         if existing is not None and existing.get("status") == "done" and status == "done":
             return  # a replayed trial: its record from the first run stays as it was
         config = dict(trial.config)
-        if status == "done" and (result or {}).get("replayed") and any(
-                config_key(r["config"]) == config_key(config) for r in self.records.values() if r["status"] == "done"):
+        if (
+            status == "done"
+            and (result or {}).get("replayed")
+            and any(config_key(r["config"]) == config_key(config) for r in self.records.values() if r["status"] == "done")
+        ):
             return  # a finished configuration Tune had not checkpointed yet, replayed under a new id: one record
         trials_dir = self.out / "trials"
         spec_file = trials_dir / f"{trial_id}.yaml"
@@ -112,8 +139,9 @@ class Recorder:
         except SpecError as problem:
             record["spec_error"] = str(problem)
         if result:
-            record.update({key: result[key] for key in RESULT_KEYS + ("training_iteration", "time_total_s", "replayed")
-                           if key in result})
+            record.update(
+                {key: result[key] for key in RESULT_KEYS + ("training_iteration", "time_total_s", "replayed") if key in result}
+            )
         if status == "failed" and self.settings.training:
             record["epoch"] = (result or {}).get("epoch", 0)  # the last epoch it finished; the error names the one it broke in
         stats = LIVE_STATS.get(self.stats_key)
@@ -151,11 +179,20 @@ class Recorder:
         done = [r for r in self.records.values() if r["status"] == "done"]
         best = max(done, key=lambda r: (r.get("epoch", 0), r["score"]), default=None)
         return SearchProgress(
-            samples=self.settings.samples, done=len(done), running=len(self.running),
-            failed=sum(r["status"] == "failed" for r in self.records.values()), rejected=stats.total_rejected,
-            rejected_by=dict(stats.rejected), best_score=best["score"] if best else None, best_trial=best["trial"] if best else None,
-            best_flops=best.get("flops") if best else None, best_epoch=best.get("epoch") if best else None,
-            elapsed=time.time() - self.started, phase=phase, plan=self.plan)
+            samples=self.settings.samples,
+            done=len(done),
+            running=len(self.running),
+            failed=sum(r["status"] == "failed" for r in self.records.values()),
+            rejected=stats.total_rejected,
+            rejected_by=dict(stats.rejected),
+            best_score=best["score"] if best else None,
+            best_trial=best["trial"] if best else None,
+            best_flops=best.get("flops") if best else None,
+            best_epoch=best.get("epoch") if best else None,
+            elapsed=time.time() - self.started,
+            phase=phase,
+            plan=self.plan,
+        )
 
     def show(self, force: bool = False, phase: str = "searching") -> None:
         if self.callback is None or (not force and time.time() - self.last_shown < 0.5):

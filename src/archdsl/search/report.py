@@ -26,15 +26,38 @@ from pathlib import Path
 from archdsl.search.budget import format_flops, format_params
 from archdsl.search.records import spec_yaml
 
-COLUMNS = ("stage", "rank", "trial", "kind", "status", "epochs", "score", "final_mean", "final_sd", "final_runs", "flops",
-           "flops_trial", "params", "latency_ms", "spec_file", "t_suggest", "t_sample", "t_lower", "t_build", "t_objective",
-           "iterations", "error")
+COLUMNS = (
+    "stage",
+    "rank",
+    "trial",
+    "kind",
+    "status",
+    "epochs",
+    "score",
+    "final_mean",
+    "final_sd",
+    "final_runs",
+    "flops",
+    "flops_trial",
+    "params",
+    "latency_ms",
+    "spec_file",
+    "t_suggest",
+    "t_sample",
+    "t_lower",
+    "t_build",
+    "t_objective",
+    "iterations",
+    "error",
+)
 
 
 def ranked(records: list[dict]) -> list[dict]:
     """Finished trials by the epochs they reached, then score, then fewer FLOPs; failed ones last."""
-    done = sorted((r for r in records if r["status"] == "done"),
-                  key=lambda r: (-r.get("epoch", 0), -r["score"], r.get("flops") or 0, r["trial"]))
+    done = sorted(
+        (r for r in records if r["status"] == "done"),
+        key=lambda r: (-r.get("epoch", 0), -r["score"], r.get("flops") or 0, r["trial"]),
+    )
     failed = sorted((r for r in records if r["status"] != "done"), key=lambda r: r["trial"])
     return done + failed
 
@@ -51,6 +74,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 def non_dominated(records: list[dict], costs: list[str]) -> list[dict]:
     """Records no other beats on every objective (score higher, each cost lower), by score."""
+
     def dominates(a: dict, b: dict) -> bool:
         better_or_equal = a["score"] >= b["score"] and all(a[c] <= b[c] for c in costs)
         return better_or_equal and (a["score"] > b["score"] or any(a[c] < b[c] for c in costs))
@@ -61,10 +85,12 @@ def non_dominated(records: list[dict], costs: list[str]) -> list[dict]:
 
 def _header(record: dict, space, settings, rank: int, final: dict | None) -> str:
     trained = f" after {record['epoch']} epochs" if "epoch" in record else ""
-    lines = [f"Found by `archdsl search` (rank {rank}): trial {record['trial']} of {space.origin}",
-             f"objective {settings.objective}: score {record['score']:.6g}{trained} at {settings.img_size}px; "
-             f"{format_flops(record['flops'])} ({record['flops']:,}) at {settings.budget_at}px (this file's size), budget "
-             f"{format_flops(settings.budget)}; {format_params(record['params'])} parameters"]
+    lines = [
+        f"Found by `archdsl search` (rank {rank}): trial {record['trial']} of {space.origin}",
+        f"objective {settings.objective}: score {record['score']:.6g}{trained} at {settings.img_size}px; "
+        f"{format_flops(record['flops'])} ({record['flops']:,}) at {settings.budget_at}px (this file's size), budget "
+        f"{format_flops(settings.budget)}; {format_params(record['params'])} parameters",
+    ]
     if final is not None:
         lines.append(f"final stage: {final['mean']:.4f} ± {final['sd']:.4f} accuracy over seeds {final['seeds']}")
     lines.append("Its choices: " + ", ".join(f"{name}={value}" for name, value in record["config"].items()))
@@ -77,8 +103,10 @@ def _write_specs(folder: Path, chosen: list[dict], space, settings, finals: dict
     folder.mkdir()
     for rank, record in enumerate(chosen, 1):
         data = space.resolve(record["config"], settings.budget_at).data
-        text = spec_yaml(dict(data, name=f"{space.name}_{record['trial']}"),
-                         _header(record, space, settings, rank, finals.get(record["trial"])))
+        text = spec_yaml(
+            dict(data, name=f"{space.name}_{record['trial']}"),
+            _header(record, space, settings, rank, finals.get(record["trial"])),
+        )
         (folder / f"{rank:02d}_{record['trial']}.yaml").write_text(text)
 
 
@@ -87,21 +115,41 @@ def _leaderboard(path: Path, rows: list[dict], final: dict | None) -> None:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         for rank, row in enumerate((final or {}).get("architectures", []), 1):
-            writer.writerow({"stage": "final", "rank": rank if row["status"] == "done" else "", "trial": row["name"],
-                             "kind": row["kind"], "status": row["status"], "epochs": final["recipe"]["epochs"],
-                             "final_mean": row["mean"], "final_sd": row["sd"], "final_runs": len(row["scores"]),
-                             "flops": row["flops"], "flops_trial": row.get("flops_trial"), "params": row.get("params"),
-                             "spec_file": row.get("spec_file", ""), "score": row.get("search_score"),
-                             "error": "; ".join(f"seed {f['seed']}: {f['error']}" for f in row["failed"])})
+            writer.writerow(
+                {
+                    "stage": "final",
+                    "rank": rank if row["status"] == "done" else "",
+                    "trial": row["name"],
+                    "kind": row["kind"],
+                    "status": row["status"],
+                    "epochs": final["recipe"]["epochs"],
+                    "final_mean": row["mean"],
+                    "final_sd": row["sd"],
+                    "final_runs": len(row["scores"]),
+                    "flops": row["flops"],
+                    "flops_trial": row.get("flops_trial"),
+                    "params": row.get("params"),
+                    "spec_file": row.get("spec_file", ""),
+                    "score": row.get("search_score"),
+                    "error": "; ".join(f"seed {f['seed']}: {f['error']}" for f in row["failed"]),
+                }
+            )
         for rank, record in enumerate(rows, 1):
             row = {key: record.get(key) for key in COLUMNS}
-            row.update(stage="search", kind="trial", rank=rank if record["status"] == "done" else "",
-                       epochs=record.get("epoch"), iterations=record.get("training_iteration"), error=record.get("error", ""))
+            row.update(
+                stage="search",
+                kind="trial",
+                rank=rank if record["status"] == "done" else "",
+                epochs=record.get("epoch"),
+                iterations=record.get("training_iteration"),
+                error=record.get("error", ""),
+            )
             writer.writerow(row)
 
 
-def write_report(out: Path, space, settings, records: dict[str, dict], baselines: list[dict], stats: dict,
-                 final: dict | None = None) -> dict:
+def write_report(
+    out: Path, space, settings, records: dict[str, dict], baselines: list[dict], stats: dict, final: dict | None = None
+) -> dict:
     rows = ranked(list(records.values()))
     done = [r for r in rows if r["status"] == "done"]
     finals = {a["name"]: a for a in (final or {}).get("architectures", []) if a["kind"] == "trial" and a["status"] == "done"}
@@ -121,8 +169,9 @@ def write_report(out: Path, space, settings, records: dict[str, dict], baselines
         front = non_dominated(done, settings.costs)
         _write_specs(out / "front", front, space, settings, finals)
         with (out / "front.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["rank", "trial", "score", *settings.costs, "flops_trial", "spec_file"],
-                                    extrasaction="ignore")
+            writer = csv.DictWriter(
+                handle, fieldnames=["rank", "trial", "score", *settings.costs, "flops_trial", "spec_file"], extrasaction="ignore"
+            )
             writer.writeheader()
             for rank, record in enumerate(front, 1):
                 writer.writerow({**record, "rank": rank, "spec_file": f"front/{rank:02d}_{record['trial']}.yaml"})
@@ -131,10 +180,15 @@ def write_report(out: Path, space, settings, records: dict[str, dict], baselines
     pareto = plot_pareto(out / "pareto.png", done, baselines, settings, final) if done or baselines or variants else None
     stopped = sum(r.get("epoch", settings.epochs) < settings.epochs for r in done) if settings.training else 0
     summary = {
-        "space": space.origin, "settings": settings.stored(), **stats,
+        "space": space.origin,
+        "settings": settings.stored(),
+        **stats,
         "trials": {"done": len(done), "stopped_early": stopped, "failed": len(rows) - len(done)},
-        "best": ({key: best_first[0].get(key) for key in ("trial", "score", "epoch", "flops", "flops_trial", "params", "spec_file")}
-                 if done else None),
+        "best": (
+            {key: best_first[0].get(key) for key in ("trial", "score", "epoch", "flops", "flops_trial", "params", "spec_file")}
+            if done
+            else None
+        ),
         "baselines": baselines,
         "final": final,
         "front": [{key: r.get(key) for key in ("trial", "score", *settings.costs)} for r in front] if front is not None else None,
@@ -156,8 +210,15 @@ def plot_pareto(path: Path, done: list[dict], baselines: list[dict], settings, f
         variants = [(a["name"], a["flops"] / 1e9, a["mean"], a["sd"] or 0.0) for a in scored if a["kind"] == "paper_variant"]
         ylabel = f"accuracy, mean ± sd over {len(final['recipe']['seeds'])} seeds ({final['recipe']['epochs']} epochs)"
         if trials:
-            axes.errorbar([t[0] for t in trials], [t[1] for t in trials], yerr=[t[2] for t in trials], fmt="o", color="tab:blue",
-                          capsize=3, label="searched (final stage)")
+            axes.errorbar(
+                [t[0] for t in trials],
+                [t[1] for t in trials],
+                yerr=[t[2] for t in trials],
+                fmt="o",
+                color="tab:blue",
+                capsize=3,
+                label="searched (final stage)",
+            )
     else:
         trials = [(r["flops"] / 1e9, r["score"], 0.0) for r in done]
         variants = [(b["name"], b["flops"] / 1e9, b["score"], 0.0) for b in baselines if b.get("status") == "done"]
@@ -167,19 +228,42 @@ def plot_pareto(path: Path, done: list[dict], baselines: list[dict], settings, f
     points = [(t[0], t[1]) for t in trials] + [(v[1], v[2]) for v in variants]
     if points:
         front = pareto_front(points)
-        axes.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:gray", linewidth=1.2,
-                  label="Pareto front (searched and paper variants)")
+        axes.step(
+            [p[0] for p in front],
+            [p[1] for p in front],
+            where="post",
+            color="tab:gray",
+            linewidth=1.2,
+            label="Pareto front (searched and paper variants)",
+        )
     if trials:
         best = max(trials, key=lambda t: t[1])
-        axes.scatter([best[0]], [best[1]], s=110, facecolors="none", edgecolors="tab:red", linewidths=1.8, label="best (best.yaml)")
+        axes.scatter(
+            [best[0]], [best[1]], s=110, facecolors="none", edgecolors="tab:red", linewidths=1.8, label="best (best.yaml)"
+        )
     markers = "*PXDvp^<>hs"
     colors = plt.get_cmap("tab10").colors
     for index, (name, flops, score, sd) in enumerate(variants):
-        axes.errorbar([flops], [score], yerr=[sd] if sd else None, fmt=markers[index % len(markers)], markersize=10,
-                      color=colors[(index + 1) % len(colors)], markeredgecolor="black", markeredgewidth=0.5, capsize=3,
-                      zorder=5, label=f"{name} ({score:.3f}{f' ± {sd:.3f}' if sd else ''})")
-    axes.axvline(settings.budget / 1e9, color="tab:red", linestyle="--", linewidth=1.2,
-                 label=f"budget {format_flops(settings.budget)} at {settings.budget_at}px")
+        axes.errorbar(
+            [flops],
+            [score],
+            yerr=[sd] if sd else None,
+            fmt=markers[index % len(markers)],
+            markersize=10,
+            color=colors[(index + 1) % len(colors)],
+            markeredgecolor="black",
+            markeredgewidth=0.5,
+            capsize=3,
+            zorder=5,
+            label=f"{name} ({score:.3f}{f' ± {sd:.3f}' if sd else ''})",
+        )
+    axes.axvline(
+        settings.budget / 1e9,
+        color="tab:red",
+        linestyle="--",
+        linewidth=1.2,
+        label=f"budget {format_flops(settings.budget)} at {settings.budget_at}px",
+    )
     axes.set_xlabel(f"GFLOPs at {settings.budget_at}px (multiply-adds); trained and scored at {settings.img_size}px")
     axes.set_ylabel(ylabel)
     axes.set_title(f"archdsl search: {len(done)} architectures")

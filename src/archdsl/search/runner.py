@@ -19,9 +19,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from archdsl.search.baselines import score_baselines
 from archdsl.search.budget import format_flops
@@ -57,16 +57,22 @@ def _objective(settings: SearchSettings, objective: str | Objective | None, out:
     if objective is None or isinstance(objective, str):
         return make_objective(settings.objective, settings.epochs)
     if objective.name != settings.objective:
-        raise option_error("--objective", objective.name, f"the search in {out} was run with the objective "
-                                                          f"{settings.objective!r}; resume it with that one")
+        raise option_error(
+            "--objective",
+            objective.name,
+            f"the search in {out} was run with the objective {settings.objective!r}; resume it with that one",
+        )
     return objective  # a custom objective object (given again on resume)
 
 
 def _settings(space, objective, out: Path, resume, settings: SearchSettings | None, options: dict) -> SearchSettings:
     if resume is not None:
         if not (out / SETTINGS_FILE).is_file():
-            raise option_error("--resume", resume, f"no search to resume here: {out / SETTINGS_FILE} does not exist; give the "
-                                                   f"--out directory of an earlier search")
+            raise option_error(
+                "--resume",
+                resume,
+                f"no search to resume here: {out / SETTINGS_FILE} does not exist; give the --out directory of an earlier search",
+            )
         return SearchSettings(**json.loads((out / SETTINGS_FILE).read_text()))
     if settings is not None and options:
         raise TypeError(f"run_search takes settings= or its fields as keywords, not both ({', '.join(options)})")
@@ -84,23 +90,36 @@ def _plan(settings: SearchSettings, check: BudgetCheck) -> list[str]:
     """What this search will do, in a few lines (shown live and stored in summary.json)."""
     lines = [f"budget {format_flops(check.budget)} at {check.budget_at}px; trials at {check.img_size}px"]
     if settings.prefilter:
-        lines.append(f"pre-filter: {settings.prefilter} ranks ceil({settings.samples} / {settings.keep:g}) draws, "
-                     f"the best {settings.samples} are trained")
+        lines.append(
+            f"pre-filter: {settings.prefilter} ranks ceil({settings.samples} / {settings.keep:g}) draws, "
+            f"the best {settings.samples} are trained"
+        )
     if settings.objectives:
         lines.append(f"NSGA-II on {', '.join(settings.objectives)} (score maximised, the rest minimised); no early stopping")
     elif settings.training:
-        lines.append(f"ASHA: rungs at epochs {', '.join(map(str, asha_rungs(settings.epochs)))} (grace {ASHA_GRACE}, "
-                     f"reduction factor {ASHA_REDUCTION}, max {settings.epochs} epochs)")
+        lines.append(
+            f"ASHA: rungs at epochs {', '.join(map(str, asha_rungs(settings.epochs)))} (grace {ASHA_GRACE}, "
+            f"reduction factor {ASHA_REDUCTION}, max {settings.epochs} epochs)"
+        )
     if settings.final_stage:
-        lines.append(f"final stage: top {settings.final_top} trials and the paper variants under the budget, "
-                     f"{settings.final_epochs or settings.epochs} epochs x {settings.final_seeds} seeds")
+        lines.append(
+            f"final stage: top {settings.final_top} trials and the paper variants under the budget, "
+            f"{settings.final_epochs or settings.epochs} epochs x {settings.final_seeds} seeds"
+        )
     return lines
 
 
-def run_search(space: str | Path | None = None, *, objective: str | Objective | None = None, out: str | Path = "runs/search",
-               resume: str | Path | None = None, address: str | None = None,
-               progress: Callable[[SearchProgress], None] | None = None, settings: SearchSettings | None = None,
-               **options) -> SearchResult:
+def run_search(
+    space: str | Path | None = None,
+    *,
+    objective: str | Objective | None = None,
+    out: str | Path = "runs/search",
+    resume: str | Path | None = None,
+    address: str | None = None,
+    progress: Callable[[SearchProgress], None] | None = None,
+    settings: SearchSettings | None = None,
+    **options,
+) -> SearchResult:
     """Search `space` (a file, a bundled name, or None for the bundled default) for the networks
     that score best under a FLOP budget, on Ray Tune; write the results to `out`.
 
@@ -122,6 +141,8 @@ def run_search(space: str | Path | None = None, *, objective: str | Objective | 
     if objective_obj.uses_data or objective_obj.uses_labels or settings.prefilter or settings.final_stage:
         size = settings.img_size
         data = load_dataset(settings.dataset, tuple(size) if isinstance(size, (list, tuple)) else (size, size))
+        if settings.train_images is not None:
+            data = data.with_training_images(settings.train_images, settings.seed)
     check = BudgetCheck(space_obj, settings.budget, settings.max_params, settings.img_size, settings.budget_at)
     probe = ensure_feasible(check, seed=settings.seed)
     if address:
@@ -131,8 +152,9 @@ def run_search(space: str | Path | None = None, *, objective: str | Objective | 
     (out / "trials").mkdir(exist_ok=True)
     if resume is None:
         if (out / SETTINGS_FILE).exists() and any((out / "trials").iterdir()):
-            raise option_error("--out", out, "this directory holds an earlier search; continue it with --resume "
-                                             f"{out}, or choose another --out")
+            raise option_error(
+                "--out", out, f"this directory holds an earlier search; continue it with --resume {out}, or choose another --out"
+            )
         atomic_write(out / SETTINGS_FILE, json.dumps(settings.stored(), indent=1, default=str))
     records = load_records(out)
     stats_key = str(out.resolve())
@@ -146,8 +168,19 @@ def run_search(space: str | Path | None = None, *, objective: str | Objective | 
         from ray import tune
 
         resources, slots = trial_resources(settings.cpus_per_trial, settings.gpus_per_trial, objective_obj.epochs > 1)
-        setup = TrialSetup(space_obj, check, objective_obj, data, settings.seed, settings.cpus_per_trial, settings.proxy_batch,
-                           settings.epochs, settings.batch_size, settings.lr, latency="latency_ms" in settings.costs)
+        setup = TrialSetup(
+            space_obj,
+            check,
+            objective_obj,
+            data,
+            settings.seed,
+            settings.cpus_per_trial,
+            settings.proxy_batch,
+            settings.epochs,
+            settings.batch_size,
+            settings.lr,
+            latency="latency_ms" in settings.costs,
+        )
         trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup, done=replayable(records)), resources)
         # Tune's experiment state every few seconds (every event costs ~10% of a proxy trial); a trial
         # that finished after the last one is replayed from OUT/trials on resume, not run again
@@ -156,8 +189,13 @@ def run_search(space: str | Path | None = None, *, objective: str | Objective | 
         tune_dir = (out / "ray").resolve()
         RECORDERS[stats_key] = recorder
         if resume is not None and tune.Tuner.can_restore(str(tune_dir / TUNE_NAME)):
-            tuner = tune.Tuner.restore(str(tune_dir / TUNE_NAME), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False)
+            tuner = tune.Tuner.restore(
+                str(tune_dir / TUNE_NAME),
+                trainable=trainable,
+                resume_unfinished=True,
+                resume_errored=False,
+                restart_errored=False,
+            )
         else:
             if settings.prefilter:
                 from archdsl.search.prefilter import prefilter
@@ -166,10 +204,14 @@ def run_search(space: str | Path | None = None, *, objective: str | Objective | 
                 searcher = ListSearcher(prefilter(out, settings, setup, resources, slots, stats_key))
             else:
                 metrics = [METRIC] + settings.costs
-                searcher = make_searcher(settings.searcher, check, settings.seed, stats_key, metrics,
-                                         [MODE] + ["min"] * len(settings.costs))
-            tuner = tune.Tuner(trainable, tune_config=_tune_config(settings, searcher, slots),
-                               run_config=_run_config(settings, tune_dir, RecorderCallback(stats_key)))
+                searcher = make_searcher(
+                    settings.searcher, check, settings.seed, stats_key, metrics, [MODE] + ["min"] * len(settings.costs)
+                )
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=_tune_config(settings, searcher, slots),
+                run_config=_run_config(settings, tune_dir, RecorderCallback(stats_key)),
+            )
         # a failing trial is recorded with its traceback (OUT/trials/ID.json); Tune's own copy of
         # it on the terminal would tear the live display
         tune_logger = logging.getLogger("ray.tune")
@@ -197,15 +239,29 @@ def run_search(space: str | Path | None = None, *, objective: str | Objective | 
     from archdsl.search.report import write_report
 
     stats = LIVE_STATS.get(stats_key) or GateStats()
-    summary_stats = {"plan": recorder.plan, "draws": stats.draws, "rejected": dict(stats.rejected),
-                     "invalid_reasons": dict(stats.reasons.most_common(5)), "searcher_exhausted": stats.exhausted,
-                     "probe": dict(probe.counts)}
+    summary_stats = {
+        "plan": recorder.plan,
+        "draws": stats.draws,
+        "rejected": dict(stats.rejected),
+        "invalid_reasons": dict(stats.reasons.most_common(5)),
+        "searcher_exhausted": stats.exhausted,
+        "probe": dict(probe.counts),
+    }
     report = write_report(out, space_obj, settings, load_records(out), baseline_rows, summary_stats, final)
     finished = recorder.progress("finished")
     if progress is not None:
         progress(finished)
-    return SearchResult(out, report["best"], report["leaderboard"], report["pareto"], report["records"], baseline_rows,
-                        summary_stats, finished, final)
+    return SearchResult(
+        out,
+        report["best"],
+        report["leaderboard"],
+        report["pareto"],
+        report["records"],
+        baseline_rows,
+        summary_stats,
+        finished,
+        final,
+    )
 
 
 def _tune_config(settings: SearchSettings, searcher, slots: int):
@@ -216,10 +272,18 @@ def _tune_config(settings: SearchSettings, searcher, slots: int):
         return tune.TuneConfig(search_alg=searcher, num_samples=settings.samples, max_concurrent_trials=slots, reuse_actors=True)
     scheduler = None
     if settings.training:
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=settings.epochs, grace_period=ASHA_GRACE,
-                                  reduction_factor=ASHA_REDUCTION)
-    return tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler, num_samples=settings.samples,
-                           max_concurrent_trials=slots, reuse_actors=True)
+        scheduler = ASHAScheduler(
+            time_attr="epoch", max_t=settings.epochs, grace_period=ASHA_GRACE, reduction_factor=ASHA_REDUCTION
+        )
+    return tune.TuneConfig(
+        metric=METRIC,
+        mode=MODE,
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=settings.samples,
+        max_concurrent_trials=slots,
+        reuse_actors=True,
+    )
 
 
 def _run_config(settings: SearchSettings, tune_dir: Path, callback):
@@ -227,6 +291,11 @@ def _run_config(settings: SearchSettings, tune_dir: Path, callback):
 
     # a training trial keeps its last epoch's state (Tune's checkpoint), enough to continue it
     checkpoints = tune.CheckpointConfig(num_to_keep=1) if settings.training else None
-    return tune.RunConfig(name=TUNE_NAME, storage_path=str(tune_dir), verbose=0, callbacks=[callback],
-                          checkpoint_config=checkpoints,
-                          failure_config=tune.FailureConfig(max_failures=0, fail_fast=False))
+    return tune.RunConfig(
+        name=TUNE_NAME,
+        storage_path=str(tune_dir),
+        verbose=0,
+        callbacks=[callback],
+        checkpoint_config=checkpoints,
+        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+    )

@@ -138,7 +138,9 @@ def _optuna_searcher(check: BudgetCheck, kind: str, seed: int, metrics: list[str
         import optuna
         from ray.tune.search.optuna import OptunaSearch
     except ImportError:
-        raise option_error("--searcher", kind, "needs the optuna package (pip install optuna); --searcher random needs nothing") from None
+        raise option_error(
+            "--searcher", kind, "needs the optuna package (pip install optuna); --searcher random needs nothing"
+        ) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     constrained = {} if _HAS_SET_CONSTRAINT else {"constraints_func": constraints}
     if kind == "tpe":
@@ -146,8 +148,12 @@ def _optuna_searcher(check: BudgetCheck, kind: str, seed: int, metrics: list[str
     else:
         sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=16, **constrained)
     several = len(metrics) > 1  # a list of metrics makes OptunaSearch multi-objective
-    return OptunaSearch(space=DefineByRun(check), metric=list(metrics) if several else metrics[0],
-                        mode=list(modes) if several else modes[0], sampler=sampler)
+    return OptunaSearch(
+        space=DefineByRun(check),
+        metric=list(metrics) if several else metrics[0],
+        mode=list(modes) if several else modes[0],
+        sampler=sampler,
+    )
 
 
 class BudgetGate(PickledState, Searcher):
@@ -211,10 +217,14 @@ class BudgetGate(PickledState, Searcher):
         LIVE_STATS[self.stats_key] = self.stats
 
 
-def make_searcher(kind: str, check: BudgetCheck, seed: int, stats_key: str, metrics: list[str] = (METRIC,),
-                  modes: list[str] = (MODE,)) -> BudgetGate:
+def make_searcher(
+    kind: str, check: BudgetCheck, seed: int, stats_key: str, metrics: list[str] = (METRIC,), modes: list[str] = (MODE,)
+) -> BudgetGate:
     if kind not in SEARCHERS:
-        raise option_error("--searcher", kind, f"unknown searcher; choose one of {', '.join(SEARCHERS)} "
-                                               f"(tpe: model-based, evolution: genetic, random: uniform)")
+        raise option_error(
+            "--searcher",
+            kind,
+            f"unknown searcher; choose one of {', '.join(SEARCHERS)} (tpe: model-based, evolution: genetic, random: uniform)",
+        )
     inner = RandomSearcher(check, seed) if kind == "random" else _optuna_searcher(check, kind, seed, list(metrics), list(modes))
     return BudgetGate(inner, check, stats_key, objectives=len(metrics))

@@ -21,8 +21,11 @@ from archdsl.search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 ASHA_GRACE, ASHA_REDUCTION, ASHA_MIN_RUNGS = 1, 2, 3
 # what --objectives may name besides the objective's score (always maximised): minimised costs,
 # and the result each is read from
-COSTS = {"flops": "FLOPs at the budget's reference size", "params": "trainable parameters",
-         "latency": "median ms of a batch-1 forward pass on the trial's own device"}
+COSTS = {
+    "flops": "FLOPs at the budget's reference size",
+    "params": "trainable parameters",
+    "latency": "median ms of a batch-1 forward pass on the trial's own device",
+}
 COST_METRICS = {"flops": "flops", "params": "params", "latency": "latency_ms"}
 SCORE_NAMES = ("score", "accuracy")
 
@@ -53,6 +56,7 @@ class SearchSettings:
     cpus_per_trial: float = 1
     gpus_per_trial: float | None = None
     dataset: str | None = None
+    train_images: int | None = None  # a fixed stratified subset of the training images (all: None)
     epochs: int = 4
     proxy_batch: int = 16
     batch_size: int = 64
@@ -86,8 +90,9 @@ class SearchSettings:
         if self.samples < 1:
             raise option_error("--samples", self.samples, "the number of trials must be at least 1")
         if self.budget is None and space.budget is None:
-            raise option_error("--budget", None, "give a FLOP budget, such as --budget 2GFLOPs@224 (this space sets no "
-                                                 "`search: budget:`)")
+            raise option_error(
+                "--budget", None, "give a FLOP budget, such as --budget 2GFLOPs@224 (this space sets no `search: budget:`)"
+            )
         budget = parse_flops(self.budget if self.budget is not None else space.budget)
         self.budget, self.budget_at = int(budget), budget.at if budget.at is not None else space.image_size
         self.max_params = parse_params(self.max_params) if self.max_params is not None else space.max_params
@@ -104,15 +109,23 @@ class SearchSettings:
                 proxies = ", ".join(name for name in OBJECTIVES if name != "train")
                 raise option_error("--prefilter", self.prefilter, f"the pre-filter is a cheap proxy: one of {proxies}")
             if not self.training:
-                raise option_error("--prefilter", self.prefilter, "a pre-filter ranks draws for training; use it with "
-                                                                  "--objective train")
+                raise option_error(
+                    "--prefilter", self.prefilter, "a pre-filter ranks draws for training; use it with --objective train"
+                )
         if self.training and not self.objectives and len(asha_rungs(self.epochs)) < ASHA_MIN_RUNGS:
-            raise option_error("--epochs", self.epochs, f"ASHA needs at least {ASHA_MIN_RUNGS} rungs (epochs "
-                                                        f"{', '.join(map(str, asha_rungs(4)))} with reduction factor "
-                                                        f"{ASHA_REDUCTION}); give --epochs 4 or more")
+            raise option_error(
+                "--epochs",
+                self.epochs,
+                f"ASHA needs at least {ASHA_MIN_RUNGS} rungs (epochs "
+                f"{', '.join(map(str, asha_rungs(4)))} with reduction factor "
+                f"{ASHA_REDUCTION}); give --epochs 4 or more",
+            )
         if self.final_stage and self.final_seeds < 2:
-            raise option_error("--final-seeds", self.final_seeds, "a mean and a standard deviation need at least 2 seeds "
-                                                                  "(3 is the default); --final-top 0 skips the final stage")
+            raise option_error(
+                "--final-seeds",
+                self.final_seeds,
+                "a mean and a standard deviation need at least 2 seeds (3 is the default); --final-top 0 skips the final stage",
+            )
         if self.final_epochs is not None and self.final_epochs < 1:
             raise option_error("--final-epochs", self.final_epochs, "give at least 1 epoch")
 
@@ -121,16 +134,26 @@ class SearchSettings:
             return
         names = [name.strip() for name in self.objectives]
         shown = ",".join(names)
-        if len(names) < 2 or names[0] not in SCORE_NAMES or any(name not in COSTS for name in names[1:]) \
-                or len(set(names)) != len(names):
-            raise option_error("--objectives", shown, f"name the score first (accuracy or score: the --objective's, "
-                                                      f"maximised), then one or more costs to minimise: "
-                                                      f"{', '.join(COSTS)}; such as accuracy,flops")
+        if (
+            len(names) < 2
+            or names[0] not in SCORE_NAMES
+            or any(name not in COSTS for name in names[1:])
+            or len(set(names)) != len(names)
+        ):
+            raise option_error(
+                "--objectives",
+                shown,
+                f"name the score first (accuracy or score: the --objective's, "
+                f"maximised), then one or more costs to minimise: "
+                f"{', '.join(COSTS)}; such as accuracy,flops",
+            )
         if self.searcher == "random":
-            raise option_error("--searcher", self.searcher, "a multi-objective search needs a searcher that keeps a front: "
-                                                            "evolution (NSGA-II)")
+            raise option_error(
+                "--searcher", self.searcher, "a multi-objective search needs a searcher that keeps a front: evolution (NSGA-II)"
+            )
         if self.prefilter is not None:
-            raise option_error("--objectives", shown, "a multi-objective search draws its own trials (NSGA-II); leave "
-                                                      "--prefilter out")
+            raise option_error(
+                "--objectives", shown, "a multi-objective search draws its own trials (NSGA-II); leave --prefilter out"
+            )
         self.objectives = ["score"] + names[1:]
         self.searcher = "evolution"

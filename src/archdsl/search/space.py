@@ -30,15 +30,15 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 from archdsl.errors import Location, Problem, format_path
 from archdsl.loading import LoadedSpec, SourceMap, load_data
-from archdsl.ops import FeatureShape, OpCheckError, Site, ops_for
+from archdsl.ops import ops_for
 from archdsl.schema import validate
-
 from archdsl.search.budget import parse_flops, parse_params
 from archdsl.search.errors import SearchError
 from archdsl.search.expressions import Expression, ExpressionError, parse_expression
@@ -161,8 +161,14 @@ class ConfigChooser:
 
     def _get(self, name):
         if name not in self.config:
-            raise SearchError(Problem(f"this configuration has no value for the choice {name!r}: was the space changed since the "
-                                      f"search started? Its choices: {', '.join(sorted(self.config)) or 'none'}", (), Location("config")))
+            raise SearchError(
+                Problem(
+                    f"this configuration has no value for the choice {name!r}: was the space changed since the "
+                    f"search started? Its choices: {', '.join(sorted(self.config)) or 'none'}",
+                    (),
+                    Location("config"),
+                )
+            )
         return self.config[name]
 
     def categorical(self, name, labels):
@@ -229,8 +235,12 @@ def _parse(value: Any, path: tuple, sources: SourceMap):
             kind = kinds[0]
             extra = sorted(set(value) - NODE_KEYS[kind], key=str)
             if extra:
-                raise _error(f"unknown key {extra[0]!r} in a `{kind}` node; its keys are {', '.join(sorted(NODE_KEYS[kind]))} "
-                             f"(choice, range, subset and expr are reserved in search spaces)", path + (extra[0],), sources)
+                raise _error(
+                    f"unknown key {extra[0]!r} in a `{kind}` node; its keys are {', '.join(sorted(NODE_KEYS[kind]))} "
+                    f"(choice, range, subset and expr are reserved in search spaces)",
+                    path + (extra[0],),
+                    sources,
+                )
             return _PARSERS[kind](value, path, sources)
         return {key: _parse(item, path + (key,), sources) for key, item in value.items()}
     if isinstance(value, list):
@@ -241,7 +251,9 @@ def _parse(value: Any, path: tuple, sources: SourceMap):
 def _parse_choice(node: dict, path: tuple, sources: SourceMap) -> Choice:
     options = node["choice"]
     if not isinstance(options, list) or not options:
-        raise _error(f"`choice` takes a non-empty list of options, such as [32, 48, 64]; found {options!r}", path + ("choice",), sources)
+        raise _error(
+            f"`choice` takes a non-empty list of options, such as [32, 48, 64]; found {options!r}", path + ("choice",), sources
+        )
     parsed = [_parse(option, path + ("choice", index), sources) for index, option in enumerate(options)]
     scalar = all(option is None or isinstance(option, (bool, int, float, str)) for option in options)
     if scalar:
@@ -280,8 +292,11 @@ def _parse_range(node: dict, path: tuple, sources: SourceMap) -> Range:
     if integer:
         step = step or 1
         if (high - low) % step:
-            raise _error(f"step {step} does not reach {high} from {low}; use a high of {low + (high - low) // step * step}",
-                         path + ("range",), sources)
+            raise _error(
+                f"step {step} does not reach {high} from {low}; use a high of {low + (high - low) // step * step}",
+                path + ("range",),
+                sources,
+            )
     return Range(path, low, high, step, log, integer)
 
 
@@ -292,15 +307,25 @@ def _parse_subset(node: dict, path: tuple, sources: SourceMap) -> Subset:
     size = node.get("size", [1, len(items)])
     if isinstance(size, int) and not isinstance(size, bool):
         size = [size, size]
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in size)
-            and 1 <= size[0] <= size[1] <= len(items)):
-        raise _error(f"`size` is N or [min, max] with 1 <= min <= max <= {len(items)} (the number of items); found {size!r}",
-                     path + ("size",), sources)
+    if not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) for s in size)
+        and 1 <= size[0] <= size[1] <= len(items)
+    ):
+        raise _error(
+            f"`size` is N or [min, max] with 1 <= min <= max <= {len(items)} (the number of items); found {size!r}",
+            path + ("size",),
+            sources,
+        )
     parsed = [_parse(item, path + ("subset", index), sources) for index, item in enumerate(items)]
     combos = [combo for count in range(size[0], size[1] + 1) for combo in itertools.combinations(range(len(items)), count)]
     if len(combos) > MAX_SUBSETS:
-        raise _error(f"this subset has {len(combos)} combinations (more than {MAX_SUBSETS}); limit them with `size`",
-                     path + ("size",), sources)
+        raise _error(
+            f"this subset has {len(combos)} combinations (more than {MAX_SUBSETS}); limit them with `size`",
+            path + ("size",),
+            sources,
+        )
     item_labels = _unique([_label(item, index, "item") for index, item in enumerate(items)])
     labels = ["+".join(item_labels[i] for i in combo) for combo in combos]
     return Subset(path, parsed, combos, labels)
@@ -379,8 +404,13 @@ class _Resolver:
             else:
                 value = self.chooser.real(node.name, float(node.low), float(node.high), node.step, node.log)
             if not (node.low <= value <= node.high) or isinstance(value, bool):
-                raise SearchError(Problem(f"value {value!r} for {node.name} is outside its range [{node.low}, {node.high}]", qpath,
-                                          self.space_sources.locate(node.path)))
+                raise SearchError(
+                    Problem(
+                        f"value {value!r} for {node.name} is outside its range [{node.low}, {node.high}]",
+                        qpath,
+                        self.space_sources.locate(node.path),
+                    )
+                )
             self.config[node.name] = value
             return value
         if isinstance(node, Subset):
@@ -409,8 +439,13 @@ class _Resolver:
         for index, candidate in enumerate(labels):
             if candidate == label and type(candidate) is type(label) or (candidate == label and _number(label)):
                 return index
-        raise SearchError(Problem(f"{label!r} is not an option of {node.name}; its options: {', '.join(map(repr, labels))}",
-                                  node.path, self.space_sources.locate(node.path)))
+        raise SearchError(
+            Problem(
+                f"{label!r} is not an option of {node.name}; its options: {', '.join(map(repr, labels))}",
+                node.path,
+                self.space_sources.locate(node.path),
+            )
+        )
 
 
 def _evaluate(value: Any, names: dict, qpath: tuple, resolver: _Resolver) -> Any:
@@ -441,21 +476,12 @@ def _op_name(value: Any) -> str | None:
     return None
 
 
-def _takes_full_width(fusion: Any, width: int, parts: int, size: int, stage: int) -> bool:
+def _takes_full_width(fusion: Any) -> bool:
     """Does this fusion take every candidate at the full width (sum), or a split of it (concat)?
-    Asked of the op's own check, so the search names no fusion op."""
-    cls = ops_for("fusion").get(_op_name(fusion) or "sum")
-    if cls is None:
-        return True
-    try:
-        fields = {key: value for key, value in fusion.items() if not isinstance(value, _Pending)} if isinstance(fusion, dict) else {}
-        op = cls.model_validate({**fields, "op": _op_name(fusion) or "sum"})
-        op.check(Site(FeatureShape(width, size, size), width, (size, size), stage, parts=(width,) * parts))
-    except OpCheckError:
-        return False
-    except Exception:  # an invalid fusion is reported by validation, with its location
-        return True
-    return True
+    The fusion op declares it, so the search names no fusion op; an unknown one is reported by
+    validation, with its location."""
+    fusion_class = ops_for("fusion").get(_op_name(fusion) or "sum")
+    return fusion_class is None or not fusion_class.splits_width
 
 
 def _derive_mixer(mixer: dict, names: dict, qpath: tuple, resolver: _Resolver) -> dict:
@@ -475,22 +501,28 @@ def _derive_mixer(mixer: dict, names: dict, qpath: tuple, resolver: _Resolver) -
         else:
             channels[index] = _evaluate(value, mixer_names, path + (index, "channels"), resolver)
     if sharing and isinstance(width, int):
-        if _takes_full_width(fusion, width, len(candidates), names.get("size") or 224, names.get("stage") or 0):
+        if _takes_full_width(fusion):
             shares = [width] * len(sharing)
         else:
             left = width - sum(c if isinstance(c, int) else width for i, c in enumerate(channels) if i not in sharing)
             base = max(SHARE_MULTIPLE, left // len(sharing) // SHARE_MULTIPLE * SHARE_MULTIPLE)
             shares = [base] * (len(sharing) - 1) + [left - base * (len(sharing) - 1)]
         for index, share in zip(sharing, shares):
-            channels[index] = _evaluate(candidates[index]["channels"], {**mixer_names, "share": share},
-                                        path + (index, "channels"), resolver)
+            channels[index] = _evaluate(
+                candidates[index]["channels"], {**mixer_names, "share": share}, path + (index, "channels"), resolver
+            )
     resolved = []
     for index, candidate in enumerate(candidates):
         if isinstance(candidate, dict):
             own = channels[index] if channels[index] is not None else width
-            candidate = {key: (channels[index] if key == "channels" else
-                               _evaluate(value, {**mixer_names, "channels": own}, path + (index, key), resolver))
-                         for key, value in candidate.items()}
+            candidate = {
+                key: (
+                    channels[index]
+                    if key == "channels"
+                    else _evaluate(value, {**mixer_names, "channels": own}, path + (index, key), resolver)
+                )
+                for key, value in candidate.items()
+            }
         resolved.append(candidate)
     rest = {key: value for key, value in mixer.items() if key != "candidates"}
     return {"candidates": resolved, **_evaluate(rest, mixer_names, qpath, resolver)}
@@ -522,10 +554,18 @@ def _derive(data: dict, resolver: _Resolver) -> dict:
                     resolved[key2] = depth
                 elif key2 == "blocks" and isinstance(item, list):
                     resolved[key2] = [
-                        {k: (_derive_mixer(v, names, qpath + ("blocks", b, k), resolver) if k == "mixer" and isinstance(v, dict)
-                             else _evaluate(v, names, qpath + ("blocks", b, k), resolver)) for k, v in block.items()}
-                        if isinstance(block, dict) else block
-                        for b, block in enumerate(item)]
+                        {
+                            k: (
+                                _derive_mixer(v, names, qpath + ("blocks", b, k), resolver)
+                                if k == "mixer" and isinstance(v, dict)
+                                else _evaluate(v, names, qpath + ("blocks", b, k), resolver)
+                            )
+                            for k, v in block.items()
+                        }
+                        if isinstance(block, dict)
+                        else block
+                        for b, block in enumerate(item)
+                    ]
                 else:
                     resolved[key2] = _evaluate(item, names, qpath + (key2,), resolver)
             stages.append(resolved)
@@ -589,7 +629,7 @@ class SearchSpace:
         seen = set()
         for parameter, ancestors in _walk(self.tree):
             fixed = {ancestor.name: label for ancestor, label in ancestors}
-            values = ([parameter.low, parameter.high] if isinstance(parameter, Range) else parameter.labels)
+            values = [parameter.low, parameter.high] if isinstance(parameter, Range) else parameter.labels
             for value in values:
                 config = {**fixed, parameter.name: int(value) if isinstance(parameter, Range) and parameter.integer else value}
                 key = repr(sorted(config.items(), key=lambda item: item[0]))

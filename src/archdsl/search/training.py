@@ -12,7 +12,7 @@ ends the training with `TrainingFailed`, which names the epoch.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ def evaluate(model: nn.Module, data: ImageData, index: np.ndarray, context: Tria
     correct = 0
     with torch.no_grad():
         for start in range(0, len(index), 256):
-            images, labels = data.batch(index[start:start + 256], context.image_size, context.channels, context.device)
+            images, labels = data.batch(index[start : start + 256], context.image_size, context.channels, context.device)
             correct += int((model(images).argmax(1) == labels).sum())
     return correct / max(1, len(index))
 
@@ -60,8 +60,14 @@ class ShortTraining(Objective):
     def score(self, model, context):
         return self.train(model, context)
 
-    def train(self, model: nn.Module, context: TrialContext, restored: dict | None = None,
-              keep: Callable[[dict, dict], None] | None = None, seed: int | None = None) -> float:
+    def train(
+        self,
+        model: nn.Module,
+        context: TrialContext,
+        restored: dict | None = None,
+        keep: Callable[[dict, dict], None] | None = None,
+        seed: int | None = None,
+    ) -> float:
         """Train `model` for `self.epochs` epochs (from the epoch after `restored`'s) and return the
         last validation accuracy. `seed` orders the data (default: the context's, which also
         fixes the validation split); `keep` defaults to reporting the metrics alone."""
@@ -71,8 +77,9 @@ class ShortTraining(Objective):
         generator = torch.Generator().manual_seed(context.seed if seed is None else seed)
         optimizer = torch.optim.AdamW(model.parameters(), lr=context.lr, weight_decay=WEIGHT_DECAY)
         steps_per_epoch = max(1, len(train_index) // context.batch_size)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=context.lr, total_steps=self.epochs * steps_per_epoch,
-                                                       pct_start=WARMUP)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=context.lr, total_steps=self.epochs * steps_per_epoch, pct_start=WARMUP
+        )
         done, accuracy = 0, 0.0
         if restored is not None:
             model.load_state_dict(restored["model"])
@@ -87,8 +94,15 @@ class ShortTraining(Objective):
                 accuracy = evaluate(model, data, val_index, context)
             except torch.cuda.OutOfMemoryError as error:
                 raise TrainingFailed(f"out of GPU memory at epoch {epoch} (batch {context.batch_size}): {error}", epoch) from None
-            state = {"epoch": epoch, "score": accuracy, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "schedule": schedule.state_dict(), "order_rng": generator.get_state(), "torch_rng": torch.get_rng_state()}
+            state = {
+                "epoch": epoch,
+                "score": accuracy,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "order_rng": generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+            }
             keep({"score": accuracy, "epoch": epoch, "train_loss": loss, "resumed_from_epoch": done}, state)
         return accuracy
 
@@ -96,8 +110,12 @@ class ShortTraining(Objective):
         model.train()
         order = train_index[torch.randperm(len(train_index), generator=generator).numpy()]
         for step in range(steps):
-            images, labels = context.data.batch(order[step * context.batch_size:(step + 1) * context.batch_size],
-                                                context.image_size, context.channels, context.device)
+            images, labels = context.data.batch(
+                order[step * context.batch_size : (step + 1) * context.batch_size],
+                context.image_size,
+                context.channels,
+                context.device,
+            )
             loss = F.cross_entropy(model(images), labels)
             if not torch.isfinite(loss):
                 raise TrainingFailed(f"the training loss became {float(loss)} at epoch {epoch}, step {step + 1}", epoch)

@@ -15,9 +15,9 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from archdsl.search.data import ImageData
 from archdsl.search.feasibility import BudgetCheck, config_key
@@ -104,8 +104,15 @@ def measure_latency(model, image_size, channels: int, device, repeats: int = 15)
     return statistics.median(times)
 
 
-def score_spec(spec, setup: TrialSetup, report: Callable[[dict], None], timings: dict | None = None,
-               reference_flops: int | None = None, checkpoints: TuneCheckpoints | None = None, seed: int | None = None) -> dict:
+def score_spec(
+    spec,
+    setup: TrialSetup,
+    report: Callable[[dict], None],
+    timings: dict | None = None,
+    reference_flops: int | None = None,
+    checkpoints: TuneCheckpoints | None = None,
+    seed: int | None = None,
+) -> dict:
     """Build `spec` and score it with the objective: the part of a trial after lowering.
     `reference_flops`: its FLOPs at the budget's reference size (default: the spec's own);
     `seed`: the weights' initialisation and the training's data order (default: the search's)."""
@@ -134,9 +141,18 @@ def score_spec(spec, setup: TrialSetup, report: Callable[[dict], None], timings:
     base = {"flops": flops, "flops_trial": graph.flops, "params": params, "device": str(device), **timings}
     if setup.latency:
         base["latency_ms"] = measure_latency(model, spec.image_size, spec.input.channels, device)
-    context = TrialContext(device=device, image_size=spec.image_size, channels=spec.input.channels, data=setup.data,
-                           seed=setup.seed, proxy_batch=setup.proxy_batch, epochs=setup.epochs, batch_size=setup.batch_size,
-                           lr=setup.lr, flops=flops)
+    context = TrialContext(
+        device=device,
+        image_size=spec.image_size,
+        channels=spec.input.channels,
+        data=setup.data,
+        seed=setup.seed,
+        proxy_batch=setup.proxy_batch,
+        epochs=setup.epochs,
+        batch_size=setup.batch_size,
+        lr=setup.lr,
+        flops=flops,
+    )
     objective_start = time.perf_counter()
     reported = []
 
@@ -149,6 +165,7 @@ def score_spec(spec, setup: TrialSetup, report: Callable[[dict], None], timings:
 
     context.report = lambda metrics: report(checked(metrics))
     if isinstance(objective, ShortTraining):
+
         def keep(metrics: dict, state: dict) -> None:
             if checkpoints is None:
                 report(checked(metrics))
@@ -180,8 +197,10 @@ def run_trial(config: dict, setup: TrialSetup, done: dict) -> None:
     verdict = setup.check(config)  # at the budget's reference size, then lowered at the trials' size
     checked = time.perf_counter()
     if not verdict.fits:  # the gate never lets this through; a changed budget on resume might
-        raise OverBudget(f"{verdict.status}: {verdict.flops or 0:,} FLOPs at {setup.check.budget_at}, budget "
-                         f"{setup.check.budget:,}; {verdict.reason or ''}")
+        raise OverBudget(
+            f"{verdict.status}: {verdict.flops or 0:,} FLOPs at {setup.check.budget_at}, budget "
+            f"{setup.check.budget:,}; {verdict.reason or ''}"
+        )
     spec = setup.space.resolve(config, setup.check.img_size).spec()
     timings = {"t_lower": checked - start, "t_sample": time.perf_counter() - checked, "pid": os.getpid()}
     score_spec(spec, setup, lambda metrics: tune.report(metrics), timings, verdict.flops, TuneCheckpoints())
