@@ -66,7 +66,7 @@ def test_logits_match_the_authors_code(vector, tmp_path):
     model = archdsl.create_model("cloformer_xxs", pretrained=path)
     with torch.no_grad():
         logits = model(vector["input"])
-    assert (logits - vector["output"]).abs().max().item() < 1e-4
+    assert (logits - vector["output"]).abs().max().item() < 5e-6  # measured 5.4e-7
 
 
 def test_plain_state_dict_file_loads(vector, tmp_path):

@@ -13,7 +13,7 @@ def test_analytic_flops_agree_with_fvcore(name):
     # at a small input, to keep the suite fast: the FLOP rules do not depend on the size, and
     # every family's tests compare both counts with the authors' figures at 224 (and 448)
     counts = archdsl.count_flops(name, img_size=64)
-    assert abs(counts.analytic - counts.flops) / counts.flops < 0.02
+    assert counts.analytic == counts.flops
     assert counts.fvcore_raw <= counts.flops
 
 

@@ -13,12 +13,13 @@ import torch
 
 from archdsl.api import count_flops, create_model, load_spec, lower_spec
 from archdsl.blocks.dct import BlockDCT, BlockIDCT, dct_basis
-from archdsl.blocks.layers import fit_to_map
+from archdsl.blocks.layers import fit_to_map, nearest_divisor
 from archdsl.blocks.nommer import CompressedGlobalAttentionModule, NominationModule
 from archdsl.compiler import compile_graph
 from archdsl.cost import count_params
 from archdsl.errors import SpecError
 from archdsl.nominations import colour_map, nomination_maps, save_nomination_maps
+from archdsl.search.expressions import parse_expression
 from archdsl.weights import _mismatches, converter_for
 
 VARIANTS = ["nommer_t", "nommer_s", "nommer_b"]
@@ -70,7 +71,7 @@ def test_parity_vector(pretrained_t, vector):
     with torch.no_grad():
         logits = pretrained_t(vector["input"])
     # acceptance 1e-4; an exact port measures 7e-7 (the notes recommend 1e-5)
-    assert (logits - vector["output"]).abs().max().item() < 1e-5
+    assert (logits - vector["output"]).abs().max().item() < 5e-6  # measured 7.2e-7
     assert logits.argmax(1).tolist() == [780, 780]
 
 
@@ -212,11 +213,26 @@ def test_448_is_the_released_model_at_448():
 
 def test_fit_to_map_rule():
     assert fit_to_map(7, 56, 56, "nearest_divisor") == 7
-    assert fit_to_map(7, 96, 96, "nearest_divisor") == 8  # 6 and 8 are equally near: the larger
-    assert fit_to_map(8, 60, 60, "nearest_divisor") == 10  # 6 and 10: the larger
-    assert fit_to_map(4, 30, 30, "nearest_divisor") == 5  # 3 and 5
+    assert fit_to_map(7, 96, 96, "nearest_divisor") == 8  # 8/7 is nearer than 7/6 on a log scale
+    assert fit_to_map(8, 60, 60, "nearest_divisor") == 10  # 10/8 < 8/6
+    assert fit_to_map(4, 30, 30, "nearest_divisor") == 5  # 5/4 < 4/3
     assert fit_to_map(7, 56, 72, "nearest_divisor") == 8  # common divisors of both sides
     assert fit_to_map(5, 56, 56, "exact") == 5
+
+
+def test_one_nearest_divisor_rule_for_windows_rates_and_searched_heads():
+    # issue #13's case: a 14x14 map with window 4 got 2 under one rule and 7 under another
+    assert (
+        fit_to_map(4, 14, 14, "nearest_divisor") == nearest_divisor(14, 4) == parse_expression("divisor(14, 4)").evaluate({}) == 7
+    )
+    assert nearest_divisor(32, 4 * 2**0.5) == 8 and nearest_divisor(8, 4) == 4  # a tie (4 and 8 around 4*sqrt(2)): the larger
+    assert nearest_divisor(24, 0.5) == 1  # below 1 counts as 1
+    for number in range(1, 200):  # the same answer from every place that fits a size
+        for near in range(1, 20):
+            expected = nearest_divisor(number, near)
+            assert number % expected == 0
+            assert fit_to_map(near, number, number, "nearest_divisor") == expected
+            assert parse_expression(f"divisor({number}, {near})").evaluate({}) == expected
 
 
 # --- nomination maps ---------------------------------------------------------------------------

@@ -24,10 +24,12 @@ from archdsl.cli import app
 from archdsl.search import run_search
 from archdsl.search.data import load_dataset
 from archdsl.search.feasibility import FITS, INVALID_AT_IMG_SIZE, OVER_FLOPS, BudgetCheck, config_key
+from archdsl.search.report import ranked
 from archdsl.search.space import RandomChooser, load_space
 
 BUDGET = "15M@32"  # the whole tiny space (0.7 to 3.3 MFLOPs) and cloformer_xxs (13.5 M), not cloformer_xs (24.9 M)
 EPOCHS = 4  # ASHA's rungs at epochs 1, 2 and 4
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 # --- budgets at a reference size (no Ray) ---------------------------------------------------------------
@@ -131,7 +133,8 @@ def training_search(local_ray, tiny_space, digits, tmp_path_factory):
         batch_size=32,
         lr=3e-3,
         cpus_per_trial=1.5,
-        final_top=2,
+        final_top=1,
+        final_random=1,
         final_seeds=3,
         final_epochs=1,
         out=out,
@@ -180,13 +183,15 @@ def test_nan_mid_training_is_a_failed_trial_with_its_epoch(training_search):
     assert summary["trials"]["failed"] == 1 and summary["trials"]["done"] == 4  # and the search went on
 
 
-def test_the_final_stage_retrains_the_best_and_the_paper_variants_with_seeds(training_search):
+def test_the_final_stage_retrains_the_best_a_random_hybrid_and_the_paper_variants_with_seeds(training_search):
     out, result, summary = training_search
     final = summary["final"]
     assert final["recipe"]["seeds"] == [0, 1, 2] and final["recipe"]["epochs"] == 1
     by_name = {a["name"]: a for a in final["architectures"]}
-    best_two = [r["trial"] for r in result.records if r["status"] == "done"][:2]
-    assert set(by_name) == set(best_two) | {"cloformer_xxs"}
+    best = next(r for r in ranked(result.records) if r["status"] == "done")
+    assert set(by_name) == {best["trial"], "random_1", "cloformer_xxs"}
+    control = by_name["random_1"]  # drawn through the budget gate, not one of the retrained trials
+    assert control["kind"] == "random" and control["config"] != best["config"] and control["flops"] <= 15_000_000
     assert by_name["cloformer_xxs"]["kind"] == "paper_variant" and by_name["cloformer_xxs"]["flops"] == 13_490_560
     assert {row["name"]: row["status"] for row in final["skipped_variants"]}["cloformer_xs"] == "over_budget"
     for architecture in final["architectures"]:
@@ -199,6 +204,11 @@ def test_the_final_stage_retrains_the_best_and_the_paper_variants_with_seeds(tra
     assert [float(row["final_mean"]) for row in rows] == sorted((a["mean"] for a in final["architectures"]), reverse=True)
     assert all(float(row["final_sd"]) >= 0 and row["final_runs"] == "3" for row in rows)
     assert (out / "pareto.png").stat().st_size > 10_000
+    # bench/final_table.py: the table docs/search.md carries, one row per architecture, best first
+    table = subprocess.run([sys.executable, str(BENCH / "final_table.py"), str(out)], capture_output=True, text=True, check=True)
+    rows = [line for line in table.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[1] for row in rows] == [a["name"] for a in final["architectures"]]
+    assert f"{final['architectures'][0]['mean']:.4f} ± " in rows[0] and "| random hybrid |" in table.stdout
 
 
 # --- resume mid-training after SIGKILL ---------------------------------------------------------------------

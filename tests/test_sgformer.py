@@ -11,12 +11,12 @@ import torch.nn.functional as F
 import yaml
 
 from archdsl.api import count_flops, create_model, load_spec, lower_spec
+from archdsl.blocks.layers import nearest_divisor
 from archdsl.blocks.position import resize_position_embedding
 from archdsl.blocks.sgformer import (
     HybridScaleAttentionModule,
     RankAggregation,
     SelfGuidedAttentionModule,
-    nearest_divisor,
     significance_orders,
 )
 from archdsl.compiler import compile_graph, count_node_params
@@ -103,7 +103,7 @@ def test_test_vector_logits_maps_and_stages(vector, checkpoints):
     with torch.no_grad():
         logits = model(vector["input"])
         again = model(vector["input"])
-    assert (logits - vector["output"]).abs().max().item() < 1e-3
+    assert (logits - vector["output"]).abs().max().item() < 3e-4  # measured 3.8e-5 (ties in the sort)
     assert torch.equal(logits, again)  # stable sorts: the same input always gives the same output
     assert sorted(maps) == sorted(vector["significance_maps"])
     for name, significance in maps.items():

@@ -315,6 +315,9 @@ def search(
         "variants with several seeds (0: no final stage).",
     ),
     final_seeds: int = typer.Option(3, "--final-seeds", help="Seeds per architecture in the final stage."),
+    final_random: int = typer.Option(
+        2, "--final-random", help="Hybrids drawn at random under the budget, retrained in the final stage as a control."
+    ),
     final_epochs: int | None = typer.Option(None, "--final-epochs", help="Epochs of the final stage (default: --epochs)."),
     top_k: int = typer.Option(5, "--top-k", help="How many of the best to write as spec files."),
     no_baselines: bool = typer.Option(
@@ -355,6 +358,7 @@ def search(
         keep=keep,
         final_top=final_top,
         final_seeds=final_seeds,
+        final_random=final_random,
         final_epochs=final_epochs,
     )
     try:

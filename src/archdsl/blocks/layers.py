@@ -6,6 +6,7 @@ analytic count from the graph and fvcore's count on the built module agree.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from math import gcd, isqrt
 from typing import Annotated, Literal
 
@@ -55,14 +56,23 @@ def fit_to_map(size: int, height: int, width: int, rule: FitRule) -> int:
     """The window or block size an op uses on a height×width map.
 
     `exact`: `size` as written (the op's check then demands that it divide the map).
-    `nearest_divisor`: `size` where it divides both sides; otherwise the common divisor of the
-    two sides nearest to `size`, the larger on a tie. So a spec written for 224 keeps its sizes
+    `nearest_divisor`: the common divisor of the two sides nearest to `size` (`nearest_divisor`),
+    which is `size` itself wherever it divides both. So a spec written for 224 keeps its sizes
     wherever they fit (448: windows stay 7) and still runs where they do not (384: 96x96 and
-    48x48 maps get window 8, the divisors 6 and 8 being equally near 7).
+    48x48 maps get window 8, nearer to 7 than 6 is on a log scale).
     """
-    if rule == "exact" or (height % size == 0 and width % size == 0):
+    if rule == "exact":
         return size
-    return min(common_divisors(height, width), key=lambda d: (abs(d - size), -d))
+    return nearest_divisor(gcd(height, width), size)
+
+
+def nearest_divisor(number: int, near: float) -> int:
+    """The divisor of `number` nearest to `near` on a log scale (a size twice too large is as far
+    off as one half as large), the larger on a tie; a `near` below 1 counts as 1. The one rule by
+    which windows, pools, DCT blocks, SG-Former's aggregation rates and a search space's derived
+    head counts meet a number they may not divide."""
+    target = Fraction(max(near, 1))
+    return min(divisors(number), key=lambda d: (max(d / target, target / d), -d))
 
 
 def common_divisors(height: int, width: int) -> list[int]:

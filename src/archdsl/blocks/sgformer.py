@@ -23,7 +23,7 @@ from the map each op sees (the same rule, `nearest_divisor`, for all of them):
 * position embedding: one row per stem output pixel ((size/4)^2).
 
 Nearness is measured on a log scale (a rate or window twice too large is as far as one half
-as large); a tie goes to the smaller (finer) value.
+as large), the larger on a tie: `blocks.layers.nearest_divisor`, the rule every op uses.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
 from archdsl.blocks.attention import AttentionCandidate
-from archdsl.blocks.layers import attention_flops, conv_flops, divisors, linear_flops, strided_size
+from archdsl.blocks.layers import attention_flops, conv_flops, divisors, linear_flops, nearest_divisor, strided_size
 from archdsl.blocks.multihead import (
     PixelLinear,
     SpatialReductionAttention,
@@ -59,11 +59,6 @@ from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, regis
 from archdsl.training import WithoutWeightDecay
 
 # --- derivation of resolution-dependent sizes ---------------------------------------------------
-
-
-def nearest_divisor(n: int, target: int) -> int:
-    """The divisor of `n` nearest to `target` on a log scale; a tie goes to the smaller."""
-    return min(divisors(n), key=lambda d: abs(math.log(d / target)))
 
 
 def _input_sizes_that_work(site: Site, side_fits, count: int = 4) -> list[int]:

@@ -17,7 +17,8 @@ Names (each where it makes sense; using one elsewhere is a located error):
 * `parts`: the number of candidates of the mixer; `fusion`: the fusion's op name.
 
 Functions: `min`, `max`, `round`, `int`, `abs`, `multiple(x, m)` (x rounded down to a multiple
-of m, at least m) and `divisor(n, near)` (the divisor of n closest to `near`, at least 1; for
+of m, at least m) and `divisor(n, near)` (the divisor of n nearest to `near` on a log scale,
+the larger on a tie: `blocks.layers.nearest_divisor`, the rule the ops use; for
 heads that must divide the channels).
 """
 
@@ -28,6 +29,8 @@ import math
 import operator
 from dataclasses import dataclass
 
+from archdsl.blocks.layers import nearest_divisor
+
 NAMES = {"size", "stage", "width", "depth", "share", "channels", "parts", "fusion"}
 
 
@@ -37,9 +40,7 @@ def multiple(value: float, step: float) -> int:
 
 
 def divisor(number: float, near: float) -> int:
-    number = int(number)
-    divisors = [d for d in range(1, number + 1) if number % d == 0]
-    return min(divisors, key=lambda d: (abs(d - max(1.0, float(near))), d))
+    return nearest_divisor(int(number), float(near))
 
 
 FUNCTIONS = {"min": min, "max": max, "round": round, "int": int, "abs": abs, "multiple": multiple, "divisor": divisor}

@@ -3,12 +3,14 @@
 The search's accuracies are short and uneven (ASHA stops most trials early) and come from one
 seed. The final stage retrains, from scratch and with one recipe (`--final-epochs`, the
 search's batch size and learning rate), the top `--final-top` distinct trials (ranked by the
-epochs they reached, then accuracy) and every bundled paper variant within the budget at its
-reference size, each with `--final-seeds` seeds (initialisation and data order), on every training image of a dataset with an official
-test split, evaluated on that split (Fashion-MNIST's 10,000; otherwise on the search's
-validation split). Each architecture is reported as the mean and sample
-standard deviation of its accuracies. Runs are Ray tasks with a trial's resources; each is
-written to OUT/final.json the moment it ends, so a resumed search runs only the missing ones.
+epochs they reached, then accuracy), every bundled paper variant within the budget at its
+reference size, and `--final-random` hybrids drawn at random through the same budget gate (the
+control a search must beat), each with `--final-seeds` seeds (initialisation and data order),
+on every training image of a dataset with an official test split (or its `--train-images`),
+evaluated on that split (Fashion-MNIST's 10,000; otherwise on the search's validation split).
+Each architecture is reported as the mean and sample standard deviation of its accuracies.
+Runs are Ray tasks with a trial's resources; each is written to OUT/final.json the moment it
+ends, so a resumed search runs only the missing ones.
 """
 
 from __future__ import annotations
@@ -19,14 +21,44 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from archdsl.search.baselines import judge_variant, paper_variants
 from archdsl.search.feasibility import config_key
 from archdsl.search.records import atomic_write
 from archdsl.search.searchers import METRIC
 from archdsl.search.settings import SearchSettings
+from archdsl.search.space import RandomChooser
 from archdsl.search.training import ShortTraining
 
 FINAL_FILE = "final.json"
+PATIENCE = 200  # draws per wanted random hybrid before the space is taken to hold no more
+RANDOM_STREAM = 7  # the random hybrids' generator is seeded with (--seed, this): apart from the searcher's
+
+
+def _random_hybrids(count: int, check, seed: int, taken: set) -> list[dict]:
+    """`count` distinct configurations drawn at random through the budget gate, none of them one
+    of the `taken` (the searched ones); their own random stream, so the same on resume."""
+    rng = np.random.default_rng([seed, RANDOM_STREAM])
+    chosen: list[dict] = []
+    for _ in range(PATIENCE * count):
+        if len(chosen) == count:
+            break
+        config = check.space.sample(RandomChooser(rng), check.budget_at).config
+        verdict = check(config)
+        if not verdict.fits or config_key(config) in taken:
+            continue
+        taken.add(config_key(config))
+        chosen.append(
+            {
+                "name": f"random_{len(chosen) + 1}",
+                "kind": "random",
+                "flops": verdict.flops,
+                "flops_trial": verdict.trial_flops,
+                "config": config,
+            }
+        )
+    return chosen
 
 
 def _candidates(records: list[dict], settings: SearchSettings, setup) -> tuple[list[dict], list[dict]]:
@@ -51,6 +83,7 @@ def _candidates(records: list[dict], settings: SearchSettings, setup) -> tuple[l
                 "config": record["config"],
             }
         )
+    chosen.extend(_random_hybrids(settings.final_random, setup.check, settings.seed, seen))
     for name in paper_variants():
         row, spec = judge_variant(name, setup.check)
         if spec is None:
@@ -66,7 +99,7 @@ def _run(candidate: dict, setup, seed: int) -> dict:
     from archdsl.search.trial import score_spec
 
     try:
-        if candidate["kind"] == "trial":
+        if candidate["kind"] in ("trial", "random"):
             spec = setup.space.resolve(candidate["config"], setup.check.img_size).spec()
         else:
             spec = load_spec(candidate["name"], img_size=setup.check.img_size)
@@ -116,6 +149,7 @@ def run_final_stage(out: Path, settings: SearchSettings, setup, resources: dict,
         "dataset": settings.dataset or "digits",
         "train_images": settings.train_images or "all",
         "seeds": seeds,
+        "random_hybrids": settings.final_random,
     }
 
     def write() -> dict:

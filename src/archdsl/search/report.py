@@ -208,6 +208,17 @@ def plot_pareto(path: Path, done: list[dict], baselines: list[dict], settings, f
         scored = [a for a in final["architectures"] if a["status"] == "done"]
         trials = [(a["flops"] / 1e9, a["mean"], a["sd"] or 0.0) for a in scored if a["kind"] == "trial"]
         variants = [(a["name"], a["flops"] / 1e9, a["mean"], a["sd"] or 0.0) for a in scored if a["kind"] == "paper_variant"]
+        controls = [(a["flops"] / 1e9, a["mean"], a["sd"] or 0.0) for a in scored if a["kind"] == "random"]
+        if controls:
+            axes.errorbar(
+                [c[0] for c in controls],
+                [c[1] for c in controls],
+                yerr=[c[2] for c in controls],
+                fmt="s",
+                color="tab:gray",
+                capsize=3,
+                label="random hybrids (control)",
+            )
         ylabel = f"accuracy, mean ± sd over {len(final['recipe']['seeds'])} seeds ({final['recipe']['epochs']} epochs)"
         if trials:
             axes.errorbar(

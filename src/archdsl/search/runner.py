@@ -103,7 +103,8 @@ def _plan(settings: SearchSettings, check: BudgetCheck) -> list[str]:
         )
     if settings.final_stage:
         lines.append(
-            f"final stage: top {settings.final_top} trials and the paper variants under the budget, "
+            f"final stage: top {settings.final_top} trials, {settings.final_random} random hybrids and the paper "
+            f"variants under the budget, "
             f"{settings.final_epochs or settings.epochs} epochs x {settings.final_seeds} seeds"
         )
     return lines

@@ -67,6 +67,7 @@ class SearchSettings:
     keep: float = 0.25  # the fraction of the pre-filtered draws that is trained
     final_top: int = 3  # for --objective train: the best trials retrained from scratch, with the paper variants
     final_seeds: int = 3
+    final_random: int = 2  # hybrids drawn at random under the budget, retrained beside the winners
     final_epochs: int | None = None  # default: --epochs
 
     @property
@@ -126,6 +127,8 @@ class SearchSettings:
                 self.final_seeds,
                 "a mean and a standard deviation need at least 2 seeds (3 is the default); --final-top 0 skips the final stage",
             )
+        if self.final_random < 0:
+            raise option_error("--final-random", self.final_random, "give 0 or more random hybrids")
         if self.final_epochs is not None and self.final_epochs < 1:
             raise option_error("--final-epochs", self.final_epochs, "give at least 1 epoch")
 
