@@ -262,7 +262,9 @@ def search(
     objective: str = typer.Option(
         "naswot",
         "--objective",
-        help="naswot | naswot_per_unit | synflow | grad_norm | zico | meco | params | flops | activation_units | train.",
+        help="naswot | naswot_per_unit | synflow | grad_norm | zico | meco | params | flops | activation_units | train. "
+        "No training-free objective ranks trained accuracy better than FLOPs (docs/search.md: naswot, the default, "
+        "tau +0.08 against FLOPs' +0.06 on 32 trained networks); for a ranking to trust use train.",
     ),
     objectives: str | None = typer.Option(
         None,
