@@ -209,27 +209,14 @@ def plot_pareto(path: Path, done: list[dict], baselines: list[dict], settings, f
         trials = [(a["flops"] / 1e9, a["mean"], a["sd"] or 0.0) for a in scored if a["kind"] == "trial"]
         variants = [(a["name"], a["flops"] / 1e9, a["mean"], a["sd"] or 0.0) for a in scored if a["kind"] == "paper_variant"]
         controls = [(a["flops"] / 1e9, a["mean"], a["sd"] or 0.0) for a in scored if a["kind"] == "random"]
-        if controls:
-            axes.errorbar(
-                [c[0] for c in controls],
-                [c[1] for c in controls],
-                yerr=[c[2] for c in controls],
-                fmt="s",
-                color="tab:gray",
-                capsize=3,
-                label="random hybrids (control)",
-            )
         ylabel = f"accuracy, mean ± sd over {len(final['recipe']['seeds'])} seeds ({final['recipe']['epochs']} epochs)"
-        if trials:
-            axes.errorbar(
-                [t[0] for t in trials],
-                [t[1] for t in trials],
-                yerr=[t[2] for t in trials],
-                fmt="o",
-                color="tab:blue",
-                capsize=3,
-                label="searched (final stage)",
-            )
+        for points, fmt, color, label in (
+            (controls, "s", "tab:gray", "random hybrids (control)"),
+            (trials, "o", "tab:blue", "searched (final stage)"),
+        ):
+            if points:
+                x, y, sd = zip(*points)
+                axes.errorbar(x, y, yerr=sd, fmt=fmt, color=color, capsize=3, label=label)
     else:
         trials = [(r["flops"] / 1e9, r["score"], 0.0) for r in done]
         variants = [(b["name"], b["flops"] / 1e9, b["score"], 0.0) for b in baselines if b.get("status") == "done"]
