@@ -80,6 +80,8 @@ def test_a_budget_without_at_is_counted_at_the_spaces_own_size():
         (["--budget", "2G", "--objective", "train", "--epochs", "3"], "--epochs 3: ASHA needs at least 3 rungs"),
         (["--budget", "2G", "--objective", "naswot", "--prefilter", "naswot"], "--prefilter naswot: a pre-filter ranks draws"),
         (["--budget", "2G", "--objectives", "accuracy,speed"], "--objectives accuracy,speed: name the score first"),
+        (["--budget", "2G", "--objective", "train", "--final-random", "-1"], "--final-random -1: give 0 or more random hybrids"),
+        (["--budget", "2G", "--objective", "train", "--train-images", "5000"], "--train-images 5000: give between 20 (2 of each"),
     ],
 )
 def test_bad_search_options_are_one_clean_error_and_write_nothing(tmp_path, options, says):
