@@ -53,38 +53,44 @@ class Flaky(Objective):
         return float(sum(p.numel() for p in model.parameters()))
 
 
-class PoisonedTraining(ShortTraining):
-    """The real training, except that a network whose first stage is `width` wide has its weights
-    set to NaN after its first epoch, so that its loss becomes NaN in the second."""
+class AfterEachEpoch(ShortTraining):
+    """The real training, with `after_epoch(model)` run once each epoch's checkpoint is kept."""
+
+    def after_epoch(self, model) -> None:
+        raise NotImplementedError
+
+    def train(self, model, context, restored=None, keep=None, seed=None):
+        def kept_then(metrics, state):
+            keep(metrics, state)
+            self.after_epoch(model)
+
+        return super().train(model, context, restored, kept_then if keep else None, seed)
+
+
+class PoisonedTraining(AfterEachEpoch):
+    """A network whose first stage is `width` wide has its weights set to NaN after its first
+    epoch, so that its loss becomes NaN in the second."""
 
     def __init__(self, epochs: int, width: int):
         super().__init__(epochs)
         self.width = width
 
-    def train(self, model, context, restored=None, keep=None, seed=None):
-        def poisoning(metrics, state):
-            keep(metrics, state)
-            if model.spec.stages[0].width == self.width:
-                with torch.no_grad():
-                    for parameter in model.parameters():
-                        parameter.fill_(float("nan"))
-
-        return super().train(model, context, restored, poisoning if keep else None, seed)
+    def after_epoch(self, model) -> None:
+        if model.spec.stages[0].width == self.width:
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.fill_(float("nan"))
 
 
-class SlowTraining(ShortTraining):
-    """The real training, pausing after each epoch's checkpoint (so a test can kill it mid-way)."""
+class SlowTraining(AfterEachEpoch):
+    """A pause after each epoch's checkpoint (so a test can kill it mid-way)."""
 
     def __init__(self, epochs: int, pause: float):
         super().__init__(epochs)
         self.pause = pause
 
-    def train(self, model, context, restored=None, keep=None, seed=None):
-        def pausing(metrics, state):
-            keep(metrics, state)
-            time.sleep(self.pause)
-
-        return super().train(model, context, restored, pausing if keep else None, seed)
+    def after_epoch(self, model) -> None:
+        time.sleep(self.pause)
 
 
 def kill_session(session: int) -> None:

@@ -21,44 +21,34 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from archdsl.search.baselines import judge_variant, paper_variants
 from archdsl.search.feasibility import config_key
 from archdsl.search.records import atomic_write
-from archdsl.search.searchers import METRIC
+from archdsl.search.searchers import METRIC, BudgetGate, RandomSearcher, distinct_draws
 from archdsl.search.settings import SearchSettings
-from archdsl.search.space import RandomChooser
 from archdsl.search.training import ShortTraining
 
 FINAL_FILE = "final.json"
-PATIENCE = 200  # draws per wanted random hybrid before the space is taken to hold no more
 RANDOM_STREAM = 7  # the random hybrids' generator is seeded with (--seed, this): apart from the searcher's
 
 
 def _random_hybrids(count: int, check, seed: int, taken: set) -> list[dict]:
     """`count` distinct configurations drawn at random through the budget gate, none of them one
     of the `taken` (the searched ones); their own random stream, so the same on resume."""
-    rng = np.random.default_rng([seed, RANDOM_STREAM])
-    chosen: list[dict] = []
-    for _ in range(PATIENCE * count):
-        if len(chosen) == count:
-            break
-        config = check.space.sample(RandomChooser(rng), check.budget_at).config
+    gate = BudgetGate(RandomSearcher(check, [seed, RANDOM_STREAM]), check, stats_key="final_random_hybrids")
+    hybrids = []
+    for index, config in enumerate(distinct_draws(gate, count, "random", taken), 1):
         verdict = check(config)
-        if not verdict.fits or config_key(config) in taken:
-            continue
-        taken.add(config_key(config))
-        chosen.append(
+        hybrids.append(
             {
-                "name": f"random_{len(chosen) + 1}",
+                "name": f"random_{index}",
                 "kind": "random",
                 "flops": verdict.flops,
                 "flops_trial": verdict.trial_flops,
                 "config": config,
             }
         )
-    return chosen
+    return hybrids
 
 
 def _candidates(records: list[dict], settings: SearchSettings, setup) -> tuple[list[dict], list[dict]]:

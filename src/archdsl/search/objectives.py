@@ -206,22 +206,18 @@ def _log_det(kernel: torch.Tensor, name: str) -> float:
 
 class NASWOT(Objective):
     name = "naswot"
-
-    def score(self, model, context):
-        images, _ = context.minibatch()
-        with scoring(model, context.seed):
-            kernel, _ = naswot_kernel(model, images)
-        return _log_det(kernel, self.name)
-
-
-class NASWOTPerUnit(Objective):
-    name = "naswot_per_unit"
+    per_unit = False  # the kernel as counts (NASWOT), or as fractions of the units (naswot_per_unit)
 
     def score(self, model, context):
         images, _ = context.minibatch()
         with scoring(model, context.seed):
             kernel, units = naswot_kernel(model, images)
-        return _log_det(kernel / units, self.name)
+        return _log_det(kernel / units if self.per_unit else kernel, self.name)
+
+
+class NASWOTPerUnit(NASWOT):
+    name = "naswot_per_unit"
+    per_unit = True
 
 
 class ActivationUnits(Objective):

@@ -15,16 +15,12 @@ import traceback
 from dataclasses import replace
 from pathlib import Path
 
-from ray.tune.search import Searcher
-
-from archdsl.search.feasibility import config_key
 from archdsl.search.objectives import make_objective
 from archdsl.search.records import atomic_write
-from archdsl.search.searchers import METRIC, BudgetGate, RandomSearcher
+from archdsl.search.searchers import METRIC, BudgetGate, RandomSearcher, distinct_draws
 from archdsl.search.settings import SearchSettings
 
 PREFILTER_FILE = "prefilter.json"
-PATIENCE = 20  # fitting draws per wanted configuration before the pre-filter settles for fewer
 
 
 def _score(configs: list[dict], setup) -> list[dict]:
@@ -59,16 +55,7 @@ def prefilter(out: Path, settings: SearchSettings, setup, resources: dict, slots
         return json.loads(path.read_text())["kept"]
     wanted = math.ceil(settings.samples / settings.keep)
     gate = BudgetGate(RandomSearcher(setup.check, settings.seed), setup.check, stats_key)
-    configs, seen = [], set()
-    for attempt in range(PATIENCE * wanted):  # a space may hold fewer fitting configurations than wanted
-        config = gate.suggest(f"prefilter_{attempt}")
-        if config is None or config == Searcher.FINISHED:
-            break
-        if config_key(config) not in seen:
-            seen.add(config_key(config))
-            configs.append(config)
-        if len(configs) == wanted:
-            break
+    configs = distinct_draws(gate, wanted, "prefilter")
     proxy_setup = replace(setup, objective=make_objective(settings.prefilter))
     task = ray.remote(_score).options(num_cpus=resources["cpu"], num_gpus=resources["gpu"])
     chunks = [configs[index::slots] for index in range(slots) if configs[index::slots]]

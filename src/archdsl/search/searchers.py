@@ -29,7 +29,7 @@ import numpy as np
 from ray.tune.search import Searcher
 
 from archdsl.search.errors import option_error
-from archdsl.search.feasibility import INVALID, INVALID_AT_IMG_SIZE, BudgetCheck
+from archdsl.search.feasibility import INVALID, INVALID_AT_IMG_SIZE, BudgetCheck, config_key
 from archdsl.search.space import OptunaChooser, RandomChooser
 
 SEARCHERS = ("tpe", "evolution", "random")
@@ -69,7 +69,7 @@ class PickledState:
 
 
 class RandomSearcher(PickledState, Searcher):
-    def __init__(self, check: BudgetCheck, seed: int):
+    def __init__(self, check: BudgetCheck, seed: int | list[int]):
         super().__init__(metric=METRIC, mode=MODE)
         self.check = check
         self.rng = np.random.default_rng(seed)
@@ -215,6 +215,26 @@ class BudgetGate(PickledState, Searcher):
     def __setstate__(self, state):
         self.__dict__.update(state)
         LIVE_STATS[self.stats_key] = self.stats
+
+
+DUPLICATE_PATIENCE = 20  # suggestions per wanted configuration before a space is taken to hold no more
+
+
+def distinct_draws(gate: BudgetGate, wanted: int, label: str, taken: set | None = None) -> list[dict]:
+    """Up to `wanted` distinct configurations that fit, suggested by `gate`, none of them one of
+    `taken` (which gains them): a space may hold fewer fitting configurations than wanted."""
+    taken = set() if taken is None else taken
+    configs: list[dict] = []
+    for attempt in range(DUPLICATE_PATIENCE * wanted):
+        if len(configs) == wanted:
+            break
+        config = gate.suggest(f"{label}_{attempt}")
+        if config is None or config == Searcher.FINISHED:
+            break
+        if config_key(config) not in taken:
+            taken.add(config_key(config))
+            configs.append(config)
+    return configs
 
 
 def make_searcher(
