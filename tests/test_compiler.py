@@ -82,7 +82,9 @@ def test_a_new_op_needs_no_compiler_change():
                 raise OpCheckError("blur keeps the channel count", field="channels")
 
         def flops(self, site: Site) -> int:
-            return conv_flops(site.in_shape.channels, site.out_channels, self.kernel, site.in_shape[1:], groups=site.out_channels)
+            return conv_flops(
+                site.in_shape.channels, site.out_channels, self.kernel, site.in_shape.map_size, groups=site.out_channels
+            )
 
         def build(self, site: Site) -> nn.Module:
             return _BlurModule(site.out_channels, self.kernel)

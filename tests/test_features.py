@@ -25,7 +25,7 @@ class TinyFPN(nn.Module):
         return [conv(m) for conv, m in zip(self.output, merged)]
 
 
-@pytest.mark.parametrize("name, size", [("cloformer_xxs", 224), ("mixformer_b0", 64), ("sgformer_s", 128)])
+@pytest.mark.parametrize("name, size", [("cloformer_xxs", 224), ("mixformer_b0", 64), ("sgformer_s", 128), ("nommer_t", 224)])
 def test_feature_maps_feed_a_four_level_neck(name, size):
     backbone = archdsl.create_model(name, img_size=size, features_only=True).eval()
     info = backbone.feature_info
@@ -37,6 +37,19 @@ def test_feature_maps_feed_a_four_level_neck(name, size):
         levels = neck(maps)
     assert [tuple(m.shape) for m in maps] == [(1, c, size // r, size // r) for c, r in zip(info.channels(), info.reduction())]
     assert [tuple(level.shape) for level in levels] == [(1, 32, size // r, size // r) for r in info.reduction()]
+
+
+def test_nommer_stage_3_map_is_its_tokens_without_the_class_token(reference):
+    weights = reference / "vectors" / "nommer_t.pt"
+    backbone = archdsl.create_model("nommer_t", pretrained=weights, features_only=True, out_indices=(3,)).eval()
+    full = archdsl.create_model("nommer_t", pretrained=weights).eval()
+    assert backbone.feature_info[0]["extra_tokens"] == 1 and backbone.feature_info[0]["map_size"] == (7, 7)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        (stage_map,) = backbone(x)
+        row = full.forward_features(x)[3]  # (1, 768, 1, 1 + 49): the class token first
+    assert row.shape == (1, 768, 1, 50) and stage_map.shape == (1, 768, 7, 7)
+    assert torch.equal(stage_map[0, :, 2, 5], row[0, :, 0, 1 + 2 * 7 + 5])
 
 
 def test_out_indices_choose_stages_and_drop_the_rest(reference):
@@ -52,12 +65,6 @@ def test_out_indices_choose_stages_and_drop_the_rest(reference):
     assert torch.equal(got[0], expected[1]) and torch.equal(got[1], expected[2])
 
 
-def test_bad_out_indices_and_token_stages_are_refused():
+def test_bad_out_indices_are_refused():
     with pytest.raises(archdsl.SpecError, match=r"^out_indices: stage 4 does not exist; this network has stages 0\.\.3$"):
         archdsl.create_model("cloformer_xxs", features_only=True, out_indices=(1, 4))
-    with pytest.raises(
-        archdsl.SpecError, match=r"out_indices: stage 3's output is 1x50, not a map at one stride of the 224x224 input"
-    ):
-        archdsl.create_model("nommer_t", features_only=True)
-    nommer = archdsl.create_model("nommer_t", features_only=True, out_indices=(0, 1, 2))
-    assert nommer.feature_info.reduction() == [4, 8, 16]

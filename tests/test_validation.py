@@ -175,7 +175,7 @@ def test_what_validates_builds_and_runs(name, size):
         features = model.forward_features(torch.randn(1, 3, size, size))
         logits = model.head(features[-1])
     assert logits.shape == (1, 7) and torch.isfinite(logits).all()
-    stage_shapes = [tuple(graph.stage_nodes(i)[-1].out_shape) for i in range(len(spec.stages))]
+    stage_shapes = [graph.stage_nodes(i)[-1].out_shape.tensor_size for i in range(len(spec.stages))]
     assert [tuple(f.shape[1:]) for f in features] == stage_shapes
 
 
@@ -186,6 +186,54 @@ def test_even_kernels_are_refused_where_written(tmp_path):
     message = error_of(path)
     assert f"{path}:{line_of(path, 'kernel: 4')}:" in message
     assert "stages[0].blocks[0].mixer.candidates[0].kernel: value error, kernel 4 is even" in message and "use 3 or 5" in message
+
+
+NOMMER = (SPECS / "nommer_t.yaml").read_text()
+NOMMER_STAGE_3_ATTENTION = "{op: pooled_attention, heads: 8, pool: 1, qkv_bias: false, output_projection: true}"
+
+
+@pytest.mark.parametrize(
+    "old, new, needle, path_text, expected",
+    [
+        (
+            NOMMER_STAGE_3_ATTENTION,
+            "{op: window_attention, heads: 8, window: 7}",
+            "op: window_attention, heads: 8",
+            "stages[3].blocks[0].mixer.candidates[0]",
+            "window_attention works on a spatial map, but stage 3 carries a token sequence here (768x7x7 + 1 token: the 7x7 "
+            "map and its extra tokens in one row); candidate ops that run on tokens: pooled_attention, or move the class token "
+            "to a later stage",
+        ),
+        (
+            NOMMER_STAGE_3_ATTENTION,
+            "{op: pooled_attention, heads: 8, pool: 7}",
+            "pool: 7}",
+            "stages[3].blocks[0].mixer.candidates[0].pool",
+            "pool 7 averages neighbouring pixels, but stage 3 carries a token sequence (768x7x7 + 1 token)",
+        ),
+        (
+            "{op: class_token_head, norm: layer_norm, classes: 1000}",
+            "{op: pool_linear, norm: layer_norm, classes: 1000}",
+            "op: pool_linear",
+            "head",
+            "pool_linear works on a spatial map, but stage 3 carries a token sequence here",
+        ),
+        (
+            "pool: 2, class_token: true}",
+            "pool: 2}",
+            "op: class_token_head",
+            "head",
+            "class_token_head reads the class token, but the last stage outputs a 768x7x7 map with none",
+        ),
+    ],
+)
+def test_spatial_ops_are_refused_on_a_token_sequence(tmp_path, old, new, needle, path_text, expected):
+    assert old in NOMMER, old
+    path = tmp_path / "nommer.yaml"
+    path.write_text(NOMMER.replace(old, new))
+    message = error_of(path)
+    assert f"{path}:{line_of(path, needle)}:" in message and f"{path_text}: " in message
+    assert expected in message
 
 
 def test_one_wrong_value_is_one_problem():

@@ -163,9 +163,7 @@ def build(
     for column in ("part", "blocks", "output", "params (total)", "FLOPs"):
         table.add_column(column, justify="left" if column in ("part", "output") else "right")
     for part in summary.stages:
-        table.add_row(
-            part.part, str(part.blocks or ""), "x".join(map(str, part.out_shape)), f"{part.params:,}", _human(part.flops)
-        )
+        table.add_row(part.part, str(part.blocks or ""), part.shape_text(), f"{part.params:,}", _human(part.flops))
     table.add_section()
     table.add_row("total", "", "", f"{summary.params:,}", _human(summary.flops_analytic))
     out.print(table)

@@ -2,8 +2,8 @@
 out_indices=(0, 1, 2, 3))` returns a `FeatureNet` whose forward gives those stages' maps, with
 `feature_info` (channels, reduction, module name per map), as timm's `features_only` models.
 
-Only stages whose output is a B×C×H×W map at one stride of the input can be named; NomMer's
-class-token stage (a 1×(1 + h·w) token row) cannot, until token layouts are typed in the graph.
+Every returned map is B×C×H×W: a stage in the "tokens" layout (NomMer's class-token stage)
+gives its map without the extra tokens, which a neck has no place for.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from archdsl.network import ArchNet
 
 
 class FeatureInfo(list):
-    """One dict per returned map: num_chs, reduction (input side / map side), module."""
+    """One dict per returned map: num_chs, reduction (input side / map side), module, as timm's;
+    and map_size, extra_tokens (what the stage carries beside its map)."""
 
     def channels(self) -> list[int]:
         return [info["num_chs"] for info in self]
@@ -32,7 +33,7 @@ class FeatureInfo(list):
 def stage_feature_info(graph: ArchGraph, out_indices: tuple[int, ...]) -> FeatureInfo:
     """Check `out_indices` against the graph's stages and describe each chosen map."""
     count = graph.num_stages
-    height, width = graph.image_size
+    height = graph.image_size[0]
     info = FeatureInfo()
     for index in out_indices:
         if not -count <= index < count:
@@ -40,20 +41,24 @@ def stage_feature_info(graph: ArchGraph, out_indices: tuple[int, ...]) -> Featur
                 Problem(f"stage {index} does not exist; this network has stages 0..{count - 1}", (), Location("out_indices"))
             )
         stage = index % count
-        channels, map_height, map_width = graph.stage_nodes(stage)[-1].out_shape
-        reduction = round(height / map_height)
-        if reduction != round(width / map_width):
-            raise SpecError(
-                Problem(
-                    f"stage {stage}'s output is {map_height}x{map_width}, not a map at one stride of the "
-                    f"{height}x{width} input (a token sequence, such as NomMer's class-token stage); "
-                    f"name only stages that output maps",
-                    (),
-                    Location("out_indices"),
-                )
-            )
-        info.append({"num_chs": channels, "reduction": reduction, "module": f"stages.{stage}"})
+        shape = graph.stage_nodes(stage)[-1].out_shape
+        info.append(
+            {
+                "num_chs": shape.channels,
+                "reduction": round(height / shape.height),
+                "module": f"stages.{stage}",
+                "map_size": shape.map_size,
+                "extra_tokens": shape.extra_tokens,
+            }
+        )
     return info
+
+
+def as_map(x: torch.Tensor, map_size: tuple[int, int], extra_tokens: int) -> torch.Tensor:
+    """A stage's output as a B×C×H×W map: a "tokens"-layout row loses its extra tokens."""
+    if not extra_tokens:
+        return x
+    return x[..., extra_tokens:].reshape(x.shape[0], x.shape[1], *map_size)
 
 
 class FeatureNet(nn.Module):
@@ -74,4 +79,7 @@ class FeatureNet(nn.Module):
         for stage in self.stages:
             x = stage(x, side)
             maps.append(x)
-        return [maps[index] for index in self.out_indices]
+        return [
+            as_map(maps[index], info["map_size"], info["extra_tokens"])
+            for index, info in zip(self.out_indices, self.feature_info)
+        ]

@@ -94,8 +94,22 @@ class ArchGraph:
         return len(self.spec.stages)
 
 
+def _check_layout(placed: Placed) -> None:
+    """A spatial op on the "tokens" layout would read the token row as a 1-pixel-high map."""
+    op, shape = placed.op, placed.site.in_shape
+    if shape.layout == "tokens" and "runs_on_tokens" not in op.capabilities:
+        takers = sorted(name for name, cls in ops_for(op.role).items() if "runs_on_tokens" in cls.capabilities)
+        raise OpCheckError(
+            f"{op.op} works on a spatial map, but stage {placed.site.stage} carries a token sequence here ({shape}: the "
+            f"{shape.height}x{shape.width} map and its extra tokens in one row); "
+            + (f"{op.role} ops that run on tokens: {', '.join(takers)}" if takers else f"no {op.role} op runs on tokens")
+            + ", or move the class token to a later stage"
+        )
+
+
 def _check(placed: Placed, sources: SourceMap | None) -> None:
     try:
+        _check_layout(placed)
         placed.op.check(placed.site)
     except OpCheckError as error:
         path = placed.path + ((error.field,) if error.field else ())
@@ -106,7 +120,7 @@ def _place(op: Op, site: Site, path: tuple, sources: SourceMap | None) -> Placed
     placed = Placed(op, site, path)
     _check(placed, sources)
     shape = placed.out_shape
-    if min(shape) < 1:
+    if min(shape.channels, shape.height, shape.width) < 1:
         raise SpecError(
             Problem(
                 f"this {op.role} leaves an empty {shape} map; use a larger input size",
@@ -165,6 +179,15 @@ def _lower_block(
     candidates = []
     side_inputs, side_outputs = [], []
     pad = block.mixer.pad_multiple
+    if pad and shape.layout == "tokens":
+        where = path + ("mixer", "pad_multiple")
+        raise SpecError(
+            Problem(
+                f"pad_multiple pads a map, but stage {stage_index} carries a token sequence ({shape}); remove it",
+                where,
+                sources.locate(where) if sources else None,
+            )
+        )
     mixed = shape if not pad else FeatureShape(shape.channels, -(-shape.height // pad) * pad, -(-shape.width // pad) * pad)
     for index, op in enumerate(block.mixer.candidates):
         site = Site(mixed, op.channels or shape.channels, image_size, stage_index)

@@ -181,7 +181,8 @@ class Stage(nn.Module):
 
 
 class ArchNet(nn.Module):
-    """A compiled spec. `forward_features(x)` gives every stage's map (for necks);
+    """A compiled spec. `forward_features(x)` gives every stage's output (a stage in the
+    "tokens" layout gives its token row; `features_only` models give maps);
     `forward(x)` gives logits (pooled features when built with `num_classes=0`).
 
     The fine-tuning interface follows timm's: `num_features`, `num_classes`, `get_classifier()`,

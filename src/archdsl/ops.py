@@ -16,34 +16,60 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, NamedTuple
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
 
 ROLES = ("stem", "downsample", "candidate", "interaction", "fusion", "ffn", "head")
 
 
-class FeatureShape(NamedTuple):
-    """A feature map's shape without the batch dimension (NCHW layout between nodes)."""
+Layout = Literal["map", "tokens"]
+
+
+@dataclass(frozen=True)
+class FeatureShape:
+    """A feature's shape without the batch dimension, with its layout.
+
+    Layout "map": a B×C×H×W tensor. Layout "tokens": the height×width map plus `extra_tokens`
+    (a class token) that no pixel owns, carried as a B×C×1×(extra_tokens + height·width) row,
+    the extra tokens first and the map's pixels after them row-major. Only ops that declare
+    `runs_on_tokens` (channel-wise maths, global attention) may run on it; the graph refuses
+    the others, which would mistake the row for a map."""
 
     channels: int
     height: int
     width: int
+    extra_tokens: int = 0
+
+    @property
+    def layout(self) -> Layout:
+        return "tokens" if self.extra_tokens else "map"
 
     @property
     def tokens(self) -> int:
-        return self.height * self.width
+        """Every position an op sees: the map's pixels and the extra tokens."""
+        return self.extra_tokens + self.height * self.width
 
     @property
     def numel(self) -> int:
-        return self.channels * self.height * self.width
+        return self.channels * self.tokens
+
+    @property
+    def map_size(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def tensor_size(self) -> tuple[int, int, int]:
+        """The (C, H, W) sizes of the tensor that carries this shape."""
+        return (self.channels, self.height, self.width) if self.layout == "map" else (self.channels, 1, self.tokens)
 
     def with_channels(self, channels: int) -> FeatureShape:
-        return FeatureShape(channels, self.height, self.width)
+        return replace(self, channels=channels)
 
     def __str__(self) -> str:
-        return f"{self.channels}x{self.height}x{self.width}"
+        extra = f" + {self.extra_tokens} token{'s' if self.extra_tokens > 1 else ''}" if self.extra_tokens else ""
+        return f"{self.channels}x{self.height}x{self.width}{extra}"
 
 
 @dataclass(frozen=True)
@@ -71,8 +97,11 @@ class OpCheckError(ValueError):
 # * "value_gate" (a candidate): its module uses `value_gate=`, a (B, channels, 1, 1) gate that an
 #   interaction with applies_to "values" multiplies onto its values;
 # * "replaces_previous_ffn" (a downsample): it is the previous block's FFN run with a stride
-#   (CloFormer), so that block has no FFN of its own.
-Capability = Literal["value_gate", "replaces_previous_ffn"]
+#   (CloFormer), so that block has no FFN of its own;
+# * "runs_on_tokens": its maths ignores where a position sits (per-position layers, global
+#   attention), so it may run on the "tokens" layout (see `FeatureShape`); every other op is
+#   refused there.
+Capability = Literal["value_gate", "replaces_previous_ffn", "runs_on_tokens"]
 
 # fvcore's handle signature: (the traced node's inputs, its outputs) -> FLOPs
 FlopHandle = Callable[[list[Any], list[Any]], int]

@@ -11,15 +11,21 @@ from archdsl.compiler import compile_graph
 from archdsl.cost import count_params, fvcore_counts
 from archdsl.graph import ArchGraph
 from archdsl.network import ArchNet
+from archdsl.ops import FeatureShape
 
 
 @dataclass
 class PartSummary:
     part: str  # stem | stage N | head
     blocks: int
-    out_shape: list[int]
+    out_shape: list[int]  # channels, height, width of the map (the head: its outputs)
+    extra_tokens: int  # carried beside the map (NomMer's class token), see archdsl.ops.FeatureShape
     params: int
     flops: int
+
+    def shape_text(self) -> str:
+        sizes = "x".join(map(str, self.out_shape))
+        return f"{sizes} + {self.extra_tokens} token" if self.extra_tokens else sizes
 
 
 @dataclass
@@ -42,6 +48,10 @@ def _params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _map_sizes(shape: FeatureShape) -> list[int]:
+    return [shape.channels, shape.height, shape.width]
+
+
 def meta_param_count(graph: ArchGraph) -> int:
     """All parameters of the network a graph compiles to, built on the meta device (no memory, no
     initialisation)."""
@@ -53,20 +63,23 @@ def summarize(model: ArchNet, graph: ArchGraph, fvcore: bool = True) -> ModelSum
     """`fvcore`: also trace the module with fvcore (seconds for a large model); otherwise only
     the analytic count is filled in."""
     spec = graph.spec
-    parts = [PartSummary("stem", 0, list(graph.node("stem").out_shape), _params(model.stem), graph.node("stem").flops)]
+    stem = graph.node("stem")
+    parts = [PartSummary("stem", 0, _map_sizes(stem.out_shape), 0, _params(model.stem), stem.flops)]
     for index, stage in enumerate(model.stages):
         nodes = graph.stage_nodes(index)
+        out = nodes[-1].out_shape
         parts.append(
             PartSummary(
                 f"stage {index}",
                 sum(n.kind == "block" for n in nodes),
-                list(nodes[-1].out_shape),
+                _map_sizes(out),
+                out.extra_tokens,
                 _params(stage),
                 sum(n.flops for n in nodes),
             )
         )
     head = graph.node("head")
-    parts.append(PartSummary("head", 0, list(head.out_shape[:1]), _params(model.head), head.flops))
+    parts.append(PartSummary("head", 0, [head.out_shape.channels], 0, _params(model.head), head.flops))
     trainable, total = count_params(model)
     flops, raw = fvcore_counts(model, spec.image_size, spec.input.channels) if fvcore else (None, None)
     return ModelSummary(spec.name, list(spec.image_size), total, trainable, flops, raw, graph.flops, parts, model.pretrained_cfg)

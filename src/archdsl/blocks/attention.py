@@ -9,7 +9,7 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import FitRule, attention_flops, common_divisors, conv_flops, divisors, fit_to_map, linear_flops
+from archdsl.blocks.layers import FitRule, attention_flops, common_divisors, divisors, fit_to_map, linear_flops
 from archdsl.blocks.multihead import (
     SpatialReductionAttention,
     attend,
@@ -74,7 +74,7 @@ class PooledAttention(AttentionCandidate):
     Its values can be gated per channel (`value_gate`, channels ordered head by head)."""
 
     op: Literal["pooled_attention"] = "pooled_attention"
-    capabilities = frozenset({"value_gate"})
+    capabilities = frozenset({"value_gate", "runs_on_tokens"})  # on tokens with pool 1 only (`check`)
     fvcore_handles = {**AttentionCandidate.fvcore_handles, "aten::avg_pool2d": pooled_elements}
     pool: PositiveInt = 1
     """side of the average pool applied to keys and values (1: plain global attention)"""
@@ -85,7 +85,13 @@ class PooledAttention(AttentionCandidate):
 
     def check(self, site: Site) -> None:
         super().check(site)
-        height, width = site.in_shape.height, site.in_shape.width
+        height, width = site.in_shape.map_size
+        if self.pool > 1 and site.in_shape.layout == "tokens":
+            raise OpCheckError(
+                f"pool {self.pool} averages neighbouring pixels, but stage {site.stage} carries a token sequence "
+                f"({site.in_shape}) whose extra tokens have no neighbours; use pool: 1 (global attention) there",
+                field="pool",
+            )
         if height % self.pool or width % self.pool:
             fits = common_divisors(height, width)
             problem = "is larger than" if self.pool > min(height, width) else "does not divide"
@@ -96,15 +102,16 @@ class PooledAttention(AttentionCandidate):
             )
 
     def flops(self, site: Site) -> int:
-        c_in, height, width = site.in_shape
+        c_in, queries = site.in_shape.channels, site.in_shape.tokens
+        height, width = site.in_shape.map_size
         channels = site.out_channels
-        keys = (height // self.pool) * (width // self.pool)
+        keys = (height // self.pool) * (width // self.pool) if self.pool > 1 else queries
         return (
-            conv_flops(c_in, channels, 1, (height, width))
-            + conv_flops(c_in, 2 * channels, 1, (height // self.pool, width // self.pool))
-            + attention_flops(self.heads, height * width, keys, channels // self.heads)
+            linear_flops(c_in, channels, queries)
+            + linear_flops(c_in, 2 * channels, keys)
+            + attention_flops(self.heads, queries, keys, channels // self.heads)
             + (site.in_shape.numel if self.pool > 1 else 0)  # the pooling's sums (`pooled_elements`)
-            + (conv_flops(channels, channels, 1, (height, width)) if self.output_projection else 0)
+            + (linear_flops(channels, channels, queries) if self.output_projection else 0)
         )
 
     def build(self, site: Site) -> nn.Module:
@@ -215,7 +222,7 @@ class WindowAttention(AttentionCandidate):
 
     def check(self, site: Site) -> None:
         super().check(site)
-        _, height, width = site.in_shape
+        height, width = site.in_shape.map_size
         if height % self.window_at(site) or width % self.window_at(site):
             fits = common_divisors(height, width)
             raise OpCheckError(
@@ -226,7 +233,8 @@ class WindowAttention(AttentionCandidate):
             )
 
     def flops(self, site: Site) -> int:
-        c_in, height, width = site.in_shape
+        c_in = site.in_shape.channels
+        height, width = site.in_shape.map_size
         channels, tokens = site.out_channels, height * width
         flops = 0
         if self.input_projection:

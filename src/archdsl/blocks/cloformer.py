@@ -54,11 +54,12 @@ class CloFormerStem(Op):
     op: Literal["cloformer_stem"] = "cloformer_stem"
 
     def output_shape(self, site: Site) -> FeatureShape:
-        height, width = (strided_size(strided_size(s, 3, 2, 1), 3, 2, 1) for s in site.in_shape[1:])
+        height, width = (strided_size(strided_size(s, 3, 2, 1), 3, 2, 1) for s in site.in_shape.map_size)
         return FeatureShape(site.out_channels, height, width)
 
     def flops(self, site: Site) -> int:
-        c_in, height, width = site.in_shape
+        c_in = site.in_shape.channels
+        height, width = site.in_shape.map_size
         channels, half = site.out_channels, site.out_channels // 2
         half_hw = (strided_size(height, 3, 2, 1), strided_size(width, 3, 2, 1))
         out = self.output_shape(site)
@@ -107,7 +108,8 @@ class AttnConv(AttentionCandidate):
     """depthwise kernel of the local branch (odd)"""
 
     def flops(self, site: Site) -> int:
-        c_in, height, width = site.in_shape
+        c_in = site.in_shape.channels
+        height, width = site.in_shape.map_size
         channels, hw = site.out_channels, (height, width)
         return (
             conv_flops(c_in, 3 * channels, 1, hw)
@@ -154,7 +156,7 @@ class StridedConvFFN(DownsampleOp):
     """norm before the strided FFN"""
 
     def output_shape(self, site: Site) -> FeatureShape:
-        _, height, width = site.in_shape
+        height, width = site.in_shape.map_size
         pad = self.kernel // 2
         return FeatureShape(
             site.out_channels, strided_size(height, self.kernel, 2, pad), strided_size(width, self.kernel, 2, pad)

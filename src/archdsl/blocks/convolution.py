@@ -66,7 +66,8 @@ class DepthwiseConv(CandidateOp):
         return site.in_shape
 
     def flops(self, site: Site) -> int:
-        c_in, height, width = site.in_shape
+        c_in = site.in_shape.channels
+        height, width = site.in_shape.map_size
         channels, hw = site.out_channels, (height, width)
         flops = 0
         if self.input_projection:
@@ -132,7 +133,8 @@ class Bottleneck(CandidateOp):
             )
 
     def flops(self, site: Site) -> int:
-        channels, height, width = site.in_shape
+        channels = site.in_shape.channels
+        height, width = site.in_shape.map_size
         inner, hw = channels // self.expansion, (height, width)
         convs = conv_flops(channels, inner, 1, hw) + conv_flops(inner, inner, 3, hw) + conv_flops(inner, channels, 1, hw)
         return convs + 2 * norm_flops("batch_norm", FeatureShape(inner, height, width)) + norm_flops("batch_norm", site.in_shape)
@@ -167,7 +169,8 @@ class LePE(CandidateOp):
     """kernel of the depthwise conv (odd)"""
 
     def flops(self, site: Site) -> int:
-        c_in, height, width = site.in_shape
+        c_in = site.in_shape.channels
+        height, width = site.in_shape.map_size
         channels = site.out_channels
         return conv_flops(c_in, channels, 1, (height, width)) + conv_flops(
             channels, channels, self.kernel, (height, width), groups=channels

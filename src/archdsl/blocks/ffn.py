@@ -38,7 +38,8 @@ class ConvFFNModule(nn.Module):
 
 
 def conv_ffn_flops(site: Site, ratio: int, kernel: int, stride: int = 1) -> int:
-    c_in, height, width = site.in_shape
+    c_in = site.in_shape.channels
+    height, width = site.in_shape.map_size
     hidden = c_in * ratio
     out_hw = (strided_size(height, kernel, stride, kernel // 2), strided_size(width, kernel, stride, kernel // 2))
     return (
@@ -101,13 +102,14 @@ class MLP(FFNOp):
     """The transformer MLP: Linear to `ratio` × width, GELU (exact), Linear back."""
 
     op: Literal["mlp"] = "mlp"
+    capabilities = frozenset({"runs_on_tokens"})
     ratio: PositiveInt = 4
     """hidden channels = ratio x block width"""
 
     def flops(self, site: Site) -> int:
-        c_in, height, width = site.in_shape
+        c_in = site.in_shape.channels
         hidden = c_in * self.ratio
-        return (c_in + site.out_channels) * hidden * height * width
+        return (c_in + site.out_channels) * hidden * site.in_shape.tokens
 
     def build(self, site: Site) -> nn.Module:
         return MLPModule(site.in_shape.channels, site.in_shape.channels * self.ratio, site.out_channels)

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from archdsl.blocks.layers import conv_flops
+from archdsl.blocks.layers import linear_flops
 from archdsl.ops import Op, OpCheckError, Site, register
 
 
@@ -31,6 +31,7 @@ class Sum(FusionOp):
     """Add the candidates' outputs; each must have the block's full width."""
 
     op: Literal["sum"] = "sum"
+    capabilities = frozenset({"runs_on_tokens"})
 
     def check(self, site: Site) -> None:
         if any(part != site.out_channels for part in site.parts):
@@ -60,6 +61,7 @@ class ConcatProjection(FusionOp):
     """Concatenate the candidates' channel shares, then a 1x1 projection (CloFormer)."""
 
     op: Literal["concat_projection"] = "concat_projection"
+    capabilities = frozenset({"runs_on_tokens"})
     splits_width: ClassVar[bool] = True
 
     def check(self, site: Site) -> None:
@@ -71,7 +73,7 @@ class ConcatProjection(FusionOp):
 
     def flops(self, site: Site) -> int:
         channels = site.out_channels
-        return conv_flops(channels, channels, 1, (site.in_shape.height, site.in_shape.width))
+        return linear_flops(channels, channels, site.in_shape.tokens)
 
     def build(self, site: Site) -> nn.Module:
         return ConcatProjectionModule(site.out_channels)
@@ -95,7 +97,7 @@ class SumProjection(Sum):
 
     def flops(self, site: Site) -> int:
         channels = site.out_channels
-        return conv_flops(channels, channels, 1, (site.in_shape.height, site.in_shape.width))
+        return linear_flops(channels, channels, site.in_shape.tokens)
 
     def build(self, site: Site) -> nn.Module:
         return SumProjectionModule(site.out_channels)

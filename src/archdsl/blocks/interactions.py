@@ -103,7 +103,7 @@ class SpatialInteraction(_ReducingInteraction):
         return site.in_shape.with_channels(1)
 
     def flops(self, site: Site) -> int:
-        _, height, width = site.in_shape
+        height, width = site.in_shape.map_size
         return _bottleneck_flops(site.in_shape.channels, self.hidden(site), 1, (height, width))
 
     def build(self, site: Site) -> nn.Module:

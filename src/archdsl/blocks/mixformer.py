@@ -67,14 +67,15 @@ class MixFormerStem(Op):
         return strided_size(-(-size // 4) * 4, 3, 2, 1)
 
     def output_shape(self, site: Site) -> FeatureShape:
-        return FeatureShape(site.out_channels, *(-(-size // 4) for size in site.in_shape[1:]))
+        return FeatureShape(site.out_channels, *(-(-size // 4) for size in site.in_shape.map_size))
 
     def check(self, site: Site) -> None:
         if site.out_channels % 2:
             raise OpCheckError(f"the stem's convs run at half the stage-0 width, so it must be even, not {site.out_channels}")
 
     def flops(self, site: Site) -> int:
-        c_in, height, width = site.in_shape
+        c_in = site.in_shape.channels
+        height, width = site.in_shape.map_size
         channels, half = site.out_channels, site.out_channels // 2
         half_hw = (self._half_size(height), self._half_size(width))
         out = self.output_shape(site)
@@ -114,11 +115,11 @@ class NormStridedConv(DownsampleOp):
     """norm before the conv"""
 
     def output_shape(self, site: Site) -> FeatureShape:
-        _, height, width = site.in_shape
+        height, width = site.in_shape.map_size
         return FeatureShape(site.out_channels, height // self.kernel, width // self.kernel)
 
     def check(self, site: Site) -> None:
-        _, height, width = site.in_shape
+        height, width = site.in_shape.map_size
         if height % self.kernel or width % self.kernel:
             raise OpCheckError(
                 f"the {height}x{width} map entering stage {site.stage} is not a multiple of the stride {self.kernel} "

@@ -12,9 +12,10 @@ checkpoints.
 Nomination maps (the paper's Fig. 5 and supplement Fig. 1-2) are observed and drawn by
 `archdsl.nominations`.
 
-Token layout: after `conv_max_pool` with `class_token: true` a stage works on a token
-sequence, carried between nodes as a 1×(1 + h·w) map: the class token first, then the h·w
-pixels row-major. Global attention, LayerNorm and the MLP are blind to the layout, and
+Token layout: after `conv_max_pool` with `class_token: true` a stage's shape is the h×w map
+plus one extra token, the "tokens" layout of `archdsl.ops.FeatureShape` (carried as a
+1×(1 + h·w) row, the class token first). Global attention, the norms, the MLP and the fusion
+rules declare that they run on tokens; the graph refuses every spatial op there, and
 `class_token_head` reads token 0.
 """
 
@@ -72,7 +73,7 @@ class NomMerStem(Op):
     """stride of the patch embedding"""
 
     def output_shape(self, site: Site) -> FeatureShape:
-        return FeatureShape(site.out_channels, *(strided_size(s, self.patch, self.patch, 0) for s in site.in_shape[1:]))
+        return FeatureShape(site.out_channels, *(strided_size(s, self.patch, self.patch, 0) for s in site.in_shape.map_size))
 
     def flops(self, site: Site) -> int:
         out = self.output_shape(site)
@@ -147,7 +148,8 @@ class CompressedGlobalAttention(AttentionCandidate):
 
     def check(self, site: Site) -> None:
         super().check(site)
-        c_in, height, width = site.in_shape
+        c_in = site.in_shape.channels
+        height, width = site.in_shape.map_size
         block = self.block_at(site)
         if height % block or width % block:
             fits = common_divisors(height, width)
@@ -173,7 +175,8 @@ class CompressedGlobalAttention(AttentionCandidate):
                 )
 
     def flops(self, site: Site) -> int:
-        c_in, height, width = site.in_shape
+        c_in = site.in_shape.channels
+        height, width = site.in_shape.map_size
         channels = site.out_channels
         keep = self.keep_at(site)
         coefficients = keep * keep
@@ -258,6 +261,7 @@ class Nomination(FusionOp):
     candidates run at every pixel: nomination saves no compute."""
 
     op: Literal["nomination"] = "nomination"
+    capabilities = frozenset({"runs_on_tokens"})
     temperature: float = 1.0
     """softmax temperature of the per-pixel nomination"""
     hard: bool = True
@@ -343,12 +347,12 @@ class ConvMaxPool(DownsampleOp):
     """a class token prepended to the tokens"""
 
     def _pooled(self, site: Site) -> FeatureShape:
-        _, height, width = site.in_shape
+        height, width = site.in_shape.map_size
         return FeatureShape(site.out_channels, height // self.pool, width // self.pool)
 
     def output_shape(self, site: Site) -> FeatureShape:
         pooled = self._pooled(site)
-        return FeatureShape(pooled.channels, 1, 1 + pooled.tokens) if self.class_token else pooled
+        return FeatureShape(pooled.channels, pooled.height, pooled.width, extra_tokens=1) if self.class_token else pooled
 
     def check(self, site: Site) -> None:
         if min(site.in_shape.height, site.in_shape.width) < self.pool:
@@ -359,7 +363,7 @@ class ConvMaxPool(DownsampleOp):
             )
 
     def flops(self, site: Site) -> int:
-        _, height, width = site.in_shape
+        height, width = site.in_shape.map_size
         # the max-pool's comparisons are not multiply-adds (fvcore skips them too)
         return conv_flops(site.in_shape.channels, site.out_channels, self.kernel, (height, width)) + norm_flops(
             self.norm, self._pooled(site)
@@ -397,8 +401,16 @@ class ClassTokenHead(HeadOp):
     with `class_token: true` puts first (no pooling), as NomMer's head."""
 
     op: Literal["class_token_head"] = "class_token_head"
+    capabilities = frozenset({"runs_on_tokens"})
     norm: Literal["layer_norm"] | None = "layer_norm"
     """a LayerNorm on the class token before the classifier (none when null)"""
+
+    def check(self, site: Site) -> None:
+        if site.in_shape.layout != "tokens":
+            raise OpCheckError(
+                f"class_token_head reads the class token, but the last stage outputs a {site.in_shape} map with none; "
+                f"put one there (a downsample with class_token: true, as NomMer's conv_max_pool) or use pool_linear"
+            )
 
     def flops(self, site: Site) -> int:
         channels = site.in_shape.channels

@@ -118,18 +118,19 @@ class SGFormerStem(Op):
     """a learnable position embedding, one row per output pixel (sin-cos initialised)"""
 
     def output_shape(self, site: Site) -> FeatureShape:
-        height, width = (strided_size(strided_size(s, 3, 2, 1), 3, 2, 1) for s in site.in_shape[1:])
+        height, width = (strided_size(strided_size(s, 3, 2, 1), 3, 2, 1) for s in site.in_shape.map_size)
         return FeatureShape(site.out_channels, height, width)
 
     def flops(self, site: Site) -> int:
-        c_in, height, width = site.in_shape
+        c_in = site.in_shape.channels
+        height, width = site.in_shape.map_size
         channels = site.out_channels
         half = FeatureShape(channels, strided_size(height, 3, 2, 1), strided_size(width, 3, 2, 1))
         out = self.output_shape(site)
         convs = (
-            conv_flops(c_in, channels, 3, half[1:])
-            + conv_flops(channels, channels, 3, half[1:])
-            + conv_flops(channels, channels, 3, out[1:])
+            conv_flops(c_in, channels, 3, half.map_size)
+            + conv_flops(channels, channels, 3, half.map_size)
+            + conv_flops(channels, channels, 3, out.map_size)
         )
         return convs + 2 * norm_flops("group_norm", half) + norm_flops("group_norm", out) + norm_flops("layer_norm", out)
 
@@ -167,20 +168,21 @@ class ConvPatchMerging(DownsampleOp):
     """a norm before the merge (it closes the previous stage; none when null)"""
 
     def output_shape(self, site: Site) -> FeatureShape:
-        _, height, width = site.in_shape
+        height, width = site.in_shape.map_size
         return FeatureShape(site.out_channels, strided_size(height, 3, 2, 1), strided_size(width, 3, 2, 1))
 
     def flops(self, site: Site) -> int:
-        c_in, height, width = site.in_shape
+        c_in = site.in_shape.channels
+        height, width = site.in_shape.map_size
         channels = site.out_channels
         out = self.output_shape(site)
         return (
             (norm_flops(self.norm, site.in_shape) if self.norm else 0)
             + conv_flops(c_in, channels, 1, (height, width))
             + norm_flops("group_norm", FeatureShape(channels, height, width))
-            + conv_flops(channels, channels, 3, out[1:], groups=channels)
+            + conv_flops(channels, channels, 3, out.map_size, groups=channels)
             + norm_flops("group_norm", out)
-            + conv_flops(channels, channels, 1, out[1:])
+            + conv_flops(channels, channels, 1, out.map_size)
             + norm_flops("group_norm", out)
         )
 
@@ -293,7 +295,7 @@ class HybridScaleAttention(AttentionCandidate):
 
     def check(self, site: Site) -> None:
         _check_even_heads(self, site)
-        _, height, width = site.in_shape
+        height, width = site.in_shape.map_size
         if height % self.scale or width % self.scale:
             sizes = _input_sizes_that_work(site, lambda side: side % self.scale == 0)
             raise OpCheckError(
@@ -304,7 +306,8 @@ class HybridScaleAttention(AttentionCandidate):
             )
 
     def flops(self, site: Site) -> int:
-        c_in, height, width = site.in_shape
+        c_in = site.in_shape.channels
+        height, width = site.in_shape.map_size
         channels, tokens = site.out_channels, height * width
         half, head_dim = channels // 2, channels // self.heads
         grid = (height // self.scale) * (width // self.scale)
@@ -312,7 +315,7 @@ class HybridScaleAttention(AttentionCandidate):
         merged = FeatureShape(c_in, height // self.scale, width // self.scale)
         coarse = (
             linear_flops(c_in, half, tokens)
-            + conv_flops(c_in, c_in, self.scale, merged[1:])
+            + conv_flops(c_in, c_in, self.scale, merged.map_size)
             + norm_flops("layer_norm", merged)
             + linear_flops(c_in, channels, grid)
             + attention_flops(self.heads // 2, tokens, grid, head_dim)
@@ -461,7 +464,7 @@ class SelfGuidedAttention(AttentionCandidate):
 
     def check(self, site: Site) -> None:
         _check_even_heads(self, site)
-        _, height, width = site.in_shape
+        height, width = site.in_shape.map_size
         total = sum(self.shares)
         if (height * width) % total:
             sizes = _input_sizes_that_work(site, lambda side: (side * side) % total == 0)
@@ -474,7 +477,8 @@ class SelfGuidedAttention(AttentionCandidate):
             )
 
     def flops(self, site: Site) -> int:
-        c_in, height, width = site.in_shape
+        c_in = site.in_shape.channels
+        height, width = site.in_shape.map_size
         channels, tokens = site.out_channels, height * width
         keys = self.key_tokens(site)
         return (
