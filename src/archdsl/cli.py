@@ -199,6 +199,30 @@ def validate(
     )
 
 
+@app.command(name="graph")
+def draw_graph(
+    spec: str = SpecArgument,
+    output: Path = typer.Option(..., "-o", "--output", help="The picture to write; its suffix picks the format: .svg or .png."),
+    img_size: str | None = ImgSizeOption,
+    set_: list[str] | None = SetOption,
+    plugin: list[str] | None = PluginOption,
+) -> None:
+    """Draw the lowered graph: stages, blocks (identical ones collapsed as xN), candidates with their
+    channel shares, fusion, interactions, FFN, and side channels as labelled edges (the 'plot' extra)."""
+    from archdsl.api import load_spec, lower_spec
+    from archdsl.drawing import picture_format, save_picture
+
+    try:
+        picture_format(output)  # before the spec is loaded: a wrong suffix is the quickest thing to report
+        lowered = lower_spec(load_spec(spec, set_ or None, img_size=img_size))
+        save_picture(lowered, output)
+    except (SpecError, OSError) as error:
+        fail(error)
+    except ModuleNotFoundError as error:
+        fail_without_extra("plot", error, "graph")
+    typer.echo(f"wrote {output}")  # not rich: a path is no markup, and is not wrapped
+
+
 @app.command()
 def schema(
     space: bool = typer.Option(False, "--space", help="The schema of search spaces (choice nodes allowed anywhere)."),
