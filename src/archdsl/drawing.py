@@ -151,11 +151,12 @@ class Picture:
 
 
 def _shape(shape: FeatureShape) -> str:
-    return f"{shape.channels}×{shape.height}×{shape.width}"
+    return f"{shape.channels}×{_map_size(shape)}"
 
 
 def _map_size(shape: FeatureShape) -> str:
-    return f"{shape.height}×{shape.width}"
+    extra = f" + {shape.extra_tokens} token{'s' if shape.extra_tokens > 1 else ''}" if shape.extra_tokens else ""
+    return f"{shape.height}×{shape.width}{extra}"
 
 
 def _value(value) -> str | None:
