@@ -1,5 +1,5 @@
-"""How long `archdsl --help` takes to start, as a ratio to `python -c "import torch"` (the floor:
-every archdsl command imports torch). Median of several runs of each, alternated, in fresh
+"""How long `archdsl --help`, `validate` and `build` take, as a ratio to `python -c "import torch"`
+(the floor: every archdsl command imports torch), and in seconds. Median of several runs of each, alternated, in fresh
 processes; run it on a quiet machine (python bench/cli_startup.py [--runs N])."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ COMMANDS = {
     "import torch": [sys.executable, "-c", "import torch"],
     "archdsl --help": [sys.executable, "-m", "archdsl.cli", "--help"],
     "archdsl validate mixformer_b6": [sys.executable, "-m", "archdsl.cli", "validate", "mixformer_b6"],
+    "archdsl build mixformer_b6": [sys.executable, "-m", "archdsl.cli", "build", "mixformer_b6"],
 }
 
 

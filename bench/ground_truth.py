@@ -99,8 +99,9 @@ def draw_architectures(args, known: list[dict] = ()) -> tuple[list[dict], dict]:
     from archdsl.api import lower_spec
     from archdsl.errors import SpecError
     from archdsl.search.budget import parse_flops
+    from archdsl.search.choosers import RandomChooser
     from archdsl.search.records import spec_yaml
-    from archdsl.search.space import RandomChooser, load_space
+    from archdsl.search.space import load_space
 
     space = load_space(args.space)
     budget = parse_flops(args.budget) if args.budget else space.budget

@@ -232,7 +232,7 @@ def sample_specs(space, count: int, img_size: int, rng: np.random.Generator, max
     how many draws were redrawn: one that does not validate or lower (a SpecError) or is over
     budget."""
     from archdsl.api import lower_spec
-    from archdsl.search.space import RandomChooser
+    from archdsl.search.choosers import RandomChooser
 
     max_draws = max_draws or 50 * count
     specs = []

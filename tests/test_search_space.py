@@ -14,10 +14,10 @@ from archdsl.errors import SpecError
 from archdsl.network import CandidateModule
 from archdsl.ops import CandidateOp, Site, register, unregister
 from archdsl.search import SearchError, load_space
+from archdsl.search.choosers import FixedChooser, RandomChooser
 from archdsl.search.feasibility import BudgetCheck, ensure_feasible, smallest_flops
 from archdsl.search.objectives import Params
 from archdsl.search.searchers import make_searcher
-from archdsl.search.space import FixedChooser, RandomChooser
 from archdsl.search.trial import TrialSetup, score_spec
 
 TINY = """\

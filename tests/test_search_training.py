@@ -22,10 +22,11 @@ from typer.testing import CliRunner
 
 from archdsl.cli import app
 from archdsl.search import run_search
+from archdsl.search.choosers import RandomChooser
 from archdsl.search.data import load_dataset
 from archdsl.search.feasibility import FITS, INVALID_AT_IMG_SIZE, OVER_FLOPS, BudgetCheck, config_key
 from archdsl.search.report import ranked
-from archdsl.search.space import RandomChooser, load_space
+from archdsl.search.space import load_space
 
 BUDGET = "15M@32"  # the whole tiny space (0.7 to 3.3 MFLOPs) and cloformer_xxs (13.5 M), not cloformer_xs (24.9 M)
 EPOCHS = 4  # ASHA's rungs at epochs 1, 2 and 4

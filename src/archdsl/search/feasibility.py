@@ -27,8 +27,10 @@ from archdsl.api import lower_spec
 from archdsl.compiler import count_node_params
 from archdsl.errors import Location, SpecError
 from archdsl.search.budget import format_flops, format_params
+from archdsl.search.choosers import FixedChooser, RandomChooser
 from archdsl.search.errors import OptionProblem, SearchError
-from archdsl.search.space import FixedChooser, RandomChooser, Range, SearchSpace
+from archdsl.search.grammar import Range
+from archdsl.search.space import SearchSpace
 
 FITS, OVER_FLOPS, OVER_PARAMS, INVALID = "fits", "over_flops", "over_params", "invalid"
 INVALID_AT_IMG_SIZE = "invalid_at_img_size"  # fits the budget at its reference size, cannot run at --img-size

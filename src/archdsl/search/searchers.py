@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from ray.tune.search import Searcher
 
+from archdsl.search.choosers import OptunaChooser, RandomChooser
 from archdsl.search.errors import option_error
 from archdsl.search.feasibility import INVALID, INVALID_AT_IMG_SIZE, BudgetCheck, config_key
-from archdsl.search.space import OptunaChooser, RandomChooser
 
 SEARCHERS = ("tpe", "evolution", "random")
 METRIC, MODE = "score", "max"
