@@ -173,6 +173,20 @@ def test_model_commands_never_import_the_search_extra():
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_every_search_option_reaches_the_settings():
+    """The command passes its options to SearchSettings by name: one that is not a field (a typo,
+    a field renamed) would be dropped, so every option is a field or one of the CLI's own."""
+    import dataclasses
+    import inspect
+
+    from archdsl.cli import search
+    from archdsl.search import SearchSettings
+
+    cli_own = {"context", "out_dir", "resume", "address", "set_", "plugin", "no_baselines"}
+    options = set(inspect.signature(search).parameters) - cli_own
+    assert options and options <= {field.name for field in dataclasses.fields(SearchSettings)}
+
+
 def test_search_without_the_extra_is_one_clean_error():
     # None in sys.modules makes `import ray` raise ModuleNotFoundError, as when it is not installed
     code = "import sys; sys.modules['ray'] = None\nfrom archdsl.cli import app\napp(['search', '--samples', '1'])\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -264,6 +265,7 @@ def nominations(
 
 @app.command()
 def search(
+    context: typer.Context,
     # written here, not imported from archdsl.search: that would import Ray Tune for every command's --help
     budget: str | None = typer.Option(
         None,
@@ -357,34 +359,11 @@ def search(
     except ModuleNotFoundError as error:
         fail_without_extra("search", error, "search")
 
-    settings = SearchSettings(
-        space=space,
-        overrides=list(set_ or []),
-        budget=budget,
-        max_params=max_params,
-        img_size=img_size,
-        objective=objective,
-        objectives=objectives.split(",") if objectives else [],
-        samples=samples,
-        searcher=searcher,
-        seed=seed,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        dataset=dataset,
-        train_images=train_images,
-        epochs=epochs,
-        proxy_batch=proxy_batch,
-        batch_size=batch_size,
-        lr=lr,
-        top_k=top_k,
-        baselines=not no_baselines,
-        prefilter=prefilter,
-        keep=keep,
-        final_top=final_top,
-        final_seeds=final_seeds,
-        final_random=final_random,
-        final_epochs=final_epochs,
-    )
+    # every option named like a SearchSettings field is that field; the rest are the CLI's own
+    fields = {field.name for field in dataclasses.fields(SearchSettings)}
+    given = {name: value for name, value in context.params.items() if name in fields}
+    given.update(overrides=list(set_ or []), objectives=objectives.split(",") if objectives else [], baselines=not no_baselines)
+    settings = SearchSettings(**given)
     try:
         with LiveProgress() as show:
             result = run_search(settings=settings, out=out_dir, resume=resume, address=address, progress=show)
