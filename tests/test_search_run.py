@@ -72,12 +72,12 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(local_ray, tmp_path)
     space = tmp_path / "flaky.yaml"
     space.write_text(TINY_SPACE)
     out = tmp_path / "out"
-    # random draws with seed 0 give stage-0 widths 32, 16, 16, 32, 24, 32, 24, 32
-    result = run_search(space, budget="1G", samples=8, searcher="random", objective=Flaky(), seed=0, out=out, baselines=False)
+    # random draws with seed 0 give stage-0 widths 32, 16, 16, 32, 24
+    result = run_search(space, budget="1G", samples=5, searcher="random", objective=Flaky(), seed=0, out=out, baselines=False)
     records = result.records
-    assert len(records) == 8 and result.progress.failed == 4 and result.progress.done == 4
+    assert len(records) == 5 and result.progress.failed == 3 and result.progress.done == 2
     by_width = Counter((r["config"]["stages[0].width"], r["status"]) for r in records)
-    assert by_width == {(32, "done"): 4, (16, "failed"): 2, (24, "failed"): 2}
+    assert by_width == {(32, "done"): 2, (16, "failed"): 2, (24, "failed"): 1}
     for record in records:
         if record["config"]["stages[0].width"] == 16:  # raised: the error, and the traceback for a look
             assert record["error"] == "RuntimeError: injected failure: this objective refuses 16 channels"
@@ -86,7 +86,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(local_ray, tmp_path)
             assert "gave nan" in record["error"]
         assert (out / record["spec_file"]).is_file()
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
-    assert [r["status"] for r in rows] == ["done"] * 4 + ["failed"] * 4
+    assert [r["status"] for r in rows] == ["done"] * 2 + ["failed"] * 3
     assert all(r["error"] for r in rows if r["status"] == "failed")
     assert load_spec(out / "best.yaml").stages[0].width == 32
 
