@@ -407,30 +407,34 @@ def _draw_box(ax, box: Box) -> None:
     group.set_gid(box.gid)
     ax.add_patch(group)
     for index, line in enumerate(box.lines):
-        ax.text(
-            box.x + PAD,
-            box.y + PAD + index * LINE,
-            line,
-            fontfamily=FONT,
-            fontsize=FONT_SIZE,
-            fontweight="bold" if index == 0 else "normal",
-            va="top",
-            ha="left",
-            parse_math=False,
-        ).set_gid(f"{box.gid}-line-{index}")
+        _text(ax, (box.x + PAD, box.y + PAD + index * LINE), line, f"{box.gid}-line-{index}", bold=index == 0)
     if box.badge:
-        ax.text(
-            box.x + box.width - PAD,
-            box.y + PAD,
+        _text(
+            ax,
+            (box.x + box.width - PAD, box.y + PAD),
             box.badge,
-            fontfamily=FONT,
-            fontsize=FONT_SIZE,
-            fontweight="bold",
+            f"{box.gid}-count",
+            bold=True,
             color=SIDE_CHANNEL,
-            va="top",
-            ha="right",
-            parse_math=False,
-        ).set_gid(f"{box.gid}-count")
+            align="right",
+        )
+
+
+def _text(
+    ax, at: tuple[float, float], text: str, gid: str, bold: bool = False, color: str = "black", align: str = "left"
+) -> None:
+    """One line of text hanging from `at`, in the drawing's font, with an id the SVG keeps."""
+    ax.text(
+        *at,
+        text,
+        fontfamily=FONT,
+        fontsize=FONT_SIZE,
+        fontweight="bold" if bold else "normal",
+        color=color,
+        va="top",
+        ha=align,
+        parse_math=False,
+    ).set_gid(gid)
 
 
 def _arrow(ax, start: tuple[float, float], end: tuple[float, float]) -> None:
@@ -455,29 +459,9 @@ def _draw_frame(ax, repeat: Repeat, column: Column) -> None:
     )
     frame.set_gid(repeat.gid)
     ax.add_patch(frame)
-    ax.text(
-        left + width - PAD,
-        repeat.y + FRAME / 2,
-        f"×{repeat.count}",
-        fontfamily=FONT,
-        fontsize=FONT_SIZE,
-        fontweight="bold",
-        color=SIDE_CHANNEL,
-        va="top",
-        ha="right",
-        parse_math=False,
-    ).set_gid(f"{repeat.gid}-count")
-    ax.text(
-        left + PAD,
-        repeat.y + FRAME / 2,
-        f"pattern of {len(repeat.boxes)} blocks",
-        fontfamily=FONT,
-        fontsize=FONT_SIZE,
-        color=FRAME_EDGE,
-        va="top",
-        ha="left",
-        parse_math=False,
-    ).set_gid(f"{repeat.gid}-label")
+    top = repeat.y + FRAME / 2
+    _text(ax, (left + width - PAD, top), f"×{repeat.count}", f"{repeat.gid}-count", bold=True, color=SIDE_CHANNEL, align="right")
+    _text(ax, (left + PAD, top), f"pattern of {len(repeat.boxes)} blocks", f"{repeat.gid}-label", color=FRAME_EDGE)
 
 
 def _draw_column(ax, column: Column) -> None:
