@@ -1,20 +1,25 @@
-"""The analytic count agrees with fvcore (with the project's handles) on every bundled spec."""
+"""The analytic FLOP count agrees with fvcore (with the project's handles), and the graph's
+parameter count with the built model's, on every bundled spec."""
 
 from __future__ import annotations
 
 import pytest
 
 import archdsl
+from archdsl.cost import count_params, graph_params
 from archdsl.loading import bundled_spec_names
 
 
 @pytest.mark.parametrize("name", bundled_spec_names())
-def test_analytic_flops_agree_with_fvcore(name):
+def test_analytic_counts_agree_with_the_built_model(name):
     # at a small input, to keep the suite fast: the FLOP rules do not depend on the size, and
     # every family's tests compare both counts with the authors' figures at 224 (and 448)
-    counts = archdsl.count_flops(name, img_size=64)
+    model = archdsl.create_model(name, img_size=64)
+    counts = archdsl.count_flops(model)
     assert counts.analytic == counts.flops
     assert counts.fvcore_raw <= counts.flops
+    # parameters counted on the graph (each node built on the meta device) are the model's
+    assert graph_params(archdsl.lower_spec(model.spec)) == count_params(model)
 
 
 def test_an_op_declares_its_own_fvcore_handle():

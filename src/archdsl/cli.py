@@ -380,8 +380,8 @@ def list_specs(
     """List the bundled specs (family, parameters, analytic FLOPs at the spec's input size) and
     search spaces; each is usable by name anywhere a spec (or --space) path is accepted."""
     from archdsl.api import load_spec, lower_spec
+    from archdsl.cost import graph_params
     from archdsl.loading import bundled_space_descriptions, bundled_spec_names
-    from archdsl.summary import meta_param_count
 
     table = Table(title="bundled specs")
     for column in ("name", "family", "input", "params (total)", "GFLOPs (analytic)"):
@@ -392,7 +392,7 @@ def list_specs(
             name,
             graph.spec.family or "",
             "x".join(map(str, graph.image_size)),
-            f"{meta_param_count(graph) / 1e6:.2f} M",
+            f"{graph_params(graph).total / 1e6:.2f} M",
             f"{graph.flops / 1e9:.3f}",
         )
     out.print(table)

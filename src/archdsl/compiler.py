@@ -45,10 +45,3 @@ def compile_graph(graph: ArchGraph) -> ArchNet:
         downsample = next((build_node(n) for n in nodes if n.kind == "downsample"), None)
         stages.append(Stage(downsample, [build_node(n, rate_of[n.name]) for n in nodes if n.kind == "block"]))
     return ArchNet(build_node(graph.node("stem")), stages, build_node(graph.node("head")), spec=spec)
-
-
-def count_node_params(node: Node) -> int:
-    """Trainable parameters of one node, from its module built on the meta device (no memory)."""
-    with torch.device("meta"):
-        module = build_node(node)
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

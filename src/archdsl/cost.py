@@ -1,4 +1,5 @@
-"""Counting cost: parameters, and FLOPs three ways.
+"""Counting cost: parameters (of a built module, or of a lowered graph without building it), and
+FLOPs three ways.
 
 * `fvcore_raw`: fvcore's own rules on the built module — what the literature compares to.
 * `flops`: the same trace plus handles for aten ops that fvcore skips, each declared by the op
@@ -14,10 +15,14 @@ One multiply-add counts as one FLOP throughout.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
 
+from archdsl.compiler import build_node
+from archdsl.graph import ArchGraph
 from archdsl.ops import FlopHandle, registered_ops
 
 
@@ -65,7 +70,40 @@ def fvcore_counts(model: nn.Module, image_size: tuple[int, int], in_channels: in
     return total, total - extra
 
 
-def count_params(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter elements; buffers (BatchNorm statistics) are not parameters."""
+class ParamCount(NamedTuple):
+    """Parameter elements; buffers (BatchNorm statistics) are not parameters."""
+
+    trainable: int
+    total: int
+
+
+def count_params(model: nn.Module) -> ParamCount:
+    """The parameters of a built module."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    return ParamCount(trainable, sum(p.numel() for p in model.parameters()))
+
+
+_counted_graphs: WeakKeyDictionary[ArchGraph, dict[str, ParamCount]] = WeakKeyDictionary()
+
+
+def node_params(graph: ArchGraph) -> dict[str, ParamCount]:
+    """The parameters of each node of a lowered graph (node name -> count), without building the
+    network: each node's module is built on the meta device (no memory), each distinct node once
+    (a stage's blocks repeat its pattern), and a graph is counted once."""
+    if graph not in _counted_graphs:
+        by_kind: dict[tuple, ParamCount] = {}
+        counts = {}
+        for node in graph.nodes():
+            key = (node.path, node.in_shape, node.out_shape, node.block.ffn is None if node.block else None)
+            if key not in by_kind:
+                with torch.device("meta"):
+                    by_kind[key] = count_params(build_node(node))
+            counts[node.name] = by_kind[key]
+        _counted_graphs[graph] = counts
+    return _counted_graphs[graph]
+
+
+def graph_params(graph: ArchGraph) -> ParamCount:
+    """The parameters of the network a lowered graph compiles to (see `node_params`)."""
+    counts = node_params(graph).values()
+    return ParamCount(sum(count.trainable for count in counts), sum(count.total for count in counts))

@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from archdsl.compiler import count_node_params
+from archdsl.cost import node_params
 from archdsl.errors import Location, Problem, SpecError
 from archdsl.graph import ArchGraph
 
@@ -52,19 +52,6 @@ def _gb(values: int) -> str:
     return _size(values * BYTES_PER_VALUE)
 
 
-def _param_counts(graph: ArchGraph) -> dict[str, int]:
-    """Parameters per node, each distinct node built once on the meta device (a stage's blocks
-    repeat its pattern)."""
-    counted: dict[tuple, int] = {}
-    counts = {}
-    for node in graph.nodes():
-        key = (node.path, node.in_shape, node.out_shape, node.block.ffn is None if node.block else None)
-        if key not in counted:
-            counted[key] = count_node_params(node)
-        counts[node.name] = counted[key]
-    return counts
-
-
 def check_fits(graph: ArchGraph, max_memory: str | int | None = None) -> Footprint:
     """Refuse (a located SpecError with the figures) a network whose parameters and activations
     at batch 1 exceed `max_memory` bytes, or this machine's memory when none is given."""
@@ -98,7 +85,7 @@ def check_fits(graph: ArchGraph, max_memory: str | int | None = None) -> Footpri
     # tables added to maps (position embeddings, norms) are no larger than those maps
     if (graph.flops + 2 * activations) * BYTES_PER_VALUE <= limit:
         return Footprint(activations, None)
-    counts = _param_counts(graph)
+    counts = {name: count.total for name, count in node_params(graph).items()}  # frozen tables take memory too
     params = sum(counts.values())
     if (params + activations) * BYTES_PER_VALUE > limit:
         largest = max(nodes, key=lambda node: counts[node.name])

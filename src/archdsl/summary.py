@@ -5,9 +5,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
-
-from archdsl.compiler import compile_graph
 from archdsl.cost import count_params, fvcore_counts
 from archdsl.graph import ArchGraph
 from archdsl.network import ArchNet
@@ -50,13 +47,6 @@ def _params(module) -> int:
 
 def _map_sizes(shape: FeatureShape) -> list[int]:
     return [shape.channels, shape.height, shape.width]
-
-
-def meta_param_count(graph: ArchGraph) -> int:
-    """All parameters of the network a graph compiles to, built on the meta device (no memory, no
-    initialisation)."""
-    with torch.device("meta"):
-        return _params(compile_graph(graph))
 
 
 def summarize(model: ArchNet, graph: ArchGraph, fvcore: bool = True) -> ModelSummary:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from archdsl.api import lower_spec
-from archdsl.compiler import count_node_params
+from archdsl.cost import graph_params
 from archdsl.errors import Location, SpecError
 from archdsl.search.budget import format_flops, format_params
 from archdsl.search.choosers import FixedChooser, RandomChooser
@@ -62,11 +62,6 @@ def config_key(config: Mapping) -> str:
     return repr(sorted(config.items(), key=lambda item: item[0]))
 
 
-def count_params(graph) -> int:
-    """Trainable parameters from modules built on the meta device (no memory)."""
-    return sum(count_node_params(node) for node in graph.nodes())
-
-
 def _height_width(size: int | list) -> tuple[int, int]:
     return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
 
@@ -99,7 +94,7 @@ class BudgetCheck:
             return Verdict(OVER_FLOPS, flops, seconds=time.perf_counter() - start)
         params = None
         if self.max_params is not None:
-            params = count_params(graph)
+            params = graph_params(graph).trainable
             if params > self.max_params:
                 return Verdict(OVER_PARAMS, flops, params, seconds=time.perf_counter() - start)
         trial_flops = flops

@@ -120,7 +120,7 @@ def score_spec(
 
     from archdsl.api import load_spec, lower_spec
     from archdsl.compiler import compile_graph
-    from archdsl.search.feasibility import count_params
+    from archdsl.cost import graph_params
     from archdsl.search.objectives import TrialContext
 
     timings = dict(timings or {})
@@ -134,7 +134,7 @@ def score_spec(
         scored = load_spec(spec, num_classes=setup.data.num_classes)  # the dataset's classes; FLOPs are the spec's
     torch.manual_seed(setup.seed if seed is None else seed)
     model = compile_graph(graph if scored is spec else lower_spec(scored))
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad) if scored is spec else count_params(graph)
+    params = graph_params(graph).trainable  # the spec's own head, not the dataset's
     model.to(device)
     timings["t_build"] = time.perf_counter() - start
     flops = graph.flops if reference_flops is None else reference_flops
