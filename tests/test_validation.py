@@ -225,6 +225,13 @@ NOMMER_STAGE_3_ATTENTION = "{op: pooled_attention, heads: 8, pool: 1, qkv_bias: 
             "head",
             "class_token_head reads the class token, but the last stage outputs a 768x7x7 map with none",
         ),
+        (
+            "          candidates:\n            - {op: pooled_attention, heads: 8,",
+            "          pad_multiple: 7\n          candidates:\n            - {op: pooled_attention, heads: 8,",
+            "pad_multiple: 7",
+            "stages[3].blocks[0].mixer.pad_multiple",
+            "pad_multiple pads a map, but stage 3 carries a token sequence (768x7x7 + 1 token); remove it",
+        ),
     ],
 )
 def test_spatial_ops_are_refused_on_a_token_sequence(tmp_path, old, new, needle, path_text, expected):
