@@ -14,6 +14,9 @@ One multiply-add counts as one FLOP throughout.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import NamedTuple
 from weakref import WeakKeyDictionary
@@ -24,6 +27,26 @@ from torch import nn
 from archdsl.compiler import build_node
 from archdsl.graph import ArchGraph
 from archdsl.ops import FlopHandle, registered_ops
+
+_counting_flops: ContextVar[bool] = ContextVar("counting_flops", default=False)
+
+
+def counting_flops() -> bool:
+    """Whether fvcore is tracing the model to count its FLOPs: a module that runs a fused kernel
+    fvcore does not count (attention) takes its explicit path then, which fvcore counts as it
+    counts the authors' code; traced or exported for any other purpose, it runs eager's kernel.
+    (`is_tracing` first: torch.compile reads it as False and never reaches the ContextVar, which
+    it cannot trace.)"""
+    return torch.jit.is_tracing() and _counting_flops.get()
+
+
+@contextmanager
+def _counting() -> Iterator[None]:
+    token = _counting_flops.set(True)
+    try:
+        yield
+    finally:
+        _counting_flops.reset(token)
 
 
 def flop_handles() -> dict[str, FlopHandle]:
@@ -57,7 +80,7 @@ def fvcore_counts(model: nn.Module, image_size: tuple[int, int], in_channels: in
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _counting():
             analysis = FlopCountAnalysis(model, torch.zeros(1, in_channels, *image_size))
             for name, handle in handles.items():
                 analysis.set_op_handle(name, handle)

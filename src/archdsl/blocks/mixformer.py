@@ -49,8 +49,9 @@ class MixFormerStemModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
-        if height % 4 or width % 4:
-            x = F.pad(x, (0, (-width) % 4, 0, (-height) % 4))
+        # to sides that are multiples of 4 (a copy where they are: no branch on the size, which
+        # a trace would freeze with a TracerWarning)
+        x = F.pad(x, (0, (-width) % 4, 0, (-height) % 4))
         return self.norm(self.proj(self.layers(x)))
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archdsl.cost import counting_flops
 from archdsl.network import CandidateModule
 
 
@@ -29,14 +30,16 @@ def attend(
     """softmax(scale · q kᵀ + bias) v over (..., tokens, dim) tensors; with
     `return_probabilities`, (that, the softmax probabilities).
 
-    Runs fused `scaled_dot_product_attention` in eager mode and under torch.compile. Under
-    tracing (fvcore, torch.jit.trace, ONNX export), and when the probabilities are wanted, it
-    computes the explicit matmul → softmax → matmul, which every tracer-based tool understands:
-    fvcore then counts attention the way it counts the authors' code. The two paths agree to
-    ~1e-6 (tests/test_compiler.py)."""
+    Runs fused `scaled_dot_product_attention` in eager mode, under torch.compile, and traced or
+    exported (torch.jit.trace, ONNX, torch.export), so that a traced model computes eager's
+    numbers: SG-Former sorts tokens by a significance map computed from earlier blocks, and an
+    ulp of difference upstream reorders near-tied tokens (a traced SG-Former-S drifted 2.7e-2
+    from eager when tracing took the explicit path). When the probabilities are wanted, and
+    while fvcore counts FLOPs (`cost.counting_flops()`: it skips the fused op), it computes the
+    explicit matmul → softmax → matmul. The two paths agree to ~1e-6 (tests/test_compiler.py)."""
     if bias is not None:
         bias = bias.to(query.dtype)  # a float32 bias table under autocast: SDPA wants the query's dtype
-    if return_probabilities or torch.jit.is_tracing():
+    if return_probabilities or counting_flops():
         # scaled after the product, as the released SG-Former code computes its significance
         scores = (query @ key.transpose(-2, -1)) * scale
         if bias is not None:
@@ -71,9 +74,11 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 def window_partition(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
     """(B, H, W, C) -> (B·nW, wh·ww, C): `window` = (wh, ww) windows image by image, row-major;
     tokens row-major inside each."""
-    batch, height, width, channels = x.shape
+    _, height, width, channels = x.shape
     wh, ww = window
-    x = x.reshape(batch, height // wh, wh, width // ww, ww, channels)
+    # -1, not the batch read from x: the ONNX exporter folded that into a constant (on SG-Former's
+    # windows), and the exported graph then ran at one batch size only
+    x = x.reshape(-1, height // wh, wh, width // ww, ww, channels)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, channels)
 
 
