@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -17,7 +18,7 @@ out = Console()
 err = Console(stderr=True)
 
 # what each optional extra brings (pyproject.toml's [project.optional-dependencies]), by top-level module
-EXTRAS = {"search": ("ray", "optuna", "matplotlib", "PIL"), "plot": ("matplotlib", "PIL")}
+EXTRAS = {"search": ("ray", "optuna", "matplotlib", "PIL"), "plot": ("matplotlib", "PIL"), "export": ("onnx", "onnxruntime")}
 ISSUE_HINT = "This is a bug in archdsl, not in your spec: please report it on the archdsl issue tracker with the command you ran."
 
 
@@ -261,6 +262,53 @@ def nominations(
         counts = weights[0].argmax(0).flatten().bincount(minlength=weights.shape[1]).tolist()
         out.print(f"{name}: pixels per candidate {counts}")
     out.print(f"wrote {output}")
+
+
+class ExportFormat(str, Enum):
+    # archdsl.export.FORMATS, written here: importing that module imports torch for every --help
+    onnx = "onnx"
+    torchscript = "torchscript"
+    exported_program = "exported-program"
+
+
+@app.command()
+def export(
+    spec: str = SpecArgument,
+    format: ExportFormat = typer.Option(
+        ...,
+        "--format",
+        help="onnx (checked with ONNX Runtime; the 'export' extra) | torchscript (torch.jit.trace) | "
+        "exported-program (torch.export, a .pt2 archive).",
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="The file to write."),
+    pretrained: Path | None = typer.Option(None, "--pretrained", help="Weights to load (archdsl or the authors' checkpoint)."),
+    img_size: str | None = ImgSizeOption,
+    dynamic_batch: bool = typer.Option(
+        False, "--dynamic-batch", help="Leave the batch dimension free (checked at batch 2 and 1); otherwise batch 1."
+    ),
+    tolerance: float = typer.Option(
+        1e-3, "--tolerance", help="The largest |exported - eager| output difference accepted; above it nothing is written."
+    ),
+    num_classes: int | None = typer.Option(None, "--num-classes", help="Classifier outputs."),
+    set_: list[str] | None = SetOption,
+    plugin: list[str] | None = PluginOption,
+) -> None:
+    """Export a model to ONNX, TorchScript or a torch.export program, for the spec's input size;
+    the written file is run against the eager model on a random batch first, and the largest
+    difference printed."""
+    from archdsl.api import create_model
+    from archdsl.export import export_model
+
+    try:
+        model = create_model(spec, pretrained=pretrained, num_classes=num_classes, img_size=img_size, overrides=set_ or None)
+        report = export_model(model, format.value, output, dynamic_batch=dynamic_batch, tolerance=tolerance)
+    except SpecError as error:
+        fail(error)
+    except ModuleNotFoundError as error:
+        fail_without_extra("export", error, f"export --format {format.value}")
+    differences = ", ".join(f"{difference:.2e} at batch {batch}" for batch, difference in report.differences.items())
+    out.print(f"{report.format} at {'x'.join(map(str, report.image_size))}: max |exported - eager| {differences}")
+    out.print(f"wrote {report.path}")
 
 
 @app.command()
