@@ -71,7 +71,8 @@ def test_validate_ok_and_bad(tmp_path):
 
 def test_bad_input_writes_nothing(tmp_path):
     path = tmp_path / "never.pt"
-    result = run("build", "cloformer_xxs", "--img-size", "240", "-o", str(path))
+    no_padding = "stages.0.blocks.0.mixer.candidates.1.fit=exact"  # the released code's rule: 240 fails
+    result = run("build", "cloformer_xxs", "--img-size", "240", "--set", no_padding, "-o", str(path))
     assert result.exit_code == 2 and "pool 8 does not divide the 60x60 map" in result.stderr
     assert not path.exists() and not list(tmp_path.iterdir())
 

@@ -98,10 +98,11 @@ def test_channel_shares_must_sum_to_width(tmp_path):
 
 
 def test_input_size_the_pools_cannot_divide():
-    message = error_of("cloformer_xxs", img_size=240)
+    # under the released code's rule, `fit: exact` (the bundled spec pads such maps instead)
+    message = error_of("cloformer_xxs", overrides=["stages.0.blocks.0.mixer.candidates.1.fit=exact"], img_size=240)
     assert "cloformer_xxs.yaml:21:" in message
     assert "stages[0].blocks[0].mixer.candidates[1].pool: pool 8 does not divide the 60x60 map of stage 0" in message
-    assert "pools that do: [1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60]" in message
+    assert "pools that do: [1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60]" in message and "`fit: pad`" in message
 
 
 def test_pool_larger_than_map():

@@ -188,7 +188,7 @@ def _lower_block(
                 sources.locate(where) if sources else None,
             )
         )
-    mixed = shape if not pad else FeatureShape(shape.channels, -(-shape.height // pad) * pad, -(-shape.width // pad) * pad)
+    mixed = shape.padded(pad) if pad else shape
     for index, op in enumerate(block.mixer.candidates):
         site = Site(mixed, op.channels or shape.channels, image_size, stage_index)
         cand_path = path + ("mixer", "candidates", index)

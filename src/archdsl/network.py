@@ -16,6 +16,19 @@ from archdsl.errors import Problem, SpecError
 from archdsl.training import group_matcher, no_weight_decay
 
 
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad a (..., H, W) map on the bottom and right to sides that are multiples of
+    `multiple`, as the MixFormer release pads its windows; unchanged where they already are. The
+    shape rule is `FeatureShape.padded`; whoever pads crops the result back to H×W.
+
+    Under tracing it always pads (by zero where nothing is missing): the amounts then stay
+    expressions of the traced input size instead of a branch taken once, at the traced size."""
+    height, width = x.shape[-2:]
+    if not torch.jit.is_tracing() and height % multiple == 0 and width % multiple == 0:
+        return x
+    return F.pad(x, (0, (-width) % multiple, 0, (-height) % multiple))
+
+
 class DropPath(nn.Module):
     """Stochastic depth per sample (identity in eval)."""
 
@@ -99,8 +112,7 @@ class Mixer(nn.Module):
     def forward(self, x: torch.Tensor, side: dict[str, torch.Tensor]) -> torch.Tensor:
         height, width = x.shape[-2:]
         if self.pad_multiple:
-            # zero-pad the normalised map on the bottom and right; every candidate sees the padding
-            x = F.pad(x, (0, (-width) % self.pad_multiple, 0, (-height) % self.pad_multiple))
+            x = pad_to_multiple(x, self.pad_multiple)  # the normalised map: every candidate sees the padding
         features: list[torch.Tensor] = [x] * len(self.candidates)
         value_gates: dict[int, torch.Tensor] = {}
         for index in self.order:

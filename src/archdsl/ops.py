@@ -67,6 +67,11 @@ class FeatureShape:
     def with_channels(self, channels: int) -> FeatureShape:
         return replace(self, channels=channels)
 
+    def padded(self, multiple: int) -> FeatureShape:
+        """The map zero-padded on the bottom and right to sides that are multiples of `multiple`
+        (itself where they are): what `network.pad_to_multiple` makes of the tensor."""
+        return replace(self, height=-(-self.height // multiple) * multiple, width=-(-self.width // multiple) * multiple)
+
     def __str__(self) -> str:
         extra = f" + {self.extra_tokens} token{'s' if self.extra_tokens > 1 else ''}" if self.extra_tokens else ""
         return f"{self.channels}x{self.height}x{self.width}{extra}"

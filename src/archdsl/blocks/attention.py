@@ -9,7 +9,16 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import FitRule, attention_flops, common_divisors, divisors, fit_to_map, linear_flops
+from archdsl.blocks.layers import (
+    FitRule,
+    attention_flops,
+    common_divisors,
+    divisors,
+    fit_to_map,
+    fitted_map,
+    linear_flops,
+    pads_map,
+)
 from archdsl.blocks.multihead import (
     SpatialReductionAttention,
     attend,
@@ -19,7 +28,7 @@ from archdsl.blocks.multihead import (
     window_merge,
     window_partition,
 )
-from archdsl.network import CandidateModule
+from archdsl.network import CandidateModule, pad_to_multiple
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import CandidateOp, OpCheckError, Site, register
 from archdsl.training import WithoutWeightDecay
@@ -50,14 +59,34 @@ def pooled_elements(inputs, outputs) -> int:
     return prod(get_shape(inputs[0]))
 
 
+class PaddedAvgPool(nn.AvgPool2d):
+    """Average pooling of the map zero-padded to a multiple of the pool (bottom and right), so
+    that a map the pool does not divide loses no pixel: a pool at the edge averages its real
+    pixels with zeros. The padding is counted as pooled input, as fvcore's `pooled_elements` sees it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(pad_to_multiple(x, self.kernel_size))
+
+
 def pooled_attention_module(
-    in_channels: int, channels: int, heads: int, pool: int, qkv_bias: bool = True, output_projection: bool = False
+    in_channels: int,
+    channels: int,
+    heads: int,
+    pool: int,
+    qkv_bias: bool = True,
+    output_projection: bool = False,
+    pad: bool = False,
 ) -> SpatialReductionAttention:
     """1x1 convs for Q and K/V; the input is pooled before the K/V projection: equal to pooling K
-    and V (the projection is per pixel and affine), and the released CloFormer code does it so."""
+    and V (the projection is per pixel and affine), and the released CloFormer code does it so.
+    `pad`: the pooled map is taken from the input zero-padded to a multiple of the pool."""
+    if pool == 1:
+        reduce = nn.Identity()
+    else:
+        reduce = PaddedAvgPool(pool) if pad else nn.AvgPool2d(pool)
     return SpatialReductionAttention(
         nn.Conv2d(in_channels, channels, 1, bias=qkv_bias),
-        nn.AvgPool2d(pool) if pool > 1 else nn.Identity(),
+        reduce,
         nn.Conv2d(in_channels, 2 * channels, 1, bias=qkv_bias),
         heads,
         channels // heads,
@@ -71,7 +100,10 @@ class PooledAttention(AttentionCandidate):
     global branch; PVT-style spatial reduction by pooling). `pool: 1` is plain global attention
     (NomMer's G-MHSA: `qkv_bias: false, output_projection: true`). `qkv_bias`: biases on the
     Q/K/V projections. `output_projection`: a Linear (1x1 conv) after the heads are merged.
-    Its values can be gated per channel (`value_gate`, channels ordered head by head)."""
+    Its values can be gated per channel (`value_gate`, channels ordered head by head).
+    `fit` says how the pool meets a map it does not divide (`blocks.layers.fit_to_map`); with
+    `pad` the keys and values are pooled from the map zero-padded to a multiple of the pool
+    (the queries stay every pixel's), so a pool at the edge averages real pixels and zeros."""
 
     op: Literal["pooled_attention"] = "pooled_attention"
     capabilities = frozenset({"value_gate", "runs_on_tokens"})  # on tokens with pool 1 only (`check`)
@@ -82,6 +114,11 @@ class PooledAttention(AttentionCandidate):
     """bias in the query, key and value projections"""
     output_projection: bool = False
     """a linear projection after the attention"""
+    fit: FitRule = "exact"
+    """how the pool meets a map it does not divide: exact (refuse), nearest_divisor (the nearest common divisor of the map sides), pad (zero-pad the map to a multiple), divisor_or_pad"""
+
+    def pool_at(self, site: Site) -> int:
+        return fit_to_map(self.pool, site.in_shape.height, site.in_shape.width, self.fit)
 
     def check(self, site: Site) -> None:
         super().check(site)
@@ -92,31 +129,40 @@ class PooledAttention(AttentionCandidate):
                 f"({site.in_shape}) whose extra tokens have no neighbours; use pool: 1 (global attention) there",
                 field="pool",
             )
-        if height % self.pool or width % self.pool:
+        pool = self.pool_at(site)
+        if not pads_map(self.fit) and (height % pool or width % pool):
             fits = common_divisors(height, width)
-            problem = "is larger than" if self.pool > min(height, width) else "does not divide"
+            problem = "is larger than" if pool > min(height, width) else "does not divide"
             raise OpCheckError(
-                f"pool {self.pool} {problem} the {height}x{width} map of stage {site.stage}; "
-                f"pools that do: {fits}, or an input size that makes this map a multiple of {self.pool}",
+                f"pool {pool} {problem} the {height}x{width} map of stage {site.stage}; "
+                f"pools that do: {fits}, an input size that makes this map a multiple of {pool}, "
+                f"or `fit: pad` to pool the map zero-padded to one",
                 field="pool",
             )
 
     def flops(self, site: Site) -> int:
         c_in, queries = site.in_shape.channels, site.in_shape.tokens
-        height, width = site.in_shape.map_size
+        pool = self.pool_at(site)
+        pooled = fitted_map(site.in_shape, pool, self.fit)  # what the pool reads
         channels = site.out_channels
-        keys = (height // self.pool) * (width // self.pool) if self.pool > 1 else queries
+        keys = (pooled.height // pool) * (pooled.width // pool) if pool > 1 else queries
         return (
             linear_flops(c_in, channels, queries)
             + linear_flops(c_in, 2 * channels, keys)
             + attention_flops(self.heads, queries, keys, channels // self.heads)
-            + (site.in_shape.numel if self.pool > 1 else 0)  # the pooling's sums (`pooled_elements`)
+            + (pooled.numel if pool > 1 else 0)  # the pooling's sums (`pooled_elements`)
             + (linear_flops(channels, channels, queries) if self.output_projection else 0)
         )
 
     def build(self, site: Site) -> nn.Module:
         return pooled_attention_module(
-            site.in_shape.channels, site.out_channels, self.heads, self.pool, self.qkv_bias, self.output_projection
+            site.in_shape.channels,
+            site.out_channels,
+            self.heads,
+            self.pool_at(site),
+            self.qkv_bias,
+            self.output_projection,
+            pads_map(self.fit),
         )
 
 
@@ -146,9 +192,11 @@ class WindowAttentionModule(WithoutWeightDecay, CandidateModule):
         input_projection: bool,
         output_projection: bool,
         output_norm: NormName | None,
+        pad: bool = False,
     ):
         super().__init__()
         self.heads, self.window = heads, (window, window)
+        self.pad = pad  # zero-pad a map the window does not divide, crop the output back
         self.head_dim = channels // heads
         self.scale = self.head_dim**-0.5
         # MixFormer: the attention branch's own Linear + LayerNorm from the block width to its share
@@ -166,6 +214,9 @@ class WindowAttentionModule(WithoutWeightDecay, CandidateModule):
         self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None
     ) -> torch.Tensor:
         batch, _, height, width = x.shape
+        if self.pad:
+            x = pad_to_multiple(x, self.window[0])
+        padded_height, padded_width = x.shape[-2:]
         x = x.permute(0, 2, 3, 1)
         if self.input_projection is not None:
             x = self.input_norm(self.input_projection(x))
@@ -181,7 +232,8 @@ class WindowAttentionModule(WithoutWeightDecay, CandidateModule):
         out = merge_heads(attend(query, key, value, self.scale, bias))
         if self.projection is not None:
             out = self.projection(out)
-        return window_merge(out, self.window, height, width).permute(0, 3, 1, 2)
+        out = window_merge(out, self.window, padded_height, padded_width).permute(0, 3, 1, 2)
+        return out[..., :height, :width] if self.pad else out
 
     def finish(self, features: torch.Tensor, output_gate: torch.Tensor | None) -> torch.Tensor:
         # the output norm comes after the features that interactions read (MixFormer's spatial
@@ -195,8 +247,11 @@ class WindowAttentionModule(WithoutWeightDecay, CandidateModule):
 class WindowAttention(AttentionCandidate):
     """Swin-style attention in non-overlapping `window`×`window` windows with a relative
     position bias (no shift, no mask). The map must be a multiple of the window: give the
-    mixer `pad_multiple` to zero-pad maps it does not divide, or `fit: nearest_divisor` to
-    use the divisor of the map nearest to `window` there (`blocks.layers.fit_to_map`).
+    mixer `pad_multiple` to zero-pad maps it does not divide for every candidate, or `fit` to
+    say how the window meets them (`blocks.layers.fit_to_map`): `nearest_divisor` uses the
+    divisor of the map nearest to `window`, `pad` zero-pads this op's input to a multiple of
+    it (the padded tokens take part unmasked, as in the MixFormer release) and crops its
+    output, `divisor_or_pad` pads where no divisor lies within a factor 2 of `window`.
 
     `input_projection`: first a Linear to `channels` and a LayerNorm (MixFormer's attention
     branch), else qkv reads the input directly (NomMer, Swin). `output_projection`: a Linear
@@ -215,7 +270,7 @@ class WindowAttention(AttentionCandidate):
     output_norm: NormName | None = None
     """a norm on the output (none when null)"""
     fit: FitRule = "exact"
-    """exact: the window must divide the map; nearest_divisor: the common divisor of the map sides nearest to it"""
+    """how the window meets a map it does not divide: exact (refuse), nearest_divisor (the nearest common divisor of the map sides), pad (zero-pad the map to a multiple), divisor_or_pad"""
 
     def window_at(self, site: Site) -> int:
         return fit_to_map(self.window, site.in_shape.height, site.in_shape.width, self.fit)
@@ -223,24 +278,25 @@ class WindowAttention(AttentionCandidate):
     def check(self, site: Site) -> None:
         super().check(site)
         height, width = site.in_shape.map_size
-        if height % self.window_at(site) or width % self.window_at(site):
+        window = self.window_at(site)
+        if not pads_map(self.fit) and (height % window or width % window):
             fits = common_divisors(height, width)
             raise OpCheckError(
                 f"window {self.window} does not divide the {height}x{width} map of stage {site.stage}; give the mixer "
-                f"`pad_multiple: {self.window}` to zero-pad it, use a window that divides it: {fits}, or "
-                f"`fit: nearest_divisor` to pick one of those where it does not",
+                f"`pad_multiple: {self.window}` to zero-pad it, use a window that divides it: {fits}, "
+                f"`fit: nearest_divisor` to pick one of those where it does not, or `fit: pad` to zero-pad this op's map",
                 field="window",
             )
 
     def flops(self, site: Site) -> int:
         c_in = site.in_shape.channels
-        height, width = site.in_shape.map_size
-        channels, tokens = site.out_channels, height * width
+        window = self.window_at(site)
+        padded = fitted_map(site.in_shape, window, self.fit)  # what runs up to the crop
+        channels, tokens = site.out_channels, padded.height * padded.width
         flops = 0
         if self.input_projection:
-            flops += linear_flops(c_in, channels, tokens) + norm_flops("layer_norm", site.in_shape.with_channels(channels))
+            flops += linear_flops(c_in, channels, tokens) + norm_flops("layer_norm", padded.with_channels(channels))
         flops += linear_flops(channels if self.input_projection else c_in, 3 * channels, tokens)
-        window = self.window_at(site)
         windows = tokens // window**2
         flops += windows * attention_flops(self.heads, window**2, window**2, channels // self.heads)
         if self.output_projection:
@@ -258,4 +314,5 @@ class WindowAttention(AttentionCandidate):
             self.input_projection,
             self.output_projection,
             self.output_norm,
+            pads_map(self.fit),
         )

@@ -14,6 +14,8 @@ import torch
 from pydantic import AfterValidator, PositiveInt
 from torch import nn
 
+from archdsl.ops import FeatureShape
+
 
 def _odd(kernel: int) -> int:
     if kernel % 2 == 0:
@@ -48,22 +50,45 @@ def strided_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-# How an op's window or block size meets a map it may not divide (see `fit_to_map`).
-FitRule = Literal["exact", "nearest_divisor"]
+# How an op's window, pool or block size meets a map it may not divide (see `fit_to_map`).
+FitRule = Literal["exact", "nearest_divisor", "pad", "divisor_or_pad"]
+# How an op's stride meets such a map: a stride cannot change, so it is kept or the map padded.
+StrideFit = Literal["exact", "pad"]
 
 
 def fit_to_map(size: int, height: int, width: int, rule: FitRule) -> int:
-    """The window or block size an op uses on a height×width map.
+    """The window, pool or block size an op uses on a height×width map.
 
     `exact`: `size` as written (the op's check then demands that it divide the map).
     `nearest_divisor`: the common divisor of the two sides nearest to `size` (`nearest_divisor`),
     which is `size` itself wherever it divides both. So a spec written for 224 keeps its sizes
     wherever they fit (448: windows stay 7) and still runs where they do not (384: 96x96 and
     48x48 maps get window 8, nearer to 7 than 6 is on a log scale).
+    `pad`: `size` as written, on the map zero-padded to its multiple (`pads_map`).
+    `divisor_or_pad`: the nearest common divisor where it is less than a factor 2 from `size`
+    (`nearest_divisor`'s choice wherever that keeps the op what it was: 8 or 4 for a window of
+    7); else `size` on the padded map. A map with no such divisor (200x333 has only 1) would
+    otherwise turn a window into one pixel, or a DCT block into no compression at all.
     """
-    if rule == "exact":
+    if rule in ("exact", "pad"):
         return size
-    return nearest_divisor(gcd(height, width), size)
+    divisor = nearest_divisor(gcd(height, width), size)
+    if rule == "divisor_or_pad" and max(divisor / size, size / divisor) >= 2:
+        return size
+    return divisor
+
+
+def pads_map(rule: FitRule | StrideFit) -> bool:
+    """Whether an op under this rule zero-pads a map its size does not divide (bottom and right,
+    `network.pad_to_multiple`; its output cropped back) instead of refusing it."""
+    return rule in ("pad", "divisor_or_pad")
+
+
+def fitted_map(shape: FeatureShape, size: int, rule: FitRule | StrideFit) -> FeatureShape:
+    """The map an op computes on with this `size` (from `fit_to_map`, or its stride) and rule:
+    the map padded to multiples of `size` where the rule pads, else the map itself. Its FLOP rule
+    counts what runs on this map; the output is cropped back to `shape`."""
+    return shape.padded(size) if pads_map(rule) else shape
 
 
 def nearest_divisor(number: int, near: float) -> int:

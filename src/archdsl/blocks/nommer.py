@@ -39,10 +39,12 @@ from archdsl.blocks.layers import (
     conv_flops,
     divisors,
     fit_to_map,
+    fitted_map,
     linear_flops,
+    pads_map,
     strided_size,
 )
-from archdsl.network import CandidateModule
+from archdsl.network import CandidateModule, pad_to_multiple
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
 from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
@@ -90,10 +92,13 @@ class NomMerStem(Op):
 
 class CompressedGlobalAttentionModule(CandidateModule):
     """Block DCT (low-frequency corner) -> grouped 1x1 compression + BatchNorm -> global
-    attention on the compressed map -> grouped 1x1 expansion -> truncated inverse DCT."""
+    attention on the compressed map -> grouped 1x1 expansion -> truncated inverse DCT. With
+    `pad`, a map the block does not divide is zero-padded to a multiple of it and the output
+    cropped back."""
 
-    def __init__(self, in_channels: int, channels: int, heads: int, block: int, keep: int, groups: int):
+    def __init__(self, in_channels: int, channels: int, heads: int, block: int, keep: int, groups: int, pad: bool = False):
         super().__init__()
+        self.block, self.pad = block, pad
         coefficients = keep * keep
         self.dct = BlockDCT(in_channels, block, keep)
         self.compress = nn.Conv2d(in_channels * coefficients, channels, 1, groups=groups, bias=False)
@@ -105,8 +110,12 @@ class CompressedGlobalAttentionModule(CandidateModule):
     def forward(
         self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None
     ) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if self.pad:
+            x = pad_to_multiple(x, self.block)
         x = self.compress_norm(self.compress(self.dct(x)))
-        return self.idct(self.expand(self.attention(x)))
+        out = self.idct(self.expand(self.attention(x)))
+        return out[..., :height, :width] if self.pad else out
 
 
 @register
@@ -120,8 +129,10 @@ class CompressedGlobalAttention(AttentionCandidate):
     DCT, with the dropped frequencies as zeros, restores the map size.
 
     The block must divide the map: at 224, NomMer uses 8 on 56x56 and 4 on 28x28, so both
-    stages attend over 7x7 tokens. `fit: nearest_divisor` uses the divisor of the map nearest
-    to `block` where it does not divide (`blocks.layers.fit_to_map`)."""
+    stages attend over 7x7 tokens. `fit` says how it meets a map it does not divide
+    (`blocks.layers.fit_to_map`): `nearest_divisor` uses the divisor of the map nearest to
+    `block`, `pad` zero-pads the map to a multiple of it (the edge tiles' DCTs see zeros) and
+    crops the output, `divisor_or_pad` pads where no divisor lies within a factor 2 of `block`."""
 
     op: Literal["compressed_global_attention"] = "compressed_global_attention"
     block: PositiveInt = 8
@@ -131,7 +142,7 @@ class CompressedGlobalAttention(AttentionCandidate):
     groups: PositiveInt = 8
     """groups of the conv on the DCT coefficients"""
     fit: FitRule = "exact"
-    """exact: the block must divide the map; nearest_divisor: the common divisor of the map sides nearest to it"""
+    """how the block meets a map it does not divide: exact (refuse), nearest_divisor (the nearest common divisor of the map sides), pad (zero-pad the map to a multiple), divisor_or_pad"""
 
     def block_at(self, site: Site) -> int:
         return fit_to_map(self.block, site.in_shape.height, site.in_shape.width, self.fit)
@@ -139,9 +150,13 @@ class CompressedGlobalAttention(AttentionCandidate):
     def keep_at(self, site: Site) -> int:
         return self.keep if self.keep is not None else (self.block_at(site) + 1) // 2
 
+    def _padded(self, site: Site) -> FeatureShape:
+        """The map the DCT tiles: padded to a multiple of the block where `fit` pads."""
+        return fitted_map(site.in_shape, self.block_at(site), self.fit)
+
     def _compressed(self, site: Site) -> FeatureShape:
-        block = self.block_at(site)
-        return FeatureShape(site.out_channels, site.in_shape.height // block, site.in_shape.width // block)
+        block, padded = self.block_at(site), self._padded(site)
+        return FeatureShape(site.out_channels, padded.height // block, padded.width // block)
 
     def _attention(self) -> PooledAttention:
         return PooledAttention(heads=self.heads, pool=1, qkv_bias=False, output_projection=True)
@@ -151,11 +166,11 @@ class CompressedGlobalAttention(AttentionCandidate):
         c_in = site.in_shape.channels
         height, width = site.in_shape.map_size
         block = self.block_at(site)
-        if height % block or width % block:
+        if not pads_map(self.fit) and (height % block or width % block):
             fits = common_divisors(height, width)
             raise OpCheckError(
                 f"DCT block {self.block} does not divide the {height}x{width} map of stage {site.stage}; blocks that do: "
-                f"{fits}, or `fit: nearest_divisor` to pick one of those where it does not",
+                f"{fits}, `fit: nearest_divisor` to pick one of those where it does not, or `fit: pad` to zero-pad the map",
                 field="block",
             )
         keep = self.keep_at(site)
@@ -176,7 +191,7 @@ class CompressedGlobalAttention(AttentionCandidate):
 
     def flops(self, site: Site) -> int:
         c_in = site.in_shape.channels
-        height, width = site.in_shape.map_size
+        height, width = self._padded(site).map_size  # the DCT and its inverse run before the crop
         channels = site.out_channels
         keep = self.keep_at(site)
         coefficients = keep * keep
@@ -194,7 +209,13 @@ class CompressedGlobalAttention(AttentionCandidate):
 
     def build(self, site: Site) -> nn.Module:
         return CompressedGlobalAttentionModule(
-            site.in_shape.channels, site.out_channels, self.heads, self.block_at(site), self.keep_at(site), self.groups
+            site.in_shape.channels,
+            site.out_channels,
+            self.heads,
+            self.block_at(site),
+            self.keep_at(site),
+            self.groups,
+            pads_map(self.fit),
         )
 
 

@@ -39,7 +39,17 @@ from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
 from archdsl.blocks.attention import AttentionCandidate
-from archdsl.blocks.layers import attention_flops, conv_flops, divisors, linear_flops, nearest_divisor, strided_size
+from archdsl.blocks.layers import (
+    StrideFit,
+    attention_flops,
+    conv_flops,
+    divisors,
+    fitted_map,
+    linear_flops,
+    nearest_divisor,
+    pads_map,
+    strided_size,
+)
 from archdsl.blocks.multihead import (
     PixelLinear,
     SpatialReductionAttention,
@@ -52,7 +62,7 @@ from archdsl.blocks.multihead import (
     window_partition,
 )
 from archdsl.blocks.position import sincos_position_embedding
-from archdsl.network import CandidateModule
+from archdsl.network import CandidateModule, pad_to_multiple
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
 from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
@@ -225,10 +235,15 @@ class HybridScaleAttentionModule(CandidateModule):
     """Half the heads attend globally over a `scale`-strided conv-merged grid (a spatial-reduction
     attention), half within windows; returns the concatenated heads (coarse half first) and, if
     `emit`, the significance map (B, H, W): the attention each key receives, averaged over heads
-    and queries, the coarse half's upsampled to the map (nearest), plus the windowed half's."""
+    and queries, the coarse half's upsampled to the map (nearest), plus the windowed half's.
+    With `pad`, a map the merge stride does not divide is zero-padded to a multiple of it, both
+    halves and the significance map computed there, and both outputs cropped back."""
 
-    def __init__(self, in_channels: int, channels: int, heads: int, scale: int, window: tuple[int, int], emit: bool):
+    def __init__(
+        self, in_channels: int, channels: int, heads: int, scale: int, window: tuple[int, int], emit: bool, pad: bool = False
+    ):
         super().__init__()
+        self.pad = pad
         self.half_heads = heads // 2
         head_dim = channels // heads
         self.scale = head_dim**-0.5
@@ -246,6 +261,16 @@ class HybridScaleAttentionModule(CandidateModule):
         self.window_key_value = nn.Linear(in_channels, channels)
 
     def forward(self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None):
+        if not self.pad:
+            return self._mix(x)
+        height, width = x.shape[-2:]
+        mixed = self._mix(pad_to_multiple(x, self.merge_stride))
+        if not self.emit:
+            return mixed[..., :height, :width]
+        out, significance = mixed
+        return out[..., :height, :width], significance[..., :height, :width]
+
+    def _mix(self, x: torch.Tensor):
         batch, _, height, width = x.shape
         coarse = self.coarse(x, return_probabilities=self.emit)
         coarse, coarse_probs = coarse if self.emit else (coarse, None)
@@ -278,7 +303,9 @@ class HybridScaleAttention(AttentionCandidate):
     """SG-Former's hybrid-scale attention, as the code builds it (two scales in every variant):
     heads 0..h/2-1 attend from every token to a grid merged by a `scale` x `scale` stride conv
     (then LayerNorm, GELU, K/V projection); heads h/2..h-1 attend within windows. It emits the
-    significance map (side channel `emits`) for a later self-guided block of the same stage."""
+    significance map (side channel `emits`) for a later self-guided block of the same stage.
+    `fit: pad` zero-pads a map `scale` does not divide to a multiple of it (the windows are then
+    derived from the padded map) and crops the output and the significance map back."""
 
     op: Literal["hybrid_scale_attention"] = "hybrid_scale_attention"
     scale: PositiveInt = Field(
@@ -289,25 +316,32 @@ class HybridScaleAttention(AttentionCandidate):
     )
     emits: str | None = "significance"
     """name of the side channel the significance map is emitted as (null: none)"""
+    fit: StrideFit = "exact"
+    """how the scale meets a map it does not divide: exact (refuse, as the released code cannot run there) or pad (zero-pad the map to a multiple)"""
+
+    def _padded(self, site: Site) -> FeatureShape:
+        """The map both halves run on (padded to a multiple of `scale` where `fit` pads)."""
+        return fitted_map(site.in_shape, self.scale, self.fit)
 
     def windows(self, site: Site) -> tuple[int, int]:
-        return nearest_divisor(site.in_shape.height, self.window), nearest_divisor(site.in_shape.width, self.window)
+        height, width = self._padded(site).map_size
+        return nearest_divisor(height, self.window), nearest_divisor(width, self.window)
 
     def check(self, site: Site) -> None:
         _check_even_heads(self, site)
         height, width = site.in_shape.map_size
-        if height % self.scale or width % self.scale:
+        if not pads_map(self.fit) and (height % self.scale or width % self.scale):
             sizes = _input_sizes_that_work(site, lambda side: side % self.scale == 0)
             raise OpCheckError(
                 f"scale {self.scale} does not divide the {height}x{width} map of stage {site.stage}: the coarse grid and the "
-                f"significance map need map sides that are multiples of {self.scale}; input sizes whose map here fits: {sizes}, or a "
-                f"scale that divides {math.gcd(height, width)}",
+                f"significance map need map sides that are multiples of {self.scale}; input sizes whose map here fits: {sizes}, a "
+                f"scale that divides {math.gcd(height, width)}, or `fit: pad` to zero-pad the map to a multiple",
                 field="scale",
             )
 
     def flops(self, site: Site) -> int:
         c_in = site.in_shape.channels
-        height, width = site.in_shape.map_size
+        height, width = self._padded(site).map_size  # everything runs before the crop
         channels, tokens = site.out_channels, height * width
         half, head_dim = channels // 2, channels // self.heads
         grid = (height // self.scale) * (width // self.scale)
@@ -330,7 +364,13 @@ class HybridScaleAttention(AttentionCandidate):
 
     def build(self, site: Site) -> nn.Module:
         return HybridScaleAttentionModule(
-            site.in_shape.channels, site.out_channels, self.heads, self.scale, self.windows(site), self.emits is not None
+            site.in_shape.channels,
+            site.out_channels,
+            self.heads,
+            self.scale,
+            self.windows(site),
+            self.emits is not None,
+            pads_map(self.fit),
         )
 
 

@@ -2,8 +2,9 @@
 
 A variant is under the budget when it costs at most the budget at the budget's reference size;
 it is then run at the trials' image size (where its resolution-dependent constants follow its
-spec's own rules: windows and DCT blocks with `fit: nearest_divisor` take the nearest divisor of
-the smaller map), or reported as `invalid_at_img_size` when it cannot run there.
+spec's own rules: windows, pools, DCT blocks and strides meet the smaller maps by their `fit`,
+taking a divisor of the map or padding it), or reported as `invalid_at_img_size` when it cannot
+run there.
 """
 
 from __future__ import annotations
