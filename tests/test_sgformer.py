@@ -263,9 +263,9 @@ def test_jit_trace_matches_eager(vector):
     image = vector["input"][:1]
     with torch.no_grad():
         traced = torch.jit.trace(model, image, check_trace=False)  # sorts, gathers and the embedding_bag trace as tensor ops
-        # (traced attention is explicit matmuls, eager is fused: ulp-level differences, which a
-        # near-tie in a significance sort can amplify; with trained-like weights they stay small)
-        assert (traced(image) - model(image)).abs().max().item() < 1e-4
+        # the trace runs eager's kernels (fused attention included), so the significance sorts see
+        # the same bits and order the same tokens
+        assert torch.equal(traced(image), model(image))
 
 
 def test_hybrid_scale_attention_without_its_map_attends_fused():
