@@ -16,7 +16,7 @@ from torch import nn
 
 from archdsl.blocks.attention import AttentionCandidate
 from archdsl.blocks.ffn import ConvFFNModule, conv_ffn_flops
-from archdsl.blocks.layers import OddKernel, Swish, conv_flops, strided_size
+from archdsl.blocks.layers import OddKernel, Swish, conv_flops, strided_size, two_stride_2_convs
 from archdsl.network import CandidateModule
 from archdsl.norms import NormName, make_norm, norm_flops
 from archdsl.ops import DownsampleOp, FeatureShape, Op, Site, register
@@ -54,8 +54,7 @@ class CloFormerStem(Op):
     op: Literal["cloformer_stem"] = "cloformer_stem"
 
     def output_shape(self, site: Site) -> FeatureShape:
-        height, width = (strided_size(strided_size(s, 3, 2, 1), 3, 2, 1) for s in site.in_shape.map_size)
-        return FeatureShape(site.out_channels, height, width)
+        return FeatureShape(site.out_channels, *two_stride_2_convs(site.in_shape.map_size))
 
     def flops(self, site: Site) -> int:
         c_in = site.in_shape.channels

@@ -50,6 +50,12 @@ def strided_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def two_stride_2_convs(map_size: tuple[int, int]) -> tuple[int, int]:
+    """The map after two 3x3 convs with stride 2 and padding 1 (CloFormer's and SG-Former's stems)."""
+    height, width = (strided_size(strided_size(side, 3, 2, 1), 3, 2, 1) for side in map_size)
+    return height, width
+
+
 # How an op's window, pool or block size meets a map it may not divide (see `fit_to_map`).
 FitRule = Literal["exact", "nearest_divisor", "pad", "divisor_or_pad"]
 # How an op's stride meets such a map: a stride cannot change, so it is kept or the map padded.

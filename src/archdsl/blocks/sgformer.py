@@ -49,6 +49,7 @@ from archdsl.blocks.layers import (
     nearest_divisor,
     pads_map,
     strided_size,
+    two_stride_2_convs,
 )
 from archdsl.blocks.multihead import (
     PixelLinear,
@@ -128,8 +129,7 @@ class SGFormerStem(Op):
     """a learnable position embedding, one row per output pixel (sin-cos initialised)"""
 
     def output_shape(self, site: Site) -> FeatureShape:
-        height, width = (strided_size(strided_size(s, 3, 2, 1), 3, 2, 1) for s in site.in_shape.map_size)
-        return FeatureShape(site.out_channels, height, width)
+        return FeatureShape(site.out_channels, *two_stride_2_convs(site.in_shape.map_size))
 
     def flops(self, site: Site) -> int:
         c_in = site.in_shape.channels
