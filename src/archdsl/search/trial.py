@@ -120,7 +120,7 @@ def score_spec(
 
     from archdsl.api import load_spec, lower_spec
     from archdsl.compiler import compile_graph
-    from archdsl.cost import graph_params
+    from archdsl.cost import count_params, graph_params
     from archdsl.search.objectives import TrialContext
 
     timings = dict(timings or {})
@@ -134,7 +134,8 @@ def score_spec(
         scored = load_spec(spec, num_classes=setup.data.num_classes)  # the dataset's classes; FLOPs are the spec's
     torch.manual_seed(setup.seed if seed is None else seed)
     model = compile_graph(graph if scored is spec else lower_spec(scored))
-    params = graph_params(graph).trainable  # the spec's own head, not the dataset's
+    # the spec's own head, not the dataset's: counted on the model when it is the spec's
+    params = (count_params(model) if scored is spec else graph_params(graph)).trainable
     model.to(device)
     timings["t_build"] = time.perf_counter() - start
     flops = graph.flops if reference_flops is None else reference_flops
