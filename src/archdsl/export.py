@@ -19,7 +19,6 @@ from torch.onnx import symbolic_helper
 
 from archdsl.errors import Location, Problem, SpecError
 
-FORMATS = ("onnx", "torchscript", "exported-program")
 ONNX_OPSET = 17  # LayerNormalization is an ONNX op from 17 on; runtimes since 2022 read it
 ONNX_INPUT, ONNX_OUTPUT = "image", "output"
 
@@ -126,6 +125,7 @@ EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, bool], Runner]] = 
     "torchscript": _export_torchscript,
     "exported-program": _export_program,
 }
+FORMATS = tuple(EXPORTERS)
 
 
 # --- the export and its check ---------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import PositiveInt
 from torch import nn
 
@@ -49,11 +48,7 @@ class MixFormerStemModule(nn.Module):
         self.norm = make_norm("layer_norm", channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        # to sides that are multiples of 4 (a copy where they are: no branch on the size, which
-        # a trace would freeze with a TracerWarning)
-        x = F.pad(x, (0, (-width) % 4, 0, (-height) % 4))
-        return self.norm(self.proj(self.layers(x)))
+        return self.norm(self.proj(self.layers(pad_to_multiple(x, 4))))  # to sides that are multiples of 4
 
 
 @register
