@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from archdsl.errors import Location, Problem, SpecError
 from archdsl.graph import ArchGraph, Node
 from archdsl.norms import NormWithEps
-from archdsl.ops import FeatureShape, Op
+from archdsl.ops import FeatureShape, Op, extra_tokens_text
 
 FORMATS = {".svg": "svg", ".png": "png"}
 
@@ -155,8 +155,7 @@ def _shape(shape: FeatureShape) -> str:
 
 
 def _map_size(shape: FeatureShape) -> str:
-    extra = f" + {shape.extra_tokens} token{'s' if shape.extra_tokens > 1 else ''}" if shape.extra_tokens else ""
-    return f"{shape.height}×{shape.width}{extra}"
+    return f"{shape.height}×{shape.width}{extra_tokens_text(shape.extra_tokens)}"
 
 
 def _value(value) -> str | None:

@@ -73,8 +73,12 @@ class FeatureShape:
         return replace(self, height=-(-self.height // multiple) * multiple, width=-(-self.width // multiple) * multiple)
 
     def __str__(self) -> str:
-        extra = f" + {self.extra_tokens} token{'s' if self.extra_tokens > 1 else ''}" if self.extra_tokens else ""
-        return f"{self.channels}x{self.height}x{self.width}{extra}"
+        return f"{self.channels}x{self.height}x{self.width}{extra_tokens_text(self.extra_tokens)}"
+
+
+def extra_tokens_text(count: int) -> str:
+    """What a shape's text adds for its extra tokens: " + 1 token", " + 2 tokens", or nothing."""
+    return f" + {count} token{'s' if count > 1 else ''}" if count else ""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from archdsl.cost import count_params, fvcore_counts
 from archdsl.graph import ArchGraph
 from archdsl.network import ArchNet
-from archdsl.ops import FeatureShape
+from archdsl.ops import FeatureShape, extra_tokens_text
 
 
 @dataclass
@@ -21,8 +21,7 @@ class PartSummary:
     flops: int
 
     def shape_text(self) -> str:
-        sizes = "x".join(map(str, self.out_shape))
-        return f"{sizes} + {self.extra_tokens} token" if self.extra_tokens else sizes
+        return "x".join(map(str, self.out_shape)) + extra_tokens_text(self.extra_tokens)
 
 
 @dataclass

@@ -35,10 +35,10 @@ MAX_SUBSETS = 4096
 
 
 @dataclass
-class Choice:
+class Parameter:
+    """A choice node that is one searcher parameter, named by its YAML path."""
+
     path: tuple
-    options: list
-    labels: list
 
     @property
     def name(self) -> str:
@@ -46,29 +46,25 @@ class Choice:
 
 
 @dataclass
-class Range:
-    path: tuple
+class Choice(Parameter):
+    options: list
+    labels: list
+
+
+@dataclass
+class Range(Parameter):
     low: float
     high: float
     step: float | None
     log: bool
     integer: bool
 
-    @property
-    def name(self) -> str:
-        return format_path(self.path)
-
 
 @dataclass
-class Subset:
-    path: tuple
+class Subset(Parameter):
     items: list
     combos: list[tuple[int, ...]]
     labels: list[str]
-
-    @property
-    def name(self) -> str:
-        return format_path(self.path)
 
 
 @dataclass
