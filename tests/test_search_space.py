@@ -274,3 +274,15 @@ def test_a_space_can_choose_interactions(tmp_path):
     assert len(counts) == 3
     none, channel, both = counts.values()
     assert none < channel < both  # each interaction adds its gate's cost, known before building
+
+
+def test_a_search_saved_before_the_grammar_moved_out_of_space_py_still_loads():
+    """`--resume` unpickles the searcher's state, which names the space tree's node classes by
+    module: a search started before they moved to search/grammar.py names archdsl.search.space."""
+    import pickle
+
+    from archdsl.search.grammar import Choice
+
+    node = Choice(("stages", 0, "width"), [16, 32], [16, 32])
+    saved_before = pickle.dumps(node, protocol=0).replace(b"archdsl.search.grammar", b"archdsl.search.space")
+    assert b"archdsl.search.space" in saved_before and pickle.loads(saved_before) == node

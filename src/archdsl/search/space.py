@@ -20,7 +20,11 @@ from archdsl.search.budget import parse_flops, parse_params
 from archdsl.search.choosers import Chooser, ConfigChooser, FixedChooser
 from archdsl.search.derivation import Resolver, Sample, derive
 from archdsl.search.errors import SearchError
-from archdsl.search.grammar import Range, located_error, parse_tree, walk
+
+# Choice, Derived and Subset are not used here: a search's saved state (Ray Tune's searcher
+# pickle) holds its SearchSpace with the tree's nodes, and one saved before they moved to
+# `grammar` names them in this module, so `--resume` finds them here
+from archdsl.search.grammar import Choice, Derived, Range, Subset, located_error, parse_tree, walk  # noqa: F401
 
 SETTINGS_KEYS = ("budget", "max_params")
 
