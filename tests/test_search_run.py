@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -130,6 +131,27 @@ def test_resume_after_sigkill_runs_no_finished_trial_again(local_ray, tmp_path):
     for trial in before:  # and no finished trial was evaluated again
         assert evaluations[fingerprint(load_spec(out / "trials" / f"{trial}.yaml"))] == 1
     assert len({fingerprint(load_spec(out / r["spec_file"])) for r in after.values()}) == len(evaluations)
+
+
+def test_a_finished_search_copied_without_ray_state_resumes_without_running_a_trial(local_ray, tmp_path):
+    """A run folder committed or copied to another machine keeps OUT/trials but not OUT/ray: its
+    resume goes straight to what follows the trials (the report here; the final stage in a
+    training search) and evaluates nothing again."""
+    first, log = tmp_path / "first", tmp_path / "evaluations.log"
+    run_search(None, budget=BUDGET, img_size=TINY_IMAGE, samples=3, searcher="random", seed=1, baselines=False,
+               objective=SlowParams(str(log), 0.0), out=first)  # fmt: skip
+    copied = tmp_path / "copied"
+    shutil.copytree(first, copied, ignore=shutil.ignore_patterns("ray"))
+    for output in ("leaderboard.csv", "best.yaml", "summary.json"):
+        (copied / output).unlink()
+    evaluated = log.read_text()
+
+    result = run_search(resume=copied, objective=SlowParams(str(log), 0.0))
+    assert log.read_text() == evaluated
+    assert not (copied / "ray").exists()
+    assert sorted(r["trial"] for r in result.records) == sorted(p.stem for p in (first / "trials").glob("*.json"))
+    assert (copied / "leaderboard.csv").read_text() == (first / "leaderboard.csv").read_text()
+    assert (copied / "best.yaml").is_file()
 
 
 def test_the_search_command(local_ray, tmp_path):

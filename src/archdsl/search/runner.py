@@ -110,6 +110,54 @@ def _plan(settings: SearchSettings, check: BudgetCheck) -> list[str]:
     return lines
 
 
+def _search_stage(
+    out: Path, resume, settings: SearchSettings, setup: TrialSetup, resources, slots: int, records, stats_key, recorder
+) -> None:
+    """The trials, on Ray Tune: restored from OUT/ray when resuming, else a new Tuner behind the budget gate."""
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup, done=replayable(records)), resources)
+    # Tune's experiment state every few seconds (every event costs ~10% of a proxy trial); a trial
+    # that finished after the last one is replayed from OUT/trials on resume, not run again
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our display, not Tune's banner and tables
+    tune_dir = (out / "ray").resolve()
+    RECORDERS[stats_key] = recorder
+    if resume is not None and tune.Tuner.can_restore(str(tune_dir / TUNE_NAME)):
+        tuner = tune.Tuner.restore(
+            str(tune_dir / TUNE_NAME),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+    else:
+        if settings.prefilter:
+            from archdsl.search.prefilter import prefilter
+
+            recorder.show(force=True, phase="prefilter")
+            searcher = ListSearcher(prefilter(out, settings, setup, resources, slots, stats_key))
+        else:
+            metrics = [METRIC] + settings.costs
+            searcher = make_searcher(
+                settings.searcher, setup.check, settings.seed, stats_key, metrics, [MODE] + ["min"] * len(settings.costs)
+            )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=_tune_config(settings, searcher, slots),
+            run_config=_run_config(settings, tune_dir, RecorderCallback(stats_key)),
+        )
+    # a failing trial is recorded with its traceback (OUT/trials/ID.json); Tune's own copy of
+    # it on the terminal would tear the live display
+    tune_logger = logging.getLogger("ray.tune")
+    level = tune_logger.level
+    tune_logger.setLevel(logging.CRITICAL)
+    try:
+        tuner.fit()
+    finally:
+        tune_logger.setLevel(level)
+
+
 def run_search(
     space: str | Path | None = None,
     *,
@@ -166,8 +214,6 @@ def run_search(
     started_ray = connect(address)
     final = None
     try:
-        from ray import tune
-
         resources, slots = trial_resources(settings.cpus_per_trial, settings.gpus_per_trial, objective_obj.epochs > 1)
         setup = TrialSetup(
             space_obj,
@@ -182,46 +228,12 @@ def run_search(
             settings.lr,
             latency="latency_ms" in settings.costs,
         )
-        trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup, done=replayable(records)), resources)
-        # Tune's experiment state every few seconds (every event costs ~10% of a proxy trial); a trial
-        # that finished after the last one is replayed from OUT/trials on resume, not run again
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our display, not Tune's banner and tables
-        tune_dir = (out / "ray").resolve()
-        RECORDERS[stats_key] = recorder
-        if resume is not None and tune.Tuner.can_restore(str(tune_dir / TUNE_NAME)):
-            tuner = tune.Tuner.restore(
-                str(tune_dir / TUNE_NAME),
-                trainable=trainable,
-                resume_unfinished=True,
-                resume_errored=False,
-                restart_errored=False,
-            )
+        if resume is not None and len(records) >= settings.samples:
+            # every sample already ran: straight to what follows, from OUT/trials alone (a run
+            # folder copied to another machine without Ray's state in OUT/ray resumes too)
+            recorder.plan.append(f"search stage: all {settings.samples} trials recorded, not run again")
         else:
-            if settings.prefilter:
-                from archdsl.search.prefilter import prefilter
-
-                recorder.show(force=True, phase="prefilter")
-                searcher = ListSearcher(prefilter(out, settings, setup, resources, slots, stats_key))
-            else:
-                metrics = [METRIC] + settings.costs
-                searcher = make_searcher(
-                    settings.searcher, check, settings.seed, stats_key, metrics, [MODE] + ["min"] * len(settings.costs)
-                )
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=_tune_config(settings, searcher, slots),
-                run_config=_run_config(settings, tune_dir, RecorderCallback(stats_key)),
-            )
-        # a failing trial is recorded with its traceback (OUT/trials/ID.json); Tune's own copy of
-        # it on the terminal would tear the live display
-        tune_logger = logging.getLogger("ray.tune")
-        level = tune_logger.level
-        tune_logger.setLevel(logging.CRITICAL)
-        try:
-            tuner.fit()
-        finally:
-            tune_logger.setLevel(level)
+            _search_stage(out, resume, settings, setup, resources, slots, records, stats_key, recorder)
         baseline_rows = []
         if settings.final_stage:
             from archdsl.search.final import run_final_stage
