@@ -176,7 +176,8 @@ def test_model_commands_never_import_the_search_extra():
 
 def test_every_search_option_reaches_the_settings():
     """The command passes its options to SearchSettings by name: one that is not a field (a typo,
-    a field renamed) would be dropped, so every option is a field or one of the CLI's own."""
+    a field renamed) would be dropped, so every option is a field or one of the CLI's own, with
+    the field's default."""
     import dataclasses
     import inspect
 
@@ -184,8 +185,13 @@ def test_every_search_option_reaches_the_settings():
     from archdsl.search import SearchSettings
 
     cli_own = {"context", "out_dir", "resume", "address", "set_", "plugin", "no_baselines"}
-    options = set(inspect.signature(search).parameters) - cli_own
+    parameters = inspect.signature(search).parameters
+    options = set(parameters) - cli_own
     assert options and options <= {field.name for field in dataclasses.fields(SearchSettings)}
+    # and the command's defaults are the settings' (a search from Python and from the CLI alike)
+    defaults = SearchSettings()
+    differing = {name for name in options - {"objectives"} if parameters[name].default.default != getattr(defaults, name)}
+    assert not differing
 
 
 def test_search_without_the_extra_is_one_clean_error():

@@ -13,12 +13,14 @@ from rich.console import Console
 from rich.table import Table
 
 from archdsl.errors import Location, Problem, SpecError
+from archdsl.search.settings import SearchSettings
 
 out = Console()
 err = Console(stderr=True)
 
 # what each optional extra brings (pyproject.toml's [project.optional-dependencies]), by top-level module
 EXTRAS = {"search": ("ray", "optuna", "matplotlib", "PIL"), "plot": ("matplotlib", "PIL"), "export": ("onnx", "onnxruntime")}
+DEFAULTS = SearchSettings()  # `archdsl search`'s defaults are the settings' own (settings.py imports no Ray)
 ISSUE_HINT = "This is a bug in archdsl, not in your spec: please report it on the archdsl issue tracker with the command you ran."
 
 
@@ -314,25 +316,24 @@ def export(
 @app.command()
 def search(
     context: typer.Context,
-    # written here, not imported from archdsl.search: that would import Ray Tune for every command's --help
     budget: str | None = typer.Option(
-        None,
+        DEFAULTS.budget,
         "--budget",
         help="FLOP budget such as 2GFLOPs@224, 2GFLOPs, 600M or 2GMACs, counted "
         "at the @ size (default: the space's input size) whatever --img-size is; one "
         "multiply-add counts as one FLOP (default: the space's budget).",
     ),
     space: str | None = typer.Option(
-        None, "--space", help="A search space file or bundled name (default: the bundled hybrid space)."
+        DEFAULTS.space, "--space", help="A search space file or bundled name (default: the bundled hybrid space)."
     ),
-    max_params: str | None = typer.Option(None, "--max-params", help="Parameter budget, such as 10M."),
+    max_params: str | None = typer.Option(DEFAULTS.max_params, "--max-params", help="Parameter budget, such as 10M."),
     img_size: int | None = typer.Option(
-        None,
+        DEFAULTS.img_size,
         "--img-size",
         help="Input side the trials train / are scored at (default: the space's); the budget stays at its own size (@N).",
     ),
     objective: str = typer.Option(
-        "naswot",
+        DEFAULTS.objective,
         "--objective",
         help="naswot | naswot_per_unit | synflow | grad_norm | zico | meco | params | flops | activation_units | train. "
         "No training-free objective ranks trained accuracy better than FLOPs (docs/search.md: naswot, the default, "
@@ -343,9 +344,9 @@ def search(
         "--objectives",
         help="A multi-objective search (NSGA-II): the score, then costs to minimise, e.g. accuracy,flops or accuracy,latency.",
     ),
-    samples: int = typer.Option(64, "--samples", help="Trials to run."),
-    searcher: str = typer.Option("tpe", "--searcher", help="tpe (Optuna) | evolution (NSGA-II) | random."),
-    seed: int = typer.Option(0, "--seed", help="Seed for reproducible sampling."),
+    samples: int = typer.Option(DEFAULTS.samples, "--samples", help="Trials to run."),
+    searcher: str = typer.Option(DEFAULTS.searcher, "--searcher", help="tpe (Optuna) | evolution (NSGA-II) | random."),
+    seed: int = typer.Option(DEFAULTS.seed, "--seed", help="Seed for reproducible sampling."),
     out_dir: Path = typer.Option(
         Path("runs/search"), "--out", help="Where results go (leaderboard.csv, best.yaml, pareto.png, ...)."
     ),
@@ -353,47 +354,53 @@ def search(
     address: str | None = typer.Option(
         None, "--address", help="Join an existing Ray cluster (HOST:PORT) instead of a local one."
     ),
-    cpus_per_trial: float = typer.Option(1, "--cpus-per-trial"),
+    cpus_per_trial: float = typer.Option(DEFAULTS.cpus_per_trial, "--cpus-per-trial"),
     gpus_per_trial: float | None = typer.Option(
-        None, "--gpus-per-trial", help="Fractions allowed (default: 1 when GPUs exist, else 0)."
+        DEFAULTS.gpus_per_trial, "--gpus-per-trial", help="Fractions allowed (default: 1 when GPUs exist, else 0)."
     ),
     dataset: str | None = typer.Option(
-        None,
+        DEFAULTS.dataset,
         "--dataset",
         help="For training and labelled proxies: fashion-mnist (Debian's "
         "dataset-fashion-mnist), a folder of IDX files or of class "
         "folders, an .npz (default: the bundled 8x8 digits).",
     ),
     train_images: int | None = typer.Option(
-        None,
+        DEFAULTS.train_images,
         "--train-images",
         help="Train (search and final stage) on this many of the training images, the same number "
         "of each class; the official test split stays whole (default: all).",
     ),
     epochs: int = typer.Option(
-        4, "--epochs", help="For --objective train: the most epochs a trial trains (ASHA's last rung, >= 4)."
+        DEFAULTS.epochs, "--epochs", help="For --objective train: the most epochs a trial trains (ASHA's last rung, >= 4)."
     ),
-    proxy_batch: int = typer.Option(16, "--proxy-batch", help="Batch size of the training-free proxies."),
-    batch_size: int = typer.Option(64, "--batch-size", help="For --objective train."),
-    lr: float = typer.Option(2e-3, "--lr", help="For --objective train."),
+    proxy_batch: int = typer.Option(DEFAULTS.proxy_batch, "--proxy-batch", help="Batch size of the training-free proxies."),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size", help="For --objective train."),
+    lr: float = typer.Option(DEFAULTS.lr, "--lr", help="For --objective train."),
     prefilter: str | None = typer.Option(
-        None,
+        DEFAULTS.prefilter,
         "--prefilter",
         help="For --objective train: rank ceil(samples / keep) draws with this proxy and train the best --samples.",
     ),
-    keep: float = typer.Option(0.25, "--keep", help="The fraction of the pre-filtered draws that is trained, in (0, 1]."),
+    keep: float = typer.Option(
+        DEFAULTS.keep, "--keep", help="The fraction of the pre-filtered draws that is trained, in (0, 1]."
+    ),
     final_top: int = typer.Option(
-        3,
+        DEFAULTS.final_top,
         "--final-top",
         help="For --objective train: retrain this many of the best trials and the paper "
         "variants with several seeds (0: no final stage).",
     ),
-    final_seeds: int = typer.Option(3, "--final-seeds", help="Seeds per architecture in the final stage."),
+    final_seeds: int = typer.Option(DEFAULTS.final_seeds, "--final-seeds", help="Seeds per architecture in the final stage."),
     final_random: int = typer.Option(
-        2, "--final-random", help="Hybrids drawn at random under the budget, retrained in the final stage as a control."
+        DEFAULTS.final_random,
+        "--final-random",
+        help="Hybrids drawn at random under the budget, retrained in the final stage as a control.",
     ),
-    final_epochs: int | None = typer.Option(None, "--final-epochs", help="Epochs of the final stage (default: --epochs)."),
-    top_k: int = typer.Option(5, "--top-k", help="How many of the best to write as spec files."),
+    final_epochs: int | None = typer.Option(
+        DEFAULTS.final_epochs, "--final-epochs", help="Epochs of the final stage (default: --epochs)."
+    ),
+    top_k: int = typer.Option(DEFAULTS.top_k, "--top-k", help="How many of the best to write as spec files."),
     no_baselines: bool = typer.Option(
         False, "--no-baselines", help="Do not score the bundled paper variants for the Pareto plot."
     ),
@@ -402,7 +409,7 @@ def search(
 ) -> None:
     """Search hybrids of the papers' context mixers under a FLOP budget, on Ray Tune (the 'search' extra)."""
     try:
-        from archdsl.search import SearchSettings, run_search
+        from archdsl.search import run_search
         from archdsl.search.display import LiveProgress
     except ModuleNotFoundError as error:
         fail_without_extra("search", error, "search")

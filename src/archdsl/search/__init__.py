@@ -5,27 +5,29 @@
 budgets as people write them.
 """
 
-from archdsl.search.budget import format_flops, parse_flops, parse_params
-from archdsl.search.errors import SearchError
-from archdsl.search.objectives import OBJECTIVES, Objective
-from archdsl.search.records import SearchProgress
-from archdsl.search.runner import SearchResult, run_search
-from archdsl.search.searchers import SEARCHERS
-from archdsl.search.settings import SearchSettings
-from archdsl.search.space import SearchSpace, load_space
+import importlib
 
-__all__ = [
-    "run_search",
-    "SearchSettings",
-    "SearchProgress",
-    "SearchResult",
-    "SearchError",
-    "load_space",
-    "SearchSpace",
-    "parse_flops",
-    "parse_params",
-    "format_flops",
-    "OBJECTIVES",
-    "Objective",
-    "SEARCHERS",
-]
+# each public name and the module that holds it: imported on first use, so that the light parts
+# (settings, budgets) do not bring in Ray Tune and torch (the CLI reads SearchSettings at start-up)
+_EXPORTS = {
+    "run_search": "runner",
+    "SearchResult": "runner",
+    "SearchSettings": "settings",
+    "SearchProgress": "records",
+    "SearchError": "errors",
+    "load_space": "space",
+    "SearchSpace": "space",
+    "parse_flops": "budget",
+    "parse_params": "budget",
+    "format_flops": "budget",
+    "OBJECTIVES": "objectives",
+    "Objective": "objectives",
+    "SEARCHERS": "searchers",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'archdsl.search' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"archdsl.search.{_EXPORTS[name]}"), name)

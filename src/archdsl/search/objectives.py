@@ -401,7 +401,6 @@ OBJECTIVES: dict[str, Callable[[], Objective]] = {
     "activation_units": ActivationUnits,
     "train": short_training,
 }
-DEFAULT_OBJECTIVE = "naswot"
 
 
 def make_objective(name_or_objective, epochs: int | None = None) -> Objective:

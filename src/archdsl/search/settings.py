@@ -14,7 +14,6 @@ from typing import Any
 
 from archdsl.search.budget import parse_flops, parse_params
 from archdsl.search.errors import option_error
-from archdsl.search.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 
 # ASHA's rungs for --objective train: a trial is compared with its peers after 1, 2, 4, ... epochs
 # and the lower half is stopped (reduction factor 2); the last rung is --epochs
@@ -28,6 +27,7 @@ COSTS = {
 }
 COST_METRICS = {"flops": "flops", "params": "params", "latency": "latency_ms"}
 SCORE_NAMES = ("score", "accuracy")
+DEFAULT_OBJECTIVE = "naswot"
 
 
 def asha_rungs(epochs: int) -> list[int]:
@@ -106,6 +106,8 @@ class SearchSettings:
         if not 0 < self.keep <= 1:
             raise option_error("--keep", self.keep, "the fraction of pre-filtered draws to train is in (0, 1], such as 0.25")
         if self.prefilter is not None:
+            from archdsl.search.objectives import OBJECTIVES  # torch: not at import, the CLI reads the defaults here
+
             if self.prefilter not in OBJECTIVES or self.prefilter == "train":
                 proxies = ", ".join(name for name in OBJECTIVES if name != "train")
                 raise option_error("--prefilter", self.prefilter, f"the pre-filter is a cheap proxy: one of {proxies}")
