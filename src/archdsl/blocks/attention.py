@@ -18,6 +18,7 @@ from archdsl.blocks.layers import (
     fitted_map,
     linear_flops,
     pads_map,
+    refuses_map,
 )
 from archdsl.blocks.multihead import (
     SpatialReductionAttention,
@@ -130,7 +131,7 @@ class PooledAttention(AttentionCandidate):
                 field="pool",
             )
         pool = self.pool_at(site)
-        if not pads_map(self.fit) and (height % pool or width % pool):
+        if refuses_map(site.in_shape, pool, self.fit):
             fits = common_divisors(height, width)
             problem = "is larger than" if pool > min(height, width) else "does not divide"
             raise OpCheckError(
@@ -279,7 +280,7 @@ class WindowAttention(AttentionCandidate):
         super().check(site)
         height, width = site.in_shape.map_size
         window = self.window_at(site)
-        if not pads_map(self.fit) and (height % window or width % window):
+        if refuses_map(site.in_shape, window, self.fit):
             fits = common_divisors(height, width)
             raise OpCheckError(
                 f"window {self.window} does not divide the {height}x{width} map of stage {site.stage}; give the mixer "

@@ -90,6 +90,13 @@ def pads_map(rule: FitRule | StrideFit) -> bool:
     return rule in ("pad", "divisor_or_pad")
 
 
+def refuses_map(shape: FeatureShape, size: int, rule: FitRule | StrideFit) -> bool:
+    """Whether an op whose window, pool, block or stride is `size` cannot run on this map under
+    this rule: the rule does not pad, and `size` does not divide both sides."""
+    height, width = shape.map_size
+    return not pads_map(rule) and bool(height % size or width % size)
+
+
 def fitted_map(shape: FeatureShape, size: int, rule: FitRule | StrideFit) -> FeatureShape:
     """The map an op computes on with this `size` (from `fit_to_map`, or its stride) and rule:
     the map padded to multiples of `size` where the rule pads, else the map itself. Its FLOP rule

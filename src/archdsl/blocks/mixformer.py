@@ -17,7 +17,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.blocks.heads import HeadModule, HeadOp, classifier
-from archdsl.blocks.layers import StrideFit, conv_flops, fitted_map, linear_flops, pads_map, strided_size
+from archdsl.blocks.layers import StrideFit, conv_flops, fitted_map, linear_flops, pads_map, refuses_map, strided_size
 from archdsl.network import pad_to_multiple
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
@@ -123,7 +123,7 @@ class NormStridedConv(DownsampleOp):
 
     def check(self, site: Site) -> None:
         height, width = site.in_shape.map_size
-        if not pads_map(self.fit) and (height % self.kernel or width % self.kernel):
+        if refuses_map(site.in_shape, self.kernel, self.fit):
             raise OpCheckError(
                 f"the {height}x{width} map entering stage {site.stage} is not a multiple of the stride {self.kernel} "
                 f"(the released MixFormer code asserts this); use an input size that keeps every stage map divisible: "

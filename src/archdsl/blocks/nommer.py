@@ -42,6 +42,7 @@ from archdsl.blocks.layers import (
     fitted_map,
     linear_flops,
     pads_map,
+    refuses_map,
     strided_size,
 )
 from archdsl.network import CandidateModule, pad_to_multiple
@@ -166,7 +167,7 @@ class CompressedGlobalAttention(AttentionCandidate):
         c_in = site.in_shape.channels
         height, width = site.in_shape.map_size
         block = self.block_at(site)
-        if not pads_map(self.fit) and (height % block or width % block):
+        if refuses_map(site.in_shape, block, self.fit):
             fits = common_divisors(height, width)
             raise OpCheckError(
                 f"DCT block {self.block} does not divide the {height}x{width} map of stage {site.stage}; blocks that do: "

@@ -48,6 +48,7 @@ from archdsl.blocks.layers import (
     linear_flops,
     nearest_divisor,
     pads_map,
+    refuses_map,
     strided_size,
     two_stride_2_convs,
 )
@@ -330,7 +331,7 @@ class HybridScaleAttention(AttentionCandidate):
     def check(self, site: Site) -> None:
         _check_even_heads(self, site)
         height, width = site.in_shape.map_size
-        if not pads_map(self.fit) and (height % self.scale or width % self.scale):
+        if refuses_map(site.in_shape, self.scale, self.fit):
             sizes = _input_sizes_that_work(site, lambda side: side % self.scale == 0)
             raise OpCheckError(
                 f"scale {self.scale} does not divide the {height}x{width} map of stage {site.stage}: the coarse grid and the "
