@@ -15,6 +15,7 @@ from archdsl.api import count_flops, create_model, load_spec, lower_spec
 from archdsl.blocks.dct import BlockDCT, BlockIDCT, dct_basis
 from archdsl.blocks.layers import fit_to_map, nearest_divisor
 from archdsl.blocks.nommer import CompressedGlobalAttentionModule, NominationModule
+from archdsl.blocks.position import resize_position_embedding
 from archdsl.compiler import compile_graph
 from archdsl.cost import count_params
 from archdsl.errors import SpecError
@@ -209,6 +210,34 @@ def test_448_is_the_released_model_at_448():
         model = compile_graph(graph)
     assert tuple(model.stages[2].downsample.position_embedding.shape) == (1, 384, 28, 28)
     assert graph.flops == 24_874_867_968
+
+
+def test_the_224_weights_load_at_other_sizes_with_the_position_embedding_resized(vector):
+    """A fine-tune or detection at 384, 448 or 800x1333 starts from the 224 checkpoint: the learned
+    14x14 embedding is resized bicubically (timm's rule) to the stage-3 map, a window's relative
+    position table to the window `fit` gives; the rest loads as it is."""
+    official = vector["state_dict"]["pos_embedding"]  # (1, 14, 14, 384)
+    for size, grid in ((448, (28, 28)), ((800, 1333), (50, 83))):
+        with torch.device("meta"):
+            net = create_model(load_spec(spec_path("nommer_t"), img_size=size))
+        converted = converter_for("nommer")(dict(vector["state_dict"]), net)
+        table = converted["stages.2.downsample.position_embedding"]
+        expected = resize_position_embedding(official.reshape(1, 196, 384), grid).reshape(1, *grid, 384)
+        assert torch.equal(table, expected.permute(0, 3, 1, 2))
+        assert set(converted) == set(net.state_dict())
+    # at 384 `fit` makes the stage-1/2 windows 8: their 13x13 tables of offsets become 15x15
+    with torch.device("meta"):
+        net = create_model(load_spec(spec_path("nommer_t"), img_size=384))
+    state = dict(vector["state_dict"])
+    key = "transformer1.layers.0.0.fn.attention.relative_position_bias_table"
+    state[key] = torch.tensor([0.25, -1.5]).repeat(169, 1)  # constant per head: bicubic keeps it
+    converted = converter_for("nommer")(state, net)
+    table = converted["stages.0.blocks.0.mixer.candidates.1.relative_position_bias_table"]
+    assert table.shape == (225, 2) and torch.allclose(table, torch.tensor([0.25, -1.5]).repeat(225, 1), atol=1e-6)
+    assert converted["stages.0.blocks.0.mixer.candidates.1.relative_position_index"].shape == (64, 64)
+    assert {name: tuple(t.shape) for name, t in converted.items()} == {n: tuple(t.shape) for n, t in net.state_dict().items()}
+    at_224 = converter_for("nommer")(dict(vector["state_dict"]), create_model("nommer_t"))
+    assert torch.equal(at_224["stages.2.downsample.position_embedding"], official.permute(0, 3, 1, 2))  # as it is
 
 
 def test_fit_to_map_rule():

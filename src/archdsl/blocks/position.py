@@ -1,5 +1,6 @@
 """Learned position embeddings: their sin-cos initialisation, and resizing one to another grid
-(the authors' 224 weights at another input size)."""
+(the authors' 224 weights at another input size); a window's relative position bias table
+resized to another window."""
 
 from __future__ import annotations
 
@@ -31,3 +32,12 @@ def resize_position_embedding(table: torch.Tensor, grid: tuple[int, int]) -> tor
     image = table.float().reshape(1, side, side, channels).permute(0, 3, 1, 2)
     image = F.interpolate(image, size=grid, mode="bicubic", antialias=True, align_corners=False)
     return image.permute(0, 2, 3, 1).reshape(1, -1, channels)
+
+
+def resize_relative_position_table(table: torch.Tensor, window: int) -> torch.Tensor:
+    """((2w-1)^2, heads) for a w x w window -> ((2*window-1)^2, heads), bicubic over the grid of
+    relative offsets in float32, as timm resizes Swin's tables for another window."""
+    side, heads = math.isqrt(table.shape[0]), table.shape[1]
+    grid = table.float().T.reshape(1, heads, side, side)
+    grid = F.interpolate(grid, size=(2 * window - 1, 2 * window - 1), mode="bicubic", align_corners=False)
+    return grid.reshape(heads, -1).T

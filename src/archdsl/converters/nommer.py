@@ -3,6 +3,7 @@ project's module names."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -12,6 +13,7 @@ from archdsl.blocks.attention import WindowAttentionModule
 from archdsl.blocks.convolution import BottleneckModule
 from archdsl.blocks.multihead import SpatialReductionAttention
 from archdsl.blocks.nommer import CompressedGlobalAttentionModule, ConvMaxPoolModule
+from archdsl.blocks.position import resize_position_embedding, resize_relative_position_table
 from archdsl.weights import index_of, register_converter, rename_by_table
 
 
@@ -21,7 +23,9 @@ def convert_nommer(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, 
 
     The global attention's fused `to_qkv` Linear is split into the query and key/value 1x1
     convs; Linear weights that are 1x1 convs here are reshaped; the position embedding and the
-    class token are stored channel-first here."""
+    class token are stored channel-first here; a position embedding for another input size (the
+    authors' 224 weights at 384, 448 or 800x1333) is resized bicubically to this model's map, and
+    so is a window's relative position bias table where `fit` gives another window (384: 8)."""
     expected = net.state_dict()
     converted: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -29,8 +33,20 @@ def convert_nommer(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, 
             target = expected.get(name)
             if target is not None and part.ndim == 2 and target.ndim == 4:
                 part = part.reshape(*part.shape, 1, 1)
+            elif target is not None and target.shape != part.shape and name.endswith("relative_position_bias_table"):
+                part = resize_relative_position_table(part, window=(math.isqrt(target.shape[0]) + 1) // 2)
+            elif target is not None and target.shape != part.shape and name.endswith("relative_position_index"):
+                part = target  # a constant of the window: the model's own
             converted[name] = part
     return converted
+
+
+def _position_embedding_for(table: torch.Tensor, grid: torch.Size) -> torch.Tensor:
+    """The official (1, h, w, C) table as this project's (1, C, H, W), resized where the grid differs."""
+    _, height, width, channels = table.shape
+    if (height, width) != tuple(grid) and height == width:
+        table = resize_position_embedding(table.reshape(1, height * width, channels), tuple(grid)).reshape(1, *grid, channels)
+    return table.permute(0, 3, 1, 2)
 
 
 def _downsample_with(net: nn.Module, parameter: str) -> str | None:
@@ -70,7 +86,10 @@ _NETWORK_NAMES = (
 
 def _rename(key: str, value: torch.Tensor, net: nn.Module) -> list[tuple[str, torch.Tensor]]:
     if key == "pos_embedding":
-        return [(_downsample_with(net, "position_embedding") or key, value.permute(0, 3, 1, 2))]
+        name = _downsample_with(net, "position_embedding")
+        if name is None:
+            return [(key, value)]  # reported as unexpected
+        return [(name, _position_embedding_for(value, net.get_parameter(name).shape[2:]))]
     if key == "cls_token":
         return [(_downsample_with(net, "class_token") or key, value.reshape(1, -1, 1, 1))]
     if (name := rename_by_table(key, _NETWORK_NAMES)) is not None:
