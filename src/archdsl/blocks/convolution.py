@@ -16,17 +16,27 @@ from archdsl.ops import CandidateOp, FeatureShape, OpCheckError, Site, register
 
 
 class DepthwiseConvModule(CandidateModule):
-    """[Linear + LayerNorm] -> depthwise kxk + BatchNorm + GELU (the features) -> 1x1 conv to the
-    candidate's share -> [output gate] -> [norm] (the `finish` step)."""
+    """[Linear + LayerNorm] -> depthwise kxk [+ norm] [+ GELU] (the features) -> [1x1 conv to the
+    candidate's share] -> [output gate] -> [norm] (the `finish` step)."""
 
-    def __init__(self, in_channels: int, channels: int, kernel: int, input_projection: bool, output_norm: NormName | None):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        kernel: int,
+        input_projection: bool,
+        output_norm: NormName | None,
+        depthwise_norm: NormName | None = "batch_norm",
+        activation: bool = True,
+        projection: bool = True,
+    ):
         super().__init__()
         self.input_projection = nn.Linear(in_channels, in_channels) if input_projection else None
         self.input_norm = make_token_norm("layer_norm", in_channels) if input_projection else None
         self.depthwise = nn.Conv2d(in_channels, in_channels, kernel, 1, kernel // 2, groups=in_channels)
-        self.depthwise_norm = nn.BatchNorm2d(in_channels)
-        self.act = nn.GELU()
-        self.projection = nn.Conv2d(in_channels, channels, 1)
+        self.depthwise_norm = make_norm(depthwise_norm, in_channels) if depthwise_norm else nn.Identity()
+        self.act = nn.GELU() if activation else nn.Identity()
+        self.projection = nn.Conv2d(in_channels, channels, 1) if projection else nn.Identity()
         self.output_norm = make_norm(output_norm, channels) if output_norm else None
 
     def forward(
@@ -46,8 +56,10 @@ class DepthwiseConvModule(CandidateModule):
 
 @register
 class DepthwiseConv(CandidateOp):
-    """Local context by a depthwise `kernel`×`kernel` conv at the input width (BatchNorm, GELU),
-    then a 1x1 conv to the candidate's `channels`.
+    """Local context by a depthwise `kernel`×`kernel` conv (with bias) at the input width, its
+    `depthwise_norm` (BatchNorm) and GELU, then a 1x1 conv to the candidate's `channels`.
+    ConvNeXt's token mixer is the bare conv: `depthwise_norm: null, activation: false,
+    projection: false`.
 
     `input_projection`: first a Linear and a LayerNorm at the input width (MixFormer's conv
     branch). `output_norm`: a norm after the 1x1 conv (MixFormer: batch_norm). Interactions
@@ -59,11 +71,26 @@ class DepthwiseConv(CandidateOp):
     """depthwise kernel (odd)"""
     input_projection: bool = False
     """a 1x1 projection before the depthwise conv"""
+    depthwise_norm: NormName | None = "batch_norm"
+    """the norm after the depthwise conv (none when null)"""
+    activation: bool = True
+    """GELU after the depthwise conv and its norm"""
+    projection: bool = True
+    """the 1x1 conv to the candidate's channels (without it the candidate keeps the input width)"""
     output_norm: NormName | None = None
     """a norm on the output (none when null)"""
 
     def feature_shape(self, site: Site) -> FeatureShape:
         return site.in_shape
+
+    def check(self, site: Site) -> None:
+        if not self.projection and site.out_channels != site.in_shape.channels:
+            raise OpCheckError(
+                f"without its projection a depthwise conv keeps the input width {site.in_shape.channels}, but this "
+                f"candidate has {site.out_channels} channels; set channels: {site.in_shape.channels} (or leave it out), "
+                f"or projection: true",
+                field="projection",
+            )
 
     def flops(self, site: Site) -> int:
         c_in = site.in_shape.channels
@@ -72,15 +99,25 @@ class DepthwiseConv(CandidateOp):
         flops = 0
         if self.input_projection:
             flops += linear_flops(c_in, c_in, height * width) + norm_flops("layer_norm", site.in_shape)
-        flops += conv_flops(c_in, c_in, self.kernel, hw, groups=c_in) + norm_flops("batch_norm", site.in_shape)
-        flops += conv_flops(c_in, channels, 1, hw)
+        flops += conv_flops(c_in, c_in, self.kernel, hw, groups=c_in)
+        if self.depthwise_norm:
+            flops += norm_flops(self.depthwise_norm, site.in_shape)
+        if self.projection:
+            flops += conv_flops(c_in, channels, 1, hw)
         if self.output_norm:
             flops += norm_flops(self.output_norm, site.in_shape.with_channels(channels))
         return flops
 
     def build(self, site: Site) -> nn.Module:
         return DepthwiseConvModule(
-            site.in_shape.channels, site.out_channels, self.kernel, self.input_projection, self.output_norm
+            site.in_shape.channels,
+            site.out_channels,
+            self.kernel,
+            self.input_projection,
+            self.output_norm,
+            self.depthwise_norm,
+            self.activation,
+            self.projection,
         )
 
 
