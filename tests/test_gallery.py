@@ -21,7 +21,7 @@ from archdsl.errors import SpecError
 VECTORS = Path(__file__).resolve().parent / "vectors" / "gallery"
 GALLERY = Path(__file__).resolve().parents[1] / "src" / "archdsl" / "specs" / "gallery"
 # spec -> timm's parameter count (timm.create_model(...), counted with timm 1.0.29.dev0)
-PARAMS = {"convnext_t": 28_589_128}
+PARAMS = {"convnext_t": 28_589_128, "deit_ti": 5_717_416}
 
 
 def vector(name: str) -> dict:
@@ -84,9 +84,15 @@ def spec_error(tmp_path, name: str, old: str, new: str) -> str:
     return str(caught.value)
 
 
+def line_of(name: str, needle: str) -> int:
+    lines = (GALLERY / f"{name}.yaml").read_text().splitlines()
+    return next(number for number, line in enumerate(lines, 1) if needle in line)
+
+
 def test_layer_scale_of_the_wrong_type_is_located(tmp_path):
     message = spec_error(tmp_path, "convnext_t", "layer_scale: 1.0e-6", "layer_scale: small")
-    assert "convnext_t.yaml:22:22: stages[0].blocks[0].layer_scale: input should be a valid number" in message
+    line = line_of("convnext_t", "layer_scale: 1.0e-6")
+    assert f"convnext_t.yaml:{line}:22: stages[0].blocks[0].layer_scale: input should be a valid number" in message
     assert "found 'small'" in message
     message = spec_error(tmp_path, "convnext_t", "layer_scale: 1.0e-6", "layer_scale: true")
     assert (
@@ -96,8 +102,30 @@ def test_layer_scale_of_the_wrong_type_is_located(tmp_path):
 
 def test_whole_block_residual_without_ffn_is_located(tmp_path):
     message = spec_error(tmp_path, "convnext_t", "ffn: {op: mlp, ratio: 4}", "ffn: null")
-    assert "convnext_t.yaml:21:19: stages[0].blocks[0].residual: residual: whole_block" in message
+    line = line_of("convnext_t", "- residual: whole_block")
+    assert f"convnext_t.yaml:{line}:19: stages[0].blocks[0].residual: residual: whole_block" in message
     assert "this block has no ffn; give the block an ffn, or use residual: per_branch" in message
+
+
+def test_class_token_head_without_a_class_token_is_located(tmp_path):
+    message = spec_error(tmp_path, "deit_ti", "class_token: true, ", "")
+    assert "deit_ti.yaml:" in message and "head: class_token_head reads the class token, but the last stage outputs a " in message
+    assert "(a stem or downsample with class_token: true: patch_embedding, conv_max_pool)" in message
+
+
+@pytest.mark.parametrize("loaded", ["deit_ti"], indirect=True)
+def test_vit_tokens_are_the_class_token_then_the_patches(loaded):
+    """The stem's output row: the class token plus its position first, then the 14x14 patches
+    row-major, each with its own position (timm's order)."""
+    _, stored, model = loaded
+    stem = model.stem
+    image = rule_input(stored["input_seed"])[:1]
+    with torch.no_grad():
+        row = stem(image)
+        patches = stem.conv(image).flatten(2)
+    assert row.shape == (1, 192, 1, 197)
+    assert torch.equal(row[0, :, 0, 0], stem.class_token[0, :, 0, 0] + stem.position_embedding[0, :, 0, 0])
+    assert torch.equal(row[0, :, 0, 1:], patches[0] + stem.position_embedding[0, :, 0, 1:])
 
 
 def test_json_schema_accepts_the_gallery():

@@ -1,8 +1,9 @@
 """NomMer (Liu et al., "NomMer: Nominate Synergistic Context in Vision Transformer for Visual Recognition").
 
 Ops: the patch-conv stem, the `compressed_global_attention` (CGCA) context candidate, the `nomination` fusion (the Synergistic Context Nominator), the
-`conv_max_pool` reduction (with the position embedding and class token the code adds at
-stages 3 and 4), and the `class_token_head`. The local candidate is the shared
+`conv_max_pool` reduction (with the shared position embedding and class token of
+`blocks.embedding`, which the code adds at stages 3 and 4). The head is the shared
+`class_token_head`, the local candidate the shared
 `window_attention`, the G-NomMer attention the shared `pooled_attention` (pool 1), the CNN
 candidate the shared `bottleneck`, the FFN the shared `mlp`, the DCT the shared `blocks.dct`
 primitive. Numerics follow the released code (TencentYoutuResearch/VisualRecognition-NomMer
