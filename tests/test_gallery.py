@@ -140,3 +140,20 @@ def test_json_schema_accepts_the_gallery():
     for path in sorted(GALLERY.glob("*.yaml")):
         data = json.loads(json.dumps(yaml.safe_load(path.read_text())))
         assert not [error.message for error in checker.iter_errors(data)], path.name
+
+
+def test_layer_scale_scales_each_branch_of_a_pre_norm_block():
+    """`layer_scale` on a per_branch block: one LayerScale per branch, starting at the value given;
+    at 0 the block passes its input through."""
+    spec = archdsl.load_spec("gallery/deit_ti", {"stages.0.depth": 1, "stages.0.blocks.0.layer_scale": 0.25}, img_size=32)
+    model = archdsl.create_model(spec).eval()
+    block = model.stages[0].blocks[0]
+    assert torch.equal(block.layer_scale1.scale, torch.full((192,), 0.25))
+    assert torch.equal(block.layer_scale2.scale, torch.full((192,), 0.25))
+    plain = archdsl.create_model(archdsl.load_spec(spec, {"stages.0.blocks.0.layer_scale": None}))
+    assert count_params(model).total - count_params(plain).total == 2 * 192
+    with torch.no_grad():
+        block.layer_scale1.scale.zero_()
+        block.layer_scale2.scale.zero_()
+        tokens = model.stem(torch.randn(2, 3, 32, 32))
+        assert torch.equal(block(tokens, {}), tokens)

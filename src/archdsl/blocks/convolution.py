@@ -1,4 +1,5 @@
-"""Convolution context candidates shared by every family: depthwise conv, ResNet bottleneck, LePE."""
+"""Convolution ops shared by every family: the depthwise conv, ResNet bottleneck and LePE context
+candidates; the norm + strided conv downsample."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import torch.nn.functional as F
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import OddKernel, conv_flops, linear_flops
-from archdsl.network import CandidateModule
+from archdsl.blocks.layers import OddKernel, StrideFit, conv_flops, fitted_map, linear_flops, pads_map
+from archdsl.network import CandidateModule, pad_to_multiple
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
-from archdsl.ops import CandidateOp, FeatureShape, OpCheckError, Site, register
+from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, OpCheckError, Site, register
 
 
 class DepthwiseConvModule(CandidateModule):
@@ -215,3 +216,59 @@ class LePE(CandidateOp):
 
     def build(self, site: Site) -> nn.Module:
         return LePEModule(site.in_shape.channels, site.out_channels, self.kernel)
+
+
+# --- a norm and a strided conv: MixFormer's and ConvNeXt's downsample --------------------------------------------------------------------------------
+
+
+class NormStridedConvModule(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, norm: NormName, pad: bool = False):
+        super().__init__()
+        self.norm = make_norm(norm, in_channels)
+        self.reduction = nn.Conv2d(in_channels, out_channels, kernel, kernel)
+        self.pad = pad  # zero-pad the normalised map to a multiple of the stride: ceil-sized output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        return self.reduction(pad_to_multiple(x, self.reduction.stride[0]) if self.pad else x)
+
+
+@register
+class NormStridedConv(DownsampleOp):
+    """A norm, then a `kernel`×`kernel` conv with stride `kernel` that widens (MixFormer's
+    ConvMerging: BatchNorm, 2x2 stride-2 conv; ConvNeXt's downsample: LayerNorm, the same conv;
+    no norm after it). `fit: pad` zero-pads a
+    normalised map the stride does not divide on the bottom and right, so an odd map halves to
+    its ceiling (as mmdet's patch mergings pad) where the released code asserts even sides."""
+
+    op: Literal["norm_strided_conv"] = "norm_strided_conv"
+    kernel: PositiveInt = 2
+    """kernel and stride of the patch-merging conv"""
+    norm: NormName = "batch_norm"
+    """norm before the conv"""
+    fit: StrideFit = "exact"
+    """how the stride meets a map it does not divide: exact (refuse, as the released code asserts) or pad (zero-pad the map to a multiple)"""
+
+    def output_shape(self, site: Site) -> FeatureShape:
+        height, width = fitted_map(site.in_shape, self.kernel, self.fit).map_size
+        return FeatureShape(site.out_channels, height // self.kernel, width // self.kernel)
+
+    def check(self, site: Site) -> None:
+        height, width = site.in_shape.map_size
+        if not pads_map(self.fit) and (height % self.kernel or width % self.kernel):
+            raise OpCheckError(
+                f"the {height}x{width} map entering stage {site.stage} is not a multiple of the stride {self.kernel} "
+                f"(the released MixFormer code asserts this); use an input size that keeps every stage map divisible: "
+                f"with a stride-4 stem and three such downsamples, sides that are multiples of 32; or `fit: pad` to "
+                f"zero-pad the map to a multiple",
+                field="kernel",
+            )
+
+    def flops(self, site: Site) -> int:
+        out = self.output_shape(site)
+        return norm_flops(self.norm, site.in_shape) + conv_flops(
+            site.in_shape.channels, site.out_channels, self.kernel, (out.height, out.width)
+        )
+
+    def build(self, site: Site) -> nn.Module:
+        return NormStridedConvModule(site.in_shape.channels, site.out_channels, self.kernel, self.norm, pads_map(self.fit))
