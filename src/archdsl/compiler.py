@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from archdsl.graph import ArchGraph, Node
-from archdsl.network import ArchNet, Block, Interaction, Mixer, Stage
+from archdsl.network import ArchNet, Block, Interaction, LayerScale, Mixer, Stage
 from archdsl.norms import make_norm
 
 
@@ -24,7 +24,21 @@ def _build_block(node: Node, drop_path: float) -> Block:
         pad_multiple=plan.pad_multiple,
     )
     ffn = plan.ffn.op.build(plan.ffn.site) if plan.ffn else None
-    return Block(make_norm(plan.norm, width), mixer, make_norm(plan.norm, width) if ffn else None, ffn, drop_path)
+    whole_block = plan.residual == "whole_block"
+
+    def layer_scale(branch_runs: bool) -> LayerScale | None:
+        return LayerScale(width, plan.layer_scale) if branch_runs and plan.layer_scale is not None else None
+
+    return Block(
+        None if whole_block else make_norm(plan.norm, width),
+        mixer,
+        make_norm(plan.norm, width) if ffn else None,
+        ffn,
+        drop_path,
+        whole_block,
+        layer_scale(not whole_block),  # "whole_block" has one branch, scaled after its FFN
+        layer_scale(ffn is not None),
+    )
 
 
 def build_node(node: Node, drop_path: float = 0.0) -> nn.Module:

@@ -14,6 +14,7 @@ import networkx as nx
 
 from archdsl.errors import Problem, SpecError
 from archdsl.loading import SourceMap
+from archdsl.network import Residual
 from archdsl.norms import norm_flops
 from archdsl.ops import FeatureShape, Op, OpCheckError, Site, ops_for
 
@@ -44,6 +45,8 @@ class BlockPlan:
     order: list[int]
     ffn: Placed | None
     pad_multiple: int | None = None
+    residual: Residual = "per_branch"
+    layer_scale: float | None = None
 
 
 @dataclass
@@ -253,17 +256,34 @@ def _lower_block(
     for placed in interactions:  # only now are their source and target known to exist
         _check(placed, sources)
 
+    whole_block = block.residual == "whole_block"
+    if whole_block and (block.ffn is None or absorbed):
+        where = path + ("residual",)
+        why = (
+            "this block has no ffn"
+            if block.ffn is None
+            else f"the next stage's downsample ({spec.stages[stage_index + 1].downsample.op}) replaces this block's FFN"
+        )
+        raise SpecError(
+            Problem(
+                f"residual: whole_block puts the block's norm and one residual around the mixer and the FFN, but {why}; "
+                f"give the block an ffn, or use residual: per_branch",
+                where,
+                sources.locate(where) if sources else None,
+            )
+        )
     ffn = None
     if block.ffn is not None and not absorbed:
         ffn = _place(block.ffn, Site(shape, shape.channels, image_size, stage_index), path + ("ffn",), sources)
+    # layer scale multiplies, which fvcore does not count; whole_block has the one norm before its FFN
     flops = (
-        norm_flops(block.norm, shape)
+        (0 if whole_block else norm_flops(block.norm, shape))
         + sum(p.flops for p in candidates)
         + fusion.flops
         + sum(p.flops for p in interactions)
         + (norm_flops(block.norm, shape) + ffn.flops if ffn else 0)
     )
-    plan = BlockPlan(block.norm, candidates, fusion, interactions, order, ffn, pad)
+    plan = BlockPlan(block.norm, candidates, fusion, interactions, order, ffn, pad, block.residual, block.layer_scale)
     return Node(
         name, "block", stage_index, path, shape, shape, flops, block=plan, side_inputs=side_inputs, side_outputs=side_outputs
     )

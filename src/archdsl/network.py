@@ -7,6 +7,8 @@ data flow stays explicit and traceable.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -143,21 +145,55 @@ class Mixer(nn.Module):
         return out
 
 
-class Block(nn.Module):
-    """x + mixer(norm1(x)); then x + ffn(norm2(x)), unless the next stage's downsample is this block's FFN."""
+# How a block's residuals run (the spec's `residual:`, see `Block`)
+Residual = Literal["per_branch", "whole_block"]
 
-    def __init__(self, norm1: nn.Module, mixer: Mixer, norm2: nn.Module | None, ffn: nn.Module | None, drop_path: float):
+
+class LayerScale(nn.Module):
+    """A learned per-channel scale on a residual branch (CaiT's and ConvNeXt's layer scale), every
+    channel starting at `initial`. Channels are dim 1 in both layouts (the map, the token row)."""
+
+    def __init__(self, channels: int, initial: float):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((channels,), float(initial)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale.view(-1, 1, 1)
+
+
+class Block(nn.Module):
+    """Residual "per_branch": x + mixer(norm1(x)); then x + ffn(norm2(x)), unless the next stage's
+    downsample is this block's FFN. Residual "whole_block" (ConvNeXt): x + ffn(norm2(mixer(x))),
+    one residual around both and no norm before the mixer (`norm1` is None). A branch's
+    `layer_scale1` (the mixer's) or `layer_scale2` (the FFN's) scales it before the residual add."""
+
+    def __init__(
+        self,
+        norm1: nn.Module | None,
+        mixer: Mixer,
+        norm2: nn.Module | None,
+        ffn: nn.Module | None,
+        drop_path: float,
+        whole_block: bool = False,
+        layer_scale1: LayerScale | None = None,
+        layer_scale2: LayerScale | None = None,
+    ):
         super().__init__()
         self.norm1 = norm1
         self.mixer = mixer
+        self.layer_scale1 = layer_scale1 if layer_scale1 is not None else nn.Identity()
         self.norm2 = norm2
         self.ffn = ffn
+        self.layer_scale2 = layer_scale2 if layer_scale2 is not None else nn.Identity()
+        self.whole_block = whole_block
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, side: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = x + self.drop_path(self.mixer(self.norm1(x), side))
+        if self.whole_block:
+            return x + self.drop_path(self.layer_scale2(self.ffn(self.norm2(self.mixer(x, side)))))
+        x = x + self.drop_path(self.layer_scale1(self.mixer(self.norm1(x), side)))
         if self.ffn is not None:
-            x = x + self.drop_path(self.ffn(self.norm2(x)))
+            x = x + self.drop_path(self.layer_scale2(self.ffn(self.norm2(x))))
         return x
 
 

@@ -14,10 +14,20 @@ import types
 import typing
 from typing import Annotated, Any, Optional, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+)
 
 from archdsl.errors import Problem, SpecError
 from archdsl.loading import LoadedSpec, SourceMap
+from archdsl.network import Residual
 from archdsl.norms import NormName
 from archdsl.ops import Op, on_registry_change, ops_for
 
@@ -51,6 +61,17 @@ MAX_IMAGE_SIDE = 65536  # a 65536² image's first feature map alone is hundreds 
 MAX_STAGE_DEPTH = 10_000  # lowering visits every block
 
 ImageSide = Annotated[int, Field(gt=0, le=MAX_IMAGE_SIDE)]
+
+
+def _no_boolean(value: Any) -> Any:
+    """pydantic reads true as 1.0 where a float is expected; a scale written as a boolean is a mistake."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a positive number such as 1.0e-6, not the boolean {str(value).lower()}")
+    return value
+
+
+# a layer scale's initial value (a number; YAML's 1e-6, which it reads as text, is taken as 1.0e-6)
+LayerScaleValue = Annotated[PositiveFloat, BeforeValidator(_no_boolean)]
 
 
 class Strict(BaseModel):
@@ -88,11 +109,24 @@ def spec_models() -> types.SimpleNamespace:
         )
 
     class Block(Strict):
-        """x + mixer(norm(x)), then x + ffn(norm(x)): pre-norm residuals."""
+        """x + mixer(norm(x)), then x + ffn(norm(x)): pre-norm residuals; or, `residual: whole_block`,
+        x + ffn(norm(mixer(x)))."""
 
         mixer: Mixer = Field(description="the token mixer: candidates and their fusion")
         ffn: op_slot("ffn", optional=True) = Field(None, description="the feed-forward network after the mixer (none when null)")
-        norm: NormName = Field("layer_norm", description="the norm before the mixer and before the FFN")
+        norm: NormName = Field(
+            "layer_norm", description="the norm before the mixer and before the FFN (whole_block: between them)"
+        )
+        residual: Residual = Field(
+            "per_branch",
+            description="per_branch: x + mixer(norm(x)), then x + ffn(norm(x)) (pre-norm transformers); whole_block: "
+            "x + ffn(norm(mixer(x))), one residual around both and no norm before the mixer (ConvNeXt); it needs an ffn",
+        )
+        layer_scale: LayerScaleValue | None = Field(
+            None,
+            description="a learned per-channel scale on each residual branch, every channel starting at this value "
+            "(CaiT, ConvNeXt: 1.0e-6); none when null",
+        )
 
     class Stage(Strict):
         width: PositiveInt = Field(description="channels of the stage's blocks")

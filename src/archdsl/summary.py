@@ -16,7 +16,7 @@ class PartSummary:
     part: str  # stem | stage N | head
     blocks: int
     out_shape: list[int]  # channels, height, width of the map (the head: its outputs)
-    extra_tokens: int  # carried beside the map (NomMer's class token), see archdsl.ops.FeatureShape
+    extra_tokens: int  # carried beside the map (a class token), see archdsl.ops.FeatureShape
     params: int
     flops: int
 
@@ -53,7 +53,7 @@ def summarize(model: ArchNet, graph: ArchGraph, fvcore: bool = True) -> ModelSum
     the analytic count is filled in."""
     spec = graph.spec
     stem = graph.node("stem")
-    parts = [PartSummary("stem", 0, _map_sizes(stem.out_shape), 0, _params(model.stem), stem.flops)]
+    parts = [PartSummary("stem", 0, _map_sizes(stem.out_shape), stem.out_shape.extra_tokens, _params(model.stem), stem.flops)]
     for index, stage in enumerate(model.stages):
         nodes = graph.stage_nodes(index)
         out = nodes[-1].out_shape

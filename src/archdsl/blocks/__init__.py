@@ -5,6 +5,7 @@ from archdsl.blocks import (  # noqa: F401  (shared ops first)
     cloformer,
     convolution,
     dct,
+    embedding,
     ffn,
     fusion,
     heads,

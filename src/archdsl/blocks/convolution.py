@@ -1,4 +1,5 @@
-"""Convolution context candidates shared by every family: depthwise conv, ResNet bottleneck, LePE."""
+"""Convolution ops shared by every family: the depthwise conv, ResNet bottleneck and LePE context
+candidates; the norm + strided conv downsample."""
 
 from __future__ import annotations
 
@@ -9,24 +10,34 @@ import torch.nn.functional as F
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import OddKernel, conv_flops, linear_flops
-from archdsl.network import CandidateModule
+from archdsl.blocks.layers import OddKernel, StrideFit, conv_flops, fitted_map, linear_flops, pads_map, refuses_map
+from archdsl.network import CandidateModule, pad_to_multiple
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
-from archdsl.ops import CandidateOp, FeatureShape, OpCheckError, Site, register
+from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, OpCheckError, Site, register
 
 
 class DepthwiseConvModule(CandidateModule):
-    """[Linear + LayerNorm] -> depthwise kxk + BatchNorm + GELU (the features) -> 1x1 conv to the
-    candidate's share -> [output gate] -> [norm] (the `finish` step)."""
+    """[Linear + LayerNorm] -> depthwise kxk [+ norm] [+ GELU] (the features) -> [1x1 conv to the
+    candidate's share] -> [output gate] -> [norm] (the `finish` step)."""
 
-    def __init__(self, in_channels: int, channels: int, kernel: int, input_projection: bool, output_norm: NormName | None):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        kernel: int,
+        input_projection: bool,
+        output_norm: NormName | None,
+        depthwise_norm: NormName | None = "batch_norm",
+        activation: bool = True,
+        projection: bool = True,
+    ):
         super().__init__()
         self.input_projection = nn.Linear(in_channels, in_channels) if input_projection else None
         self.input_norm = make_token_norm("layer_norm", in_channels) if input_projection else None
         self.depthwise = nn.Conv2d(in_channels, in_channels, kernel, 1, kernel // 2, groups=in_channels)
-        self.depthwise_norm = nn.BatchNorm2d(in_channels)
-        self.act = nn.GELU()
-        self.projection = nn.Conv2d(in_channels, channels, 1)
+        self.depthwise_norm = make_norm(depthwise_norm, in_channels) if depthwise_norm else nn.Identity()
+        self.act = nn.GELU() if activation else nn.Identity()
+        self.projection = nn.Conv2d(in_channels, channels, 1) if projection else nn.Identity()
         self.output_norm = make_norm(output_norm, channels) if output_norm else None
 
     def forward(
@@ -46,8 +57,10 @@ class DepthwiseConvModule(CandidateModule):
 
 @register
 class DepthwiseConv(CandidateOp):
-    """Local context by a depthwise `kernel`×`kernel` conv at the input width (BatchNorm, GELU),
-    then a 1x1 conv to the candidate's `channels`.
+    """Local context by a depthwise `kernel`×`kernel` conv (with bias) at the input width, its
+    `depthwise_norm` (BatchNorm) and GELU, then a 1x1 conv to the candidate's `channels`.
+    ConvNeXt's token mixer is the bare conv: `depthwise_norm: null, activation: false,
+    projection: false`.
 
     `input_projection`: first a Linear and a LayerNorm at the input width (MixFormer's conv
     branch). `output_norm`: a norm after the 1x1 conv (MixFormer: batch_norm). Interactions
@@ -59,11 +72,26 @@ class DepthwiseConv(CandidateOp):
     """depthwise kernel (odd)"""
     input_projection: bool = False
     """a 1x1 projection before the depthwise conv"""
+    depthwise_norm: NormName | None = "batch_norm"
+    """the norm after the depthwise conv (none when null)"""
+    activation: bool = True
+    """GELU after the depthwise conv and its norm"""
+    projection: bool = True
+    """the 1x1 conv to the candidate's channels (without it the candidate keeps the input width)"""
     output_norm: NormName | None = None
     """a norm on the output (none when null)"""
 
     def feature_shape(self, site: Site) -> FeatureShape:
         return site.in_shape
+
+    def check(self, site: Site) -> None:
+        if not self.projection and site.out_channels != site.in_shape.channels:
+            raise OpCheckError(
+                f"without its projection a depthwise conv keeps the input width {site.in_shape.channels}, but this "
+                f"candidate has {site.out_channels} channels; set channels: {site.in_shape.channels} (or leave it out), "
+                f"or projection: true",
+                field="projection",
+            )
 
     def flops(self, site: Site) -> int:
         c_in = site.in_shape.channels
@@ -72,15 +100,25 @@ class DepthwiseConv(CandidateOp):
         flops = 0
         if self.input_projection:
             flops += linear_flops(c_in, c_in, height * width) + norm_flops("layer_norm", site.in_shape)
-        flops += conv_flops(c_in, c_in, self.kernel, hw, groups=c_in) + norm_flops("batch_norm", site.in_shape)
-        flops += conv_flops(c_in, channels, 1, hw)
+        flops += conv_flops(c_in, c_in, self.kernel, hw, groups=c_in)
+        if self.depthwise_norm:
+            flops += norm_flops(self.depthwise_norm, site.in_shape)
+        if self.projection:
+            flops += conv_flops(c_in, channels, 1, hw)
         if self.output_norm:
             flops += norm_flops(self.output_norm, site.in_shape.with_channels(channels))
         return flops
 
     def build(self, site: Site) -> nn.Module:
         return DepthwiseConvModule(
-            site.in_shape.channels, site.out_channels, self.kernel, self.input_projection, self.output_norm
+            site.in_shape.channels,
+            site.out_channels,
+            self.kernel,
+            self.input_projection,
+            self.output_norm,
+            self.depthwise_norm,
+            self.activation,
+            self.projection,
         )
 
 
@@ -178,3 +216,59 @@ class LePE(CandidateOp):
 
     def build(self, site: Site) -> nn.Module:
         return LePEModule(site.in_shape.channels, site.out_channels, self.kernel)
+
+
+# --- a norm and a strided conv: MixFormer's and ConvNeXt's downsample --------------------------------------------------------------------------------
+
+
+class NormStridedConvModule(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, norm: NormName, pad: bool = False):
+        super().__init__()
+        self.norm = make_norm(norm, in_channels)
+        self.reduction = nn.Conv2d(in_channels, out_channels, kernel, kernel)
+        self.pad = pad  # zero-pad the normalised map to a multiple of the stride: ceil-sized output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        return self.reduction(pad_to_multiple(x, self.reduction.stride[0]) if self.pad else x)
+
+
+@register
+class NormStridedConv(DownsampleOp):
+    """A norm, then a `kernel`×`kernel` conv with stride `kernel` that widens (MixFormer's
+    ConvMerging: BatchNorm, 2x2 stride-2 conv; ConvNeXt's downsample: LayerNorm, the same conv;
+    no norm after it). `fit: pad` zero-pads a
+    normalised map the stride does not divide on the bottom and right, so an odd map halves to
+    its ceiling (as mmdet's patch mergings pad) where the released code asserts even sides."""
+
+    op: Literal["norm_strided_conv"] = "norm_strided_conv"
+    kernel: PositiveInt = 2
+    """kernel and stride of the patch-merging conv"""
+    norm: NormName = "batch_norm"
+    """norm before the conv"""
+    fit: StrideFit = "exact"
+    """how the stride meets a map it does not divide: exact (refuse, as the released code asserts) or pad (zero-pad the map to a multiple)"""
+
+    def output_shape(self, site: Site) -> FeatureShape:
+        height, width = fitted_map(site.in_shape, self.kernel, self.fit).map_size
+        return FeatureShape(site.out_channels, height // self.kernel, width // self.kernel)
+
+    def check(self, site: Site) -> None:
+        height, width = site.in_shape.map_size
+        if refuses_map(site.in_shape, self.kernel, self.fit):
+            raise OpCheckError(
+                f"the {height}x{width} map entering stage {site.stage} is not a multiple of the stride {self.kernel} "
+                f"(the released MixFormer code asserts this); use an input size that keeps every stage map divisible: "
+                f"with a stride-4 stem and three such downsamples, sides that are multiples of 32; or `fit: pad` to "
+                f"zero-pad the map to a multiple",
+                field="kernel",
+            )
+
+    def flops(self, site: Site) -> int:
+        out = self.output_shape(site)
+        return norm_flops(self.norm, site.in_shape) + conv_flops(
+            site.in_shape.channels, site.out_channels, self.kernel, (out.height, out.width)
+        )
+
+    def build(self, site: Site) -> nn.Module:
+        return NormStridedConvModule(site.in_shape.channels, site.out_channels, self.kernel, self.norm, pads_map(self.fit))

@@ -11,7 +11,7 @@ from torch import nn
 
 from archdsl.blocks.layers import linear_flops
 from archdsl.norms import NormName, make_norm, norm_flops
-from archdsl.ops import FeatureShape, Op, Site, register
+from archdsl.ops import FeatureShape, Op, OpCheckError, Site, register
 
 
 def classifier(features: int, classes: int) -> nn.Module:
@@ -57,27 +57,72 @@ class HeadOp(Op):
 
 
 class PoolLinearModule(HeadModule):
-    def __init__(self, channels: int, classes: int, norm: NormName | None):
+    def __init__(self, channels: int, classes: int, norm: NormName | None, norm_pooled: bool = False):
         super().__init__(channels)
         self.norm = make_norm(norm, channels) if norm else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = classifier(channels, classes)
+        self.norm_pooled = norm_pooled
 
     def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm_pooled:
+            return self.norm(self.pool(x)).flatten(1)
         return self.pool(self.norm(x)).flatten(1)
 
 
 @register
 class PoolLinear(HeadOp):
-    """Optional norm, global average pool, linear classifier."""
+    """Optional norm, global average pool, linear classifier; `norm_at: pooled` normalises the
+    pooled features instead of the map (ConvNeXt's head)."""
 
     op: Literal["pool_linear"] = "pool_linear"
     norm: NormName | None = None
-    """a norm before pooling (none when null)"""
+    """a norm before pooling, or after it with norm_at: pooled (none when null)"""
+    norm_at: Literal["map", "pooled"] = "map"
+    """where the norm runs: on the last stage's map, or on the pooled features"""
 
     def flops(self, site: Site) -> int:
         shape = site.in_shape
-        return (norm_flops(self.norm, shape) if self.norm else 0) + shape.numel + self.classifier_flops(site)
+        normed = shape if self.norm_at == "map" else FeatureShape(shape.channels, 1, 1)
+        return (norm_flops(self.norm, normed) if self.norm else 0) + shape.numel + self.classifier_flops(site)
 
     def build(self, site: Site) -> nn.Module:
-        return PoolLinearModule(site.in_shape.channels, self.classes, self.norm)
+        return PoolLinearModule(site.in_shape.channels, self.classes, self.norm, self.norm_at == "pooled")
+
+
+class ClassTokenHeadModule(HeadModule):
+    def __init__(self, channels: int, classes: int, norm: NormName | None):
+        super().__init__(channels)
+        self.norm = make_norm(norm, channels) if norm else nn.Identity()
+        self.fc = classifier(channels, classes)
+
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        # the class token as a 1x1 map, so that every norm applies (per token, as ViT's final norm)
+        return self.norm(x.flatten(2)[:, :, :1].unsqueeze(-1)).flatten(1)
+
+
+@register
+class ClassTokenHead(HeadOp):
+    """A norm and a linear classifier on token 0, the class token that an op with
+    `class_token: true` puts first (no pooling): NomMer's head, ViT's (whose final norm runs on
+    every token, of which only the class token's reaches the classifier)."""
+
+    op: Literal["class_token_head"] = "class_token_head"
+    capabilities = frozenset({"runs_on_tokens"})
+    norm: NormName | None = "layer_norm"
+    """the norm on the class token before the classifier (none when null)"""
+
+    def check(self, site: Site) -> None:
+        if site.in_shape.layout != "tokens":
+            raise OpCheckError(
+                f"class_token_head reads the class token, but the last stage outputs a {site.in_shape} map with none; "
+                f"put one there (a stem or downsample with class_token: true: patch_embedding, conv_max_pool) or use "
+                f"pool_linear"
+            )
+
+    def flops(self, site: Site) -> int:
+        channels = site.in_shape.channels
+        return (norm_flops(self.norm, FeatureShape(channels, 1, 1)) if self.norm else 0) + self.classifier_flops(site)
+
+    def build(self, site: Site) -> nn.Module:
+        return ClassTokenHeadModule(site.in_shape.channels, self.classes, self.norm)

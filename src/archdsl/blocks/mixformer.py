@@ -1,7 +1,7 @@
 """MixFormer (Chen et al., "MixFormer: Mixing Features across Windows and Dimensions").
 
-Ops: the 3-conv stem with its 2x2 patch conv, the BatchNorm + strided-conv downsampling and
-the 1280-d projection head. The Mixing Block is a composition of shared ops: the
+Ops: the 3-conv stem with its 2x2 patch conv and the 1280-d projection head. The downsampling
+is the shared `norm_strided_conv` (blocks.convolution) with BatchNorm. The Mixing Block is a composition of shared ops: the
 `window_attention` and `depthwise_conv` candidates, the `channel_interaction` and
 `spatial_interaction` gates between them, and the `concat_projection` fusion. Numerics follow
 the released PaddlePaddle code (PaddleClas PR 1820, see shared/reference/official_notes/mixformer.md);
@@ -17,10 +17,10 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.blocks.heads import HeadModule, HeadOp, classifier
-from archdsl.blocks.layers import StrideFit, conv_flops, fitted_map, linear_flops, pads_map, refuses_map, strided_size
+from archdsl.blocks.layers import conv_flops, linear_flops, strided_size
 from archdsl.network import pad_to_multiple
-from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
-from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
+from archdsl.norms import make_norm, make_token_norm, norm_flops
+from archdsl.ops import FeatureShape, Op, OpCheckError, Site, register
 from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
 
 # --- stem ---------------------------------------------------------------------------------------
@@ -85,61 +85,6 @@ class MixFormerStem(Op):
 
     def build(self, site: Site) -> nn.Module:
         return MixFormerStemModule(site.in_shape.channels, site.out_channels)
-
-
-# --- downsample --------------------------------------------------------------------------------
-
-
-class NormStridedConvModule(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, norm: NormName, pad: bool = False):
-        super().__init__()
-        self.norm = make_norm(norm, in_channels)
-        self.reduction = nn.Conv2d(in_channels, out_channels, kernel, kernel)
-        self.pad = pad  # zero-pad the normalised map to a multiple of the stride: ceil-sized output
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x)
-        return self.reduction(pad_to_multiple(x, self.reduction.stride[0]) if self.pad else x)
-
-
-@register
-class NormStridedConv(DownsampleOp):
-    """A norm, then a `kernel`×`kernel` conv with stride `kernel` that widens (MixFormer's
-    ConvMerging: BatchNorm, 2x2 stride-2 conv; no norm after it). `fit: pad` zero-pads a
-    normalised map the stride does not divide on the bottom and right, so an odd map halves to
-    its ceiling (as mmdet's patch mergings pad) where the released code asserts even sides."""
-
-    op: Literal["norm_strided_conv"] = "norm_strided_conv"
-    kernel: PositiveInt = 2
-    """kernel and stride of the patch-merging conv"""
-    norm: NormName = "batch_norm"
-    """norm before the conv"""
-    fit: StrideFit = "exact"
-    """how the stride meets a map it does not divide: exact (refuse, as the released code asserts) or pad (zero-pad the map to a multiple)"""
-
-    def output_shape(self, site: Site) -> FeatureShape:
-        height, width = fitted_map(site.in_shape, self.kernel, self.fit).map_size
-        return FeatureShape(site.out_channels, height // self.kernel, width // self.kernel)
-
-    def check(self, site: Site) -> None:
-        height, width = site.in_shape.map_size
-        if refuses_map(site.in_shape, self.kernel, self.fit):
-            raise OpCheckError(
-                f"the {height}x{width} map entering stage {site.stage} is not a multiple of the stride {self.kernel} "
-                f"(the released MixFormer code asserts this); use an input size that keeps every stage map divisible: "
-                f"with a stride-4 stem and three such downsamples, sides that are multiples of 32; or `fit: pad` to "
-                f"zero-pad the map to a multiple",
-                field="kernel",
-            )
-
-    def flops(self, site: Site) -> int:
-        out = self.output_shape(site)
-        return norm_flops(self.norm, site.in_shape) + conv_flops(
-            site.in_shape.channels, site.out_channels, self.kernel, (out.height, out.width)
-        )
-
-    def build(self, site: Site) -> nn.Module:
-        return NormStridedConvModule(site.in_shape.channels, site.out_channels, self.kernel, self.norm, pads_map(self.fit))
 
 
 # --- head --------------------------------------------------------------------------------------

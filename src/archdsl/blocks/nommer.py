@@ -1,8 +1,9 @@
 """NomMer (Liu et al., "NomMer: Nominate Synergistic Context in Vision Transformer for Visual Recognition").
 
 Ops: the patch-conv stem, the `compressed_global_attention` (CGCA) context candidate, the `nomination` fusion (the Synergistic Context Nominator), the
-`conv_max_pool` reduction (with the position embedding and class token the code adds at
-stages 3 and 4), and the `class_token_head`. The local candidate is the shared
+`conv_max_pool` reduction (with the shared position embedding and class token of
+`blocks.embedding`, which the code adds at stages 3 and 4). The head is the shared
+`class_token_head`, the local candidate the shared
 `window_attention`, the G-NomMer attention the shared `pooled_attention` (pool 1), the CNN
 candidate the shared `bottleneck`, the FFN the shared `mlp`, the DCT the shared `blocks.dct`
 primitive. Numerics follow the released code (TencentYoutuResearch/VisualRecognition-NomMer
@@ -30,8 +31,8 @@ from torch import nn
 
 from archdsl.blocks.attention import AttentionCandidate, PooledAttention, pooled_attention_module
 from archdsl.blocks.dct import BlockDCT, BlockIDCT, block_dct_flops
+from archdsl.blocks.embedding import TokenExtras, TokenExtrasModule
 from archdsl.blocks.fusion import FusionOp
-from archdsl.blocks.heads import HeadModule, HeadOp, classifier
 from archdsl.blocks.layers import (
     FitRule,
     OddKernel,
@@ -46,10 +47,9 @@ from archdsl.blocks.layers import (
     strided_size,
 )
 from archdsl.network import CandidateModule, pad_to_multiple
-from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
+from archdsl.norms import NormName, make_norm, norm_flops
 from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
 from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
-from archdsl.training import WithoutWeightDecay
 
 # --- stem ---------------------------------------------------------------------------------------
 
@@ -315,46 +315,37 @@ class Nomination(FusionOp):
 # --- the reduction module -----------------------------------------------------------------------
 
 
-class ConvMaxPoolModule(WithoutWeightDecay, nn.Module):
-    without_weight_decay = ("position_embedding", "class_token")
-
+class ConvMaxPoolModule(TokenExtrasModule):
     def __init__(
         self,
         in_channels: int,
-        out_channels: int,
+        out: FeatureShape,
         kernel: int,
         pool: int,
         norm: NormName,
-        position_embedding: tuple[int, int] | None,
+        position_embedding: bool,
         class_token: bool,
     ):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel, 1, kernel // 2)
+        self.conv = nn.Conv2d(in_channels, out.channels, kernel, 1, kernel // 2)
         self.pool = nn.MaxPool2d(pool)
-        self.norm = make_norm(norm, out_channels)
+        self.norm = make_norm(norm, out.channels)
         # standard-normal initialisation, as the released code's (bare randn parameters)
-        self.position_embedding = nn.Parameter(torch.randn(1, out_channels, *position_embedding)) if position_embedding else None
-        self.class_token = nn.Parameter(torch.randn(1, out_channels, 1, 1)) if class_token else None
+        self.init_token_extras(out, position_embedding, class_token, position_std=1.0, class_token_std=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the released code convolves a contiguous NCHW copy; the CPU conv kernel, and so the
         # last bits, depend on the memory layout
-        x = self.norm(self.pool(self.conv(x.contiguous())))
-        if self.position_embedding is not None:
-            x = x + self.position_embedding
-        if self.class_token is not None:
-            tokens = x.flatten(2).unsqueeze(2)  # (B, C, 1, h·w), row-major
-            x = torch.cat([self.class_token.expand(x.shape[0], -1, -1, -1), tokens], dim=3)
-        return x
+        return self.add_token_extras(self.norm(self.pool(self.conv(x.contiguous()))))
 
 
 @register
-class ConvMaxPool(DownsampleOp):
+class ConvMaxPool(TokenExtras, DownsampleOp):
     """NomMer's reduction module: a `kernel`×`kernel` conv (stride 1, with bias) that widens at
-    full resolution, a `pool`×`pool` max-pool, a norm. `position_embedding`: then add a learned
-    embedding of the pooled map's size (NomMer before stage 3; sized from the map, so it
-    follows the input size). `class_token`: then flatten the map row-major and put a learned
-    class token first, making a 1×(1 + h·w) token sequence (NomMer before stage 4)."""
+    full resolution, a `pool`×`pool` max-pool, a norm, then the shared `TokenExtras`
+    (`blocks.embedding`). NomMer adds a learned `position_embedding` of the pooled map's size
+    before stage 3 (sized from the map, so it follows the input size) and a `class_token`
+    before stage 4, making a 1×(1 + h·w) token sequence."""
 
     op: Literal["conv_max_pool"] = "conv_max_pool"
     kernel: OddKernel = 3
@@ -363,18 +354,13 @@ class ConvMaxPool(DownsampleOp):
     """max-pool side and stride"""
     norm: NormName = "layer_norm"
     """norm after pooling"""
-    position_embedding: bool = False
-    """a learnable position embedding"""
-    class_token: bool = False
-    """a class token prepended to the tokens"""
 
     def _pooled(self, site: Site) -> FeatureShape:
         height, width = site.in_shape.map_size
         return FeatureShape(site.out_channels, height // self.pool, width // self.pool)
 
     def output_shape(self, site: Site) -> FeatureShape:
-        pooled = self._pooled(site)
-        return FeatureShape(pooled.channels, pooled.height, pooled.width, extra_tokens=1) if self.class_token else pooled
+        return self.with_extras(self._pooled(site))
 
     def check(self, site: Site) -> None:
         if min(site.in_shape.height, site.in_shape.width) < self.pool:
@@ -392,54 +378,15 @@ class ConvMaxPool(DownsampleOp):
         )
 
     def build(self, site: Site) -> nn.Module:
-        pooled = self._pooled(site)
         return ConvMaxPoolModule(
             site.in_shape.channels,
-            site.out_channels,
+            self.output_shape(site),
             self.kernel,
             self.pool,
             self.norm,
-            (pooled.height, pooled.width) if self.position_embedding else None,
+            self.position_embedding,
             self.class_token,
         )
-
-
-# --- head ---------------------------------------------------------------------------------------
-
-
-class ClassTokenHeadModule(HeadModule):
-    def __init__(self, channels: int, classes: int, norm: bool):
-        super().__init__(channels)
-        self.norm = make_token_norm("layer_norm", channels) if norm else nn.Identity()
-        self.fc = classifier(channels, classes)
-
-    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.flatten(2)[:, :, 0])
-
-
-@register
-class ClassTokenHead(HeadOp):
-    """LayerNorm and a linear classifier on token 0, the class token that `conv_max_pool`
-    with `class_token: true` puts first (no pooling), as NomMer's head."""
-
-    op: Literal["class_token_head"] = "class_token_head"
-    capabilities = frozenset({"runs_on_tokens"})
-    norm: Literal["layer_norm"] | None = "layer_norm"
-    """a LayerNorm on the class token before the classifier (none when null)"""
-
-    def check(self, site: Site) -> None:
-        if site.in_shape.layout != "tokens":
-            raise OpCheckError(
-                f"class_token_head reads the class token, but the last stage outputs a {site.in_shape} map with none; "
-                f"put one there (a downsample with class_token: true, as NomMer's conv_max_pool) or use pool_linear"
-            )
-
-    def flops(self, site: Site) -> int:
-        channels = site.in_shape.channels
-        return (norm_flops("layer_norm", FeatureShape(channels, 1, 1)) if self.norm else 0) + self.classifier_flops(site)
-
-    def build(self, site: Site) -> nn.Module:
-        return ClassTokenHeadModule(site.in_shape.channels, self.classes, self.norm is not None)
 
 
 # The authors' evaluation transform (TencentYoutuResearch/VisualRecognition-NomMer: config.py

@@ -1,0 +1,57 @@
+"""timm's VisionTransformer checkpoints (timm/models/vision_transformer.py: DeiT, ViT) -> this
+project's module names (specs/gallery/deit_ti.yaml).
+
+timm keeps tokens channel-last, (B, tokens, C); here a token sequence is a (B, C, 1, tokens) row,
+so the class token and the position embedding are stored channel-first, and the attention's and
+its output projection's Linears are 1x1 convs. timm's fused qkv Linear is split into the query
+and the key/value projections (rows: query, key, value, each head after head, as here)."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from archdsl.weights import register_converter, rename_by_table
+
+_CANDIDATE = "mixer.candidates.0"
+
+# timm's name pattern -> this project's, outside the fused qkv
+_NAMES = (
+    (r"patch_embed\.proj\.(.+)", lambda m: f"stem.conv.{m[1]}"),
+    (r"cls_token", lambda m: "stem.class_token"),
+    (r"pos_embed", lambda m: "stem.position_embedding"),
+    (r"blocks\.(\d+)\.(norm[12])\.(.+)", lambda m: f"stages.0.blocks.{m[1]}.{m[2]}.{m[3]}"),
+    (r"blocks\.(\d+)\.attn\.proj\.(.+)", lambda m: f"stages.0.blocks.{m[1]}.{_CANDIDATE}.projection.{m[2]}"),
+    (r"blocks\.(\d+)\.mlp\.(fc[12])\.(.+)", lambda m: f"stages.0.blocks.{m[1]}.ffn.{m[2]}.{m[3]}"),
+    (r"norm\.(.+)", lambda m: f"head.norm.{m[1]}"),
+    (r"head\.(.+)", lambda m: f"head.fc.{m[1]}"),
+)
+_QKV = r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)"
+
+
+def _renamed(key: str, value: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """(this project's name, value) pairs for one of timm's keys: two for the fused qkv."""
+    if match := re.fullmatch(_QKV, key):
+        attention, kind = f"stages.0.blocks.{match[1]}.{_CANDIDATE}", match[2]
+        channels = value.shape[0] // 3
+        return [(f"{attention}.query.{kind}", value[:channels]), (f"{attention}.key_value.{kind}", value[channels:])]
+    if key in ("cls_token", "pos_embed"):  # (1, tokens, C) -> (1, C, 1, tokens)
+        value = value.permute(0, 2, 1).unsqueeze(2)
+    return [(rename_by_table(key, _NAMES) or key, value)]
+
+
+@register_converter("vit")
+def convert_vit(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
+    """timm's names (blocks.0.attn.qkv.weight, ...) -> this project's. A key it does not know
+    stays as it is, to be reported as unexpected."""
+    expected = net.state_dict()
+    converted: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for name, part in _renamed(key, value):
+            target = expected.get(name)
+            if target is not None and part.ndim == 2 and target.ndim == 4:  # a Linear that is a 1x1 conv here
+                part = part.reshape(*part.shape, 1, 1)
+            converted[name] = part
+    return converted
