@@ -25,7 +25,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "tests" / "vectors" / "gallery"
-MODELS = {"convnext_t": "convnext_tiny", "deit_ti": "deit_tiny_patch16_224"}
+MODELS = {"convnext_t": "convnext_tiny", "deit_ti": "deit_tiny_patch16_224", "swin_t": "swin_tiny_patch4_window7_224"}
 
 
 def main(timm_source: str, names: list[str]) -> None:

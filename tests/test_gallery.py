@@ -21,7 +21,7 @@ from archdsl.errors import SpecError
 VECTORS = Path(__file__).resolve().parent / "vectors" / "gallery"
 GALLERY = Path(__file__).resolve().parents[1] / "src" / "archdsl" / "specs" / "gallery"
 # spec -> timm's parameter count (timm.create_model(...), counted with timm 1.0.29.dev0)
-PARAMS = {"convnext_t": 28_589_128, "deit_ti": 5_717_416}
+PARAMS = {"convnext_t": 28_589_128, "deit_ti": 5_717_416, "swin_t": 28_288_354}
 
 
 def vector(name: str) -> dict:
@@ -167,3 +167,82 @@ def test_a_checkpoint_of_the_other_model_is_refused_with_the_list(tmp_path):
     torch.save(rule_state(stored["keys"], stored["weight_seed"]), path)
     with pytest.raises(CheckpointError, match=r"checkpoint does not fit convnext_t: .*missing.*unexpected"):
         archdsl.create_model("gallery/convnext_t", pretrained=path)
+
+
+def test_shift_that_does_not_fit_the_window_is_located(tmp_path):
+    old = "window: 7, shift: 3}]}   # SW-MSA"
+    line = line_of("swin_t", old)
+    message = spec_error(tmp_path, "swin_t", old, "window: 7, shift: 7}]}")
+    assert f"swin_t.yaml:{line}:81: stages[0].blocks[1].mixer.candidates[0].shift: shift 7 does not fit the window 7" in message
+    assert "use 0 to 6 (Swin: window // 2 = 3), or 0 for no shift" in message
+    message = spec_error(tmp_path, "swin_t", old, "window: 7, shift: -3}]}")
+    assert (
+        f"swin_t.yaml:{line}:81: stages[0].blocks[1].mixer.candidates[0].shift: input should be greater than or equal to 0"
+        in message
+    )
+
+
+def test_patch_merging_concatenates_in_swins_order():
+    """The released Swin code's PatchMerging: cat([x0, x1, x2, x3]) of the 2x2 neighbourhood,
+    x1 the pixel below x0 and x2 the one right of it (timm's reshape-permute gives the same)."""
+    from archdsl.blocks.merging import space_to_depth
+
+    x = torch.randn(2, 5, 6, 4)
+    swin = x.permute(0, 2, 3, 1)  # B H W C, as Swin's code runs
+    parts = [swin[:, 0::2, 0::2], swin[:, 1::2, 0::2], swin[:, 0::2, 1::2], swin[:, 1::2, 1::2]]
+    assert torch.equal(space_to_depth(x, 2), torch.cat(parts, dim=-1).permute(0, 3, 1, 2))
+
+
+def test_patch_merging_on_an_odd_map_is_located_or_padded(tmp_path):
+    message = spec_error(tmp_path, "swin_t", "size: 224", "size: 84")  # stage 0's map is 21x21
+    assert (
+        f"swin_t.yaml:{line_of('swin_t', 'downsample: {op: patch_merging}')}:17: stages[1].downsample.stride: the 21x21 map entering stage 1 is not a multiple of the merged "
+        "neighbourhood 2x2" in message
+    )
+    assert "or `fit: pad` to zero-pad it to a multiple" in message
+    text = (GALLERY / "swin_t.yaml").read_text().replace("size: 224", "size: 84").replace("window: 7", "window: 7, fit: pad")
+    path = tmp_path / "odd.yaml"
+    path.write_text(text.replace("{op: patch_merging}", "{op: patch_merging, fit: pad}"))
+    model = archdsl.create_model(path)  # maps 21, 11, 6, 3, padded to 7s; shifted where a side exceeds 7
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 84, 84)).shape == (1, 1000)
+    counts = archdsl.count_flops(model)
+    assert counts.analytic == counts.flops
+
+
+def test_released_swin_checkpoint_names_convert_like_timms():
+    """The released checkpoints (microsoft/Swin-Transformer) close a stage with its patch merging
+    and name the classifier `head`; they carry the relative position index and the shifted-window
+    mask, constants that the converter takes from the model, not from the file."""
+    from archdsl.converters.swin import convert_swin
+
+    model = archdsl.create_model("gallery/swin_t")
+    timm_state = {key: torch.full((1,), float(index)) for index, (key, _) in enumerate(vector("swin_t")["keys"])}
+    released = {}
+    for key, value in timm_state.items():
+        if ".downsample." in key:
+            stage, rest = key.removeprefix("layers.").split(".", 1)
+            key = f"layers.{int(stage) - 1}.{rest}"
+        released[key.replace("head.fc.", "head.")] = value
+    released["layers.0.blocks.1.attn_mask"] = torch.zeros(64, 49, 49)
+    released["layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(49, 49, dtype=torch.long)
+    from_timm, from_released = convert_swin(timm_state, model), convert_swin(released, model)
+    assert from_timm.keys() == from_released.keys() == model.state_dict().keys()
+    assert all(torch.equal(from_timm[key], from_released[key]) for key in from_timm)
+    index = "stages.0.blocks.0.mixer.candidates.0.relative_position_index"
+    assert torch.equal(from_released[index], model.state_dict()[index])
+
+
+def test_shifted_window_mask_follows_the_map_size():
+    """The mask is made once for the map the op was placed on; another map gets its own, and the
+    module then computes what one placed on that map does."""
+    from archdsl.blocks.attention import WindowAttentionModule
+
+    torch.manual_seed(0)
+    placed = WindowAttentionModule(8, 8, 2, 7, False, True, None, shift=(3, 3), map_size=(14, 14)).eval()
+    other = WindowAttentionModule(8, 8, 2, 7, False, True, None, shift=(3, 3), map_size=(21, 28)).eval()
+    other.load_state_dict(placed.state_dict())
+    x = torch.randn(2, 8, 21, 28)
+    with torch.no_grad():
+        assert torch.equal(placed(x), other(x))
+    assert placed.shift_mask.shape == (4, 49, 49) and other.shift_mask.shape == (12, 49, 49)

@@ -11,6 +11,7 @@ from archdsl.blocks import (  # noqa: F401  (shared ops first)
     heads,
     interactions,
     layers,
+    merging,
     mixformer,
     nommer,
     sgformer,

@@ -6,7 +6,7 @@ from math import prod
 from typing import Literal
 
 import torch
-from pydantic import PositiveInt
+from pydantic import NonNegativeInt, PositiveInt
 from torch import nn
 
 from archdsl.blocks.layers import (
@@ -25,6 +25,7 @@ from archdsl.blocks.multihead import (
     attend,
     merge_heads,
     sdpa_flops,
+    shifted_window_mask,
     split_heads,
     window_merge,
     window_partition,
@@ -180,7 +181,12 @@ def relative_position_index(window: int) -> torch.Tensor:
 
 class WindowAttentionModule(WithoutWeightDecay, CandidateModule):
     """Multi-head self-attention inside non-overlapping windows, with a learned relative
-    position bias; no shift and no mask. Works channel-last inside, NCHW at its boundary."""
+    position bias. With a `shift` = (rows, columns), the map is rolled up and left by it first and
+    back after, and `shifted_window_mask` keeps each window's attention inside the regions that
+    were neighbours (Swin's SW-MSA). Works channel-last inside, NCHW at its boundary.
+
+    `map_size`: the map the op was placed on (padded where it pads), for which the mask is made
+    once; a map of another size gets its own mask when it arrives."""
 
     without_weight_decay = ("relative_position_bias_table",)
 
@@ -194,10 +200,13 @@ class WindowAttentionModule(WithoutWeightDecay, CandidateModule):
         output_projection: bool,
         output_norm: NormName | None,
         pad: bool = False,
+        shift: tuple[int, int] = (0, 0),
+        map_size: tuple[int, int] | None = None,
     ):
         super().__init__()
         self.heads, self.window = heads, (window, window)
         self.pad = pad  # zero-pad a map the window does not divide, crop the output back
+        self.shift = shift
         self.head_dim = channels // heads
         self.scale = self.head_dim**-0.5
         # MixFormer: the attention branch's own Linear + LayerNorm from the block width to its share
@@ -210,11 +219,24 @@ class WindowAttentionModule(WithoutWeightDecay, CandidateModule):
         self.register_buffer("relative_position_index", relative_position_index(window), persistent=True)
         self.projection = nn.Linear(channels, channels) if output_projection else None
         self.output_norm = make_norm(output_norm, channels) if output_norm else None
+        # a constant of the geometry, not a weight: never saved, never loaded
+        self.mask_map_size = map_size if any(shift) else None
+        mask = shifted_window_mask(*map_size, window, shift) if self.mask_map_size else None
+        self.register_buffer("shift_mask", mask, persistent=False)
+
+    def window_mask(self, height: int, width: int) -> torch.Tensor:
+        """The shifted-window mask for a (padded) height×width map."""
+        if self.shift_mask is not None and self.mask_map_size == (height, width):
+            return self.shift_mask
+        return shifted_window_mask(height, width, self.window[0], self.shift).to(self.relative_position_bias_table.device)
 
     def forward(
         self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None
     ) -> torch.Tensor:
         batch, _, height, width = x.shape
+        shifted = any(self.shift)
+        if shifted:  # rolled before padding, as timm does
+            x = torch.roll(x, (-self.shift[0], -self.shift[1]), dims=(2, 3))
         if self.pad:
             x = pad_to_multiple(x, self.window[0])
         padded_height, padded_width = x.shape[-2:]
@@ -230,11 +252,16 @@ class WindowAttentionModule(WithoutWeightDecay, CandidateModule):
             value = (value.reshape(batch, count // batch, self.heads, tokens, self.head_dim) * gate).flatten(0, 1)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(tokens, tokens, self.heads).permute(2, 0, 1)
+        if shifted:  # (windows, heads, N, N), the same for every image of the batch
+            mask = self.window_mask(padded_height, padded_width)
+            bias = (bias + mask[:, None]).repeat(batch, 1, 1, 1)
         out = merge_heads(attend(query, key, value, self.scale, bias))
         if self.projection is not None:
             out = self.projection(out)
         out = window_merge(out, self.window, padded_height, padded_width).permute(0, 3, 1, 2)
-        return out[..., :height, :width] if self.pad else out
+        if self.pad:
+            out = out[..., :height, :width]
+        return torch.roll(out, self.shift, dims=(2, 3)) if shifted else out
 
     def finish(self, features: torch.Tensor, output_gate: torch.Tensor | None) -> torch.Tensor:
         # the output norm comes after the features that interactions read (MixFormer's spatial
@@ -247,7 +274,12 @@ class WindowAttentionModule(WithoutWeightDecay, CandidateModule):
 @register
 class WindowAttention(AttentionCandidate):
     """Swin-style attention in non-overlapping `window`×`window` windows with a relative
-    position bias (no shift, no mask). The map must be a multiple of the window: give the
+    position bias. `shift`: Swin's shifted windows (SW-MSA): the map is rolled up and left by
+    `shift` pixels, attended in windows under Swin's mask (`multihead.shifted_window_mask`:
+    tokens that the roll made neighbours do not attend to each other) and rolled back; Swin
+    shifts every second block by window // 2. Along a side no longer than the window, where
+    one window covers it all, nothing is shifted (Swin's and timm's rule: Swin-T's 7x7 last stage
+    at 224). The map must be a multiple of the window: give the
     mixer `pad_multiple` to zero-pad maps it does not divide for every candidate, or `fit` to
     say how the window meets them (`blocks.layers.fit_to_map`): `nearest_divisor` uses the
     divisor of the map nearest to `window`, `pad` zero-pads this op's input to a multiple of
@@ -272,14 +304,32 @@ class WindowAttention(AttentionCandidate):
     """a norm on the output (none when null)"""
     fit: FitRule = "exact"
     """how the window meets a map it does not divide: exact (refuse), nearest_divisor (the nearest common divisor of the map sides), pad (zero-pad the map to a multiple), divisor_or_pad"""
+    shift: NonNegativeInt = 0
+    """shifted windows: roll the map by this many pixels (less than the window; Swin: window // 2 in every second block), 0 for none"""
 
     def window_at(self, site: Site) -> int:
         return fit_to_map(self.window, site.in_shape.height, site.in_shape.width, self.fit)
+
+    def shift_at(self, site: Site) -> tuple[int, int]:
+        """(rows, columns) the map is rolled by: none along a side the window covers."""
+        window = self.window_at(site)
+        return tuple(self.shift if side > window else 0 for side in site.in_shape.map_size)
 
     def check(self, site: Site) -> None:
         super().check(site)
         height, width = site.in_shape.map_size
         window = self.window_at(site)
+        if self.shift >= window:
+            fitted = (
+                f" (fit: {self.fit} makes window {self.window} {window} on the {height}x{width} map)"
+                if window != self.window
+                else ""
+            )
+            raise OpCheckError(
+                f"shift {self.shift} does not fit the window {window}{fitted}: a shift moves the windows by less than "
+                f"a window; use 0 to {window - 1} (Swin: window // 2 = {window // 2}), or 0 for no shift",
+                field="shift",
+            )
         if refuses_map(site.in_shape, window, self.fit):
             fits = common_divisors(height, width)
             raise OpCheckError(
@@ -316,4 +366,6 @@ class WindowAttention(AttentionCandidate):
             self.output_projection,
             self.output_norm,
             pads_map(self.fit),
+            self.shift_at(site),
+            fitted_map(site.in_shape, self.window_at(site), self.fit).map_size,
         )

@@ -3,6 +3,7 @@
 * `attend`: softmax(scale · q kᵀ + bias) v, optionally with the probabilities;
 * `split_heads` / `merge_heads`: channel-last tokens <-> per-head tokens (head-major channels);
 * `window_partition` / `window_merge`: a channel-last map <-> its rectangular windows;
+* `shifted_window_mask`: Swin's mask for windows over a cyclically shifted map;
 * `SpatialReductionAttention`: every pixel's query against keys and values projected from a
   reduced map (pooled, merged by a strided conv, or the map itself).
 """
@@ -88,6 +89,33 @@ def window_merge(windows: torch.Tensor, window: tuple[int, int], height: int, wi
     channels = windows.shape[-1]
     x = windows.reshape(-1, height // wh, width // ww, wh, ww, channels)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+
+
+# Swin's masked logit: -100, not -inf, so that the softmax equals the released code's (and timm's)
+SHIFTED_WINDOW_MASK_VALUE = -100.0
+
+
+def shifted_window_mask(height: int, width: int, window: int, shift: tuple[int, int]) -> torch.Tensor:
+    """(windows, window², window²) float: 0 between tokens of one region, -100 between tokens of
+    different regions, for a height×width map rolled up and left by `shift` = (rows, columns) and
+    cut into `window`×`window` windows in `window_partition`'s order (Swin's SW-MSA mask).
+
+    The roll brings the map's first rows and columns round to its end, beside pixels that are not
+    their neighbours: along each side the last `window` positions fall into two regions (the
+    last `shift`, the rest of the window), everything before into a third, and a token attends only
+    inside its own region. A side that is not shifted is one region."""
+
+    def regions(side: int, by: int) -> torch.Tensor:
+        region = torch.zeros(side, dtype=torch.long)
+        if by:
+            region[side - window : side - by] = 1
+            region[side - by :] = 2
+        return region
+
+    region = regions(height, shift[0])[:, None] * 3 + regions(width, shift[1])[None, :]
+    windows = window_partition(region[None, :, :, None], (window, window)).squeeze(-1)
+    different = windows[:, :, None] != windows[:, None, :]
+    return torch.zeros(different.shape).masked_fill(different, SHIFTED_WINDOW_MASK_VALUE)
 
 
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,81 @@
+"""Patch merging, a downsample any family can use: each 2x2 neighbourhood's pixels stacked into
+one pixel of four times the channels, normalised, and projected by a Linear (Swin's
+PatchMerging; the same as a 2x2 stride-2 conv, but with the norm on the stacked pixels, not on
+the map before it)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import PositiveInt
+from torch import nn
+
+from archdsl.blocks.layers import StrideFit, fitted_map, linear_flops, pads_map
+from archdsl.blocks.multihead import PixelLinear
+from archdsl.network import pad_to_multiple
+from archdsl.norms import NormName, make_norm, norm_flops
+from archdsl.ops import DownsampleOp, FeatureShape, OpCheckError, Site, register
+
+
+def space_to_depth(x: torch.Tensor, block: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, block²·C, H/block, W/block): the pixel at row offset dy and column
+    offset dx of each block×block neighbourhood goes to channels (dx·block + dy)·C to
+    (dx·block + dy + 1)·C. For block 2 that is Swin's cat([x0, x1, x2, x3]) (x1 the pixel below
+    x0, x2 the one right of it) and timm's reshape-permute order, which equal each other."""
+    batch, channels, height, width = x.shape
+    x = x.reshape(batch, channels, height // block, block, width // block, block)
+    return x.permute(0, 5, 3, 1, 2, 4).reshape(batch, block * block * channels, height // block, width // block)
+
+
+class PatchMergingModule(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, norm: NormName, pad: bool):
+        super().__init__()
+        self.stride = stride
+        self.norm = make_norm(norm, stride * stride * in_channels)
+        self.reduction = PixelLinear(stride * stride * in_channels, out_channels, bias=False)
+        self.pad = pad  # zero-pad a side the stride does not divide (bottom, right): the output is the ceiling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad:
+            x = pad_to_multiple(x, self.stride)
+        return self.reduction(self.norm(space_to_depth(x, self.stride)))
+
+
+@register
+class PatchMerging(DownsampleOp):
+    """Swin's patch merging: every `stride`×`stride` neighbourhood's pixels concatenated
+    (`space_to_depth`, Swin's and timm's channel order), a norm over the stride²·C channels, and
+    a Linear without bias to the stage width (Swin: stride 2, 4·C -> 2·C). `fit: pad` zero-pads
+    a side the stride does not divide on the bottom or right first (timm's and mmdet's patch
+    merging pad so; the released Swin code asserts even sides)."""
+
+    op: Literal["patch_merging"] = "patch_merging"
+    norm: NormName = "layer_norm"
+    """norm over the four stacked pixels' channels, before the Linear"""
+    fit: StrideFit = "exact"
+    """how the merging meets a side the stride does not divide: exact (refuse, as the released Swin code asserts) or pad (zero-pad it to a multiple)"""
+    stride: PositiveInt = 2
+    """side of the merged neighbourhood, and so the stride (Swin: 2)"""
+
+    def output_shape(self, site: Site) -> FeatureShape:
+        height, width = fitted_map(site.in_shape, self.stride, self.fit).map_size
+        return FeatureShape(site.out_channels, height // self.stride, width // self.stride)
+
+    def check(self, site: Site) -> None:
+        height, width = site.in_shape.map_size
+        if not pads_map(self.fit) and (height % self.stride or width % self.stride):
+            raise OpCheckError(
+                f"the {height}x{width} map entering stage {site.stage} is not a multiple of the merged neighbourhood "
+                f"{self.stride}x{self.stride}; use an input size that keeps every stage map even (with a stride-4 stem "
+                f"and three patch mergings, sides that are multiples of 32), or `fit: pad` to zero-pad it to a multiple",
+                field="stride",
+            )
+
+    def flops(self, site: Site) -> int:
+        out = self.output_shape(site)
+        stacked = out.with_channels(self.stride**2 * site.in_shape.channels)
+        return norm_flops(self.norm, stacked) + linear_flops(stacked.channels, site.out_channels, out.height * out.width)
+
+    def build(self, site: Site) -> nn.Module:
+        return PatchMergingModule(site.in_shape.channels, site.out_channels, self.stride, self.norm, pads_map(self.fit))
