@@ -150,6 +150,10 @@ def test_list_shows_family_params_flops_and_the_search_spaces(official):
     assert gflops == f"{archdsl.lower_spec(archdsl.load_spec('cloformer_xxs')).flops / 1e9:.3f}"
     result = run("list", "hybrid")
     assert "  hybrid: cross-paper hybrid search space" in result.stdout
+    result = run("list", "gallery/")
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("│")}
+    assert {"gallery/convnext_t", "gallery/deit_ti", "gallery/swin_t"} <= set(rows)
+    assert "28.59 M" in rows["gallery/convnext_t"]  # timm's convnext_tiny: 28,589,128
 
 
 def test_version():

@@ -432,16 +432,16 @@ def list_specs(
     contains: str | None = typer.Argument(None, help="Only the names that contain this, such as mixformer."),
     plugin: list[str] | None = PluginOption,
 ) -> None:
-    """List the bundled specs (family, parameters, analytic FLOPs at the spec's input size) and
-    search spaces; each is usable by name anywhere a spec (or --space) path is accepted."""
+    """List the bundled specs, the papers' variants and the gallery's (family, parameters,
+    analytic FLOPs at the spec's input size), and search spaces; each is usable by name anywhere a spec (or --space) path is accepted."""
     from archdsl.api import load_spec, lower_spec
     from archdsl.cost import graph_params
-    from archdsl.loading import bundled_space_descriptions, bundled_spec_names
+    from archdsl.loading import bundled_space_descriptions, bundled_spec_names, gallery_spec_names
 
-    table = Table(title="bundled specs")
+    table = Table(title="bundled specs: the papers' variants, then the gallery")
     for column in ("name", "family", "input", "params (total)", "GFLOPs (analytic)"):
         table.add_column(column, justify="right" if column.startswith(("params", "GFLOPs")) else "left")
-    for name in (name for name in bundled_spec_names() if contains is None or contains in name):
+    for name in (name for name in bundled_spec_names() + gallery_spec_names() if contains is None or contains in name):
         graph = lower_spec(load_spec(name))
         table.add_row(
             name,

@@ -245,8 +245,15 @@ def parse_yaml(text: str, file: str) -> tuple[Any, SourceMap]:
 
 
 def bundled_spec_names() -> list[str]:
+    """The paper variants (specs/*.yaml): what the search compares its winners with."""
     root = resources.files(BUNDLED_SPECS)
     return sorted(entry.name[: -len(".yaml")] for entry in root.iterdir() if entry.name.endswith(".yaml"))
+
+
+def gallery_spec_names() -> list[str]:
+    """The mainstream backbones and hybrids of specs/gallery/, by the names that load them (`gallery/convnext_t`)."""
+    root = resources.files(BUNDLED_SPECS).joinpath("gallery")
+    return sorted(f"gallery/{entry.name[: -len('.yaml')]}" for entry in root.iterdir() if entry.name.endswith(".yaml"))
 
 
 def bundled_space_descriptions() -> dict[str, str]:
