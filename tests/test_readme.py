@@ -61,3 +61,16 @@ def test_the_backbone_example_runs_with_the_authors_weights(reference):
         (2, 128, 14, 14),
         (2, 256, 7, 7),
     ]
+
+
+def test_the_gallery_hybrids_table_gives_each_hybrids_counts():
+    """The Gallery section's table of cross-family hybrids: one row per gallery/hybrid_* spec, its
+    parameters (total, counted on the lowered graph) and GFLOPs at 224 as the spec gives them."""
+    from archdsl.cost import graph_params
+    from archdsl.loading import gallery_spec_names
+
+    rows = re.findall(r"^\| `(gallery/hybrid_\w+)` \| [^|]+ \| ([\d,]+) \| (\d+\.\d{3}) \|$", README, re.M)
+    assert sorted(name for name, _, _ in rows) == [name for name in gallery_spec_names() if name.startswith("gallery/hybrid_")]
+    for name, params, gflops in rows:
+        graph = archdsl.lower_spec(archdsl.load_spec(name))
+        assert (params, gflops) == (f"{graph_params(graph).total:,}", f"{graph.flops / 1e9:.3f}"), name

@@ -438,10 +438,14 @@ def list_specs(
     from archdsl.cost import graph_params
     from archdsl.loading import bundled_space_descriptions, bundled_spec_names, gallery_spec_names
 
+    names = [name for name in bundled_spec_names() + gallery_spec_names() if contains is None or contains in name]
     table = Table(title="bundled specs: the papers' variants, then the gallery")
-    for column in ("name", "family", "input", "params (total)", "GFLOPs (analytic)"):
+    # a name is what the user types next, so it is never cut short (gallery/hybrid_... run long);
+    # on a narrow terminal the other columns' headers wrap instead
+    table.add_column("name", min_width=max(map(len, names), default=4), no_wrap=True)
+    for column in ("family", "input", "params (total)", "GFLOPs (analytic)"):
         table.add_column(column, justify="right" if column.startswith(("params", "GFLOPs")) else "left")
-    for name in (name for name in bundled_spec_names() + gallery_spec_names() if contains is None or contains in name):
+    for name in names:
         graph = lower_spec(load_spec(name))
         table.add_row(
             name,
