@@ -75,6 +75,50 @@ def test_default_space_samples_valid_networks_under_and_over_2g():
     } <= ops
 
 
+def test_the_gallery_space_draws_the_gallerys_vocabulary_beside_the_papers():
+    """specs/search/gallery.yaml: valid networks at 224 (and at 32 px, where the search trains
+    small), cut by its 4.5 GFLOPs budget, drawing ConvNeXt's and Swin's blocks (shifted windows,
+    whole-block residual, layer scale), both stems and both downsamples, and the papers' mixers.
+    The default space is still hybrid.yaml."""
+    assert load_space().name == "hybrid"
+    space = load_space("gallery")
+    assert space.budget == 4_500_000_000
+    rng = np.random.default_rng(0)
+    flops, drawn, invalid = [], set(), 0
+    for _ in range(60):
+        sample = space.sample(RandomChooser(rng))
+        try:
+            spec = sample.spec()
+            flops.append(lower_spec(spec).flops)
+        except SpecError:
+            invalid += 1  # nomination over one candidate, a bottleneck given a share: redrawn by the search
+            continue
+        if len(flops) <= 10:  # replayed where `archdsl search --img-size 32` runs it
+            lower_spec(space.resolve(sample.config, img_size=32).spec())
+        drawn |= {("stem", spec.stem.op)} | {("downsample", stage.downsample.op) for stage in spec.stages[1:]}
+        for block in (block for stage in spec.stages for block in stage.blocks):
+            drawn |= {("residual", block.residual), ("layer_scale", block.layer_scale is not None)}
+            drawn |= {(c.op, getattr(c, "shift", 0) > 0) for c in block.mixer.candidates}
+    assert len(flops) >= 40 and min(flops) < 4.5e9 < max(flops)
+    assert {
+        ("stem", "patch_embedding"),
+        ("stem", "cloformer_stem"),
+        ("downsample", "patch_merging"),
+        ("downsample", "norm_strided_conv"),
+        ("residual", "whole_block"),
+        ("layer_scale", True),
+        ("window_attention", True),  # Swin's shifted windows
+        ("window_attention", False),
+        ("depthwise_conv", False),
+        ("attn_conv", False),
+        ("pooled_attention", False),
+        ("bottleneck", False),
+        ("compressed_global_attention", False),
+        ("hybrid_scale_attention", False),
+        ("self_guided_attention", False),
+    } <= drawn
+
+
 def test_conditional_choices_are_drawn_only_with_their_option(tiny):
     space = load_space(tiny)
     kernel = "stages[0].blocks[0].mixer.candidates.subset[0].kernel"
