@@ -159,6 +159,16 @@ def test_layer_scale_scales_each_branch_of_a_pre_norm_block():
         assert torch.equal(block(tokens, {}), tokens)
 
 
+def test_a_checkpoint_of_the_other_model_is_refused_with_the_list(tmp_path):
+    from archdsl.errors import CheckpointError
+
+    path = tmp_path / "deit.pth"
+    stored = vector("deit_ti")
+    torch.save(rule_state(stored["keys"], stored["weight_seed"]), path)
+    with pytest.raises(CheckpointError, match=r"checkpoint does not fit convnext_t: .*missing.*unexpected"):
+        archdsl.create_model("gallery/convnext_t", pretrained=path)
+
+
 PVT_STAGE_0_ATTENTION = "{op: pooled_attention, heads: 1, pool: 8, reduction: strided_conv, output_projection: true}"
 
 

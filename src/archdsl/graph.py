@@ -14,6 +14,7 @@ import networkx as nx
 
 from archdsl.errors import Problem, SpecError
 from archdsl.loading import SourceMap
+from archdsl.network import Residual
 from archdsl.norms import norm_flops
 from archdsl.ops import FeatureShape, Op, OpCheckError, Site, ops_for
 
@@ -44,7 +45,7 @@ class BlockPlan:
     order: list[int]
     ffn: Placed | None
     pad_multiple: int | None = None
-    residual: str = "per_branch"  # or "whole_block": one residual around mixer and FFN (schema's Block)
+    residual: Residual = "per_branch"
     layer_scale: float | None = None
 
 

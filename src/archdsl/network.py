@@ -7,6 +7,8 @@ data flow stays explicit and traceable.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -141,6 +143,10 @@ class Mixer(nn.Module):
         if self.pad_multiple:
             out = out[:, :, :height, :width]
         return out
+
+
+# How a block's residuals run (the spec's `residual:`, see `Block`)
+Residual = Literal["per_branch", "whole_block"]
 
 
 class LayerScale(nn.Module):

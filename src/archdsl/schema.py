@@ -12,7 +12,7 @@ import functools
 import reprlib
 import types
 import typing
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 from pydantic import (
     BaseModel,
@@ -27,6 +27,7 @@ from pydantic import (
 
 from archdsl.errors import Problem, SpecError
 from archdsl.loading import LoadedSpec, SourceMap
+from archdsl.network import Residual
 from archdsl.norms import NormName
 from archdsl.ops import Op, on_registry_change, ops_for
 
@@ -108,14 +109,15 @@ def spec_models() -> types.SimpleNamespace:
         )
 
     class Block(Strict):
-        """x + mixer(norm(x)), then x + ffn(norm(x)): pre-norm residuals."""
+        """x + mixer(norm(x)), then x + ffn(norm(x)): pre-norm residuals; or, `residual: whole_block`,
+        x + ffn(norm(mixer(x)))."""
 
         mixer: Mixer = Field(description="the token mixer: candidates and their fusion")
         ffn: op_slot("ffn", optional=True) = Field(None, description="the feed-forward network after the mixer (none when null)")
         norm: NormName = Field(
             "layer_norm", description="the norm before the mixer and before the FFN (whole_block: between them)"
         )
-        residual: Literal["per_branch", "whole_block"] = Field(
+        residual: Residual = Field(
             "per_branch",
             description="per_branch: x + mixer(norm(x)), then x + ffn(norm(x)) (pre-norm transformers); whole_block: "
             "x + ffn(norm(mixer(x))), one residual around both and no norm before the mixer (ConvNeXt); it needs an ffn",

@@ -8,6 +8,8 @@ and the key/value projections (rows: query, key, value, each head after head, as
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -29,6 +31,17 @@ _NAMES = (
 _QKV = r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)"
 
 
+def _renamed(key: str, value: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """(this project's name, value) pairs for one of timm's keys: two for the fused qkv."""
+    if match := re.fullmatch(_QKV, key):
+        attention, kind = f"stages.0.blocks.{match[1]}.{_CANDIDATE}", match[2]
+        channels = value.shape[0] // 3
+        return [(f"{attention}.query.{kind}", value[:channels]), (f"{attention}.key_value.{kind}", value[channels:])]
+    if key in ("cls_token", "pos_embed"):  # (1, tokens, C) -> (1, C, 1, tokens)
+        value = value.permute(0, 2, 1).unsqueeze(2)
+    return [(rename_by_table(key, _NAMES) or key, value)]
+
+
 @register_converter("vit")
 def convert_vit(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
     """timm's names (blocks.0.attn.qkv.weight, ...) -> this project's. A key it does not know
@@ -36,18 +49,7 @@ def convert_vit(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, tor
     expected = net.state_dict()
     converted: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if key in ("cls_token", "pos_embed"):  # (1, tokens, C) -> (1, C, 1, tokens)
-            value = value.permute(0, 2, 1).unsqueeze(2)
-        split = rename_by_table(key, ((_QKV, lambda m: (f"stages.0.blocks.{m[1]}.{_CANDIDATE}", m[2])),))
-        if split is not None:
-            prefix, kind = split
-            channels = value.shape[0] // 3
-            parts = {"query": value[:channels], "key_value": value[channels:]}
-        else:
-            parts = {rename_by_table(key, _NAMES) or key: value}
-            prefix = kind = None
-        for name, part in parts.items():
-            name = f"{prefix}.{name}.{kind}" if prefix is not None else name
+        for name, part in _renamed(key, value):
             target = expected.get(name)
             if target is not None and part.ndim == 2 and target.ndim == 4:  # a Linear that is a 1x1 conv here
                 part = part.reshape(*part.shape, 1, 1)
