@@ -23,7 +23,8 @@ DepthwiseOrder = Literal["activation_first", "depthwise_first", "depthwise_resid
 class ConvFFNModule(nn.Module):
     """1x1 conv to h, a depthwise kxk conv (optionally strided) and GELU, 1x1 conv; no norm inside.
     `order`: "activation_first" GELU then the depthwise conv (CloFormer); "depthwise_first" the
-    depthwise conv then GELU (PVTv2); "depthwise_residual" GELU(h + depthwise(h)) (SG-Former)."""
+    depthwise conv then GELU (PVTv2); "depthwise_residual" GELU(h + depthwise(h)) (SG-Former).
+    `hidden_relu`: a ReLU on h first (PVTv2-li)."""
 
     def __init__(
         self,
@@ -33,16 +34,18 @@ class ConvFFNModule(nn.Module):
         kernel: int,
         stride: int = 1,
         order: DepthwiseOrder = "activation_first",
+        hidden_relu: bool = False,
     ):
         super().__init__()
         self.fc1 = nn.Conv2d(in_channels, hidden, 1)
+        self.hidden_relu = nn.ReLU() if hidden_relu else nn.Identity()
         self.act = nn.GELU()
         self.dwconv = nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden)
         self.fc2 = nn.Conv2d(hidden, out_channels, 1)
         self.order = order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.fc1(x)
+        hidden = self.hidden_relu(self.fc1(x))
         if self.order == "depthwise_residual":
             return self.fc2(self.act(hidden + self.dwconv(hidden)))
         if self.order == "depthwise_first":
@@ -75,6 +78,9 @@ class ConvFFN(FFNOp):
     def depthwise_order(self) -> DepthwiseOrder:
         return "activation_first"
 
+    def hidden_relu(self) -> bool:
+        return False
+
     def flops(self, site: Site) -> int:
         return conv_ffn_flops(site, self.ratio, self.kernel)  # the residual add, if any, is free
 
@@ -85,6 +91,7 @@ class ConvFFN(FFNOp):
             site.out_channels,
             self.kernel,
             order=self.depthwise_order(),
+            hidden_relu=self.hidden_relu(),
         )
 
 
@@ -92,7 +99,8 @@ class ConvFFN(FFNOp):
 class DWConvMLP(ConvFFN):
     """The MLP with a depthwise conv before its GELU: fc1, depthwise kxk conv, GELU, fc2. SG-Former's
     (`depthwise_residual: true`, the default): the conv as a residual, fc1, h + dwconv(h), GELU,
-    fc2; PVTv2's (`depthwise_residual: false`): fc1, dwconv(h), GELU, fc2."""
+    fc2; PVTv2's (`depthwise_residual: false`): fc1, dwconv(h), GELU, fc2; PVTv2-li's adds
+    `relu_before_depthwise: true`, a ReLU on fc1's output."""
 
     op: Literal["dwconv_mlp"] = "dwconv_mlp"
     kernel: OddKernel = 3
@@ -100,8 +108,14 @@ class DWConvMLP(ConvFFN):
     depthwise_residual: bool = True
     """the depthwise conv's output added to its input (SG-Former); false: its output alone (PVTv2)"""
 
+    relu_before_depthwise: bool = False
+    """a ReLU on fc1's output, before the depthwise conv (PVTv2-li)"""
+
     def depthwise_order(self) -> DepthwiseOrder:
         return "depthwise_residual" if self.depthwise_residual else "depthwise_first"
+
+    def hidden_relu(self) -> bool:
+        return self.relu_before_depthwise
 
 
 class MLPModule(nn.Module):
