@@ -233,7 +233,7 @@ def test_empty_file_is_located(tmp_path):
         ),
         (
             {"stages.1.blocks.0": [1, 2]},
-            "stages[1].blocks[0]: expected a mapping with the keys mixer, ffn, norm; found a list of 2 items [1, 2]",
+            "stages[1].blocks[0]: expected a mapping with the keys mixer, ffn, norm, residual, layer_scale; found a list of 2 items [1, 2]",
         ),
         (
             {"input": list(range(100))},
