@@ -113,6 +113,15 @@ def test_class_token_head_without_a_class_token_is_located(tmp_path):
     assert "(a stem or downsample with class_token: true: patch_embedding, conv_max_pool)" in message
 
 
+def test_a_class_token_on_a_stage_whose_ops_cannot_carry_it_is_located(tmp_path):
+    """A stem with a class token makes a token sequence: a window attention there would window
+    the token row, so the graph refuses it at its YAML line and names the ops that can run there."""
+    old = "{op: pooled_attention, heads: 3, pool: 1, qkv_bias: true, output_projection: true}"
+    message = spec_error(tmp_path, "deit_ti", old, "{op: window_attention, heads: 3, window: 7}")
+    assert f"deit_ti.yaml:{line_of('deit_ti', old)}:" in message
+    assert "stages[0].blocks[0].mixer.candidates[0]" in message and "pooled_attention" in message
+
+
 @pytest.mark.parametrize("loaded", ["deit_ti"], indirect=True)
 def test_vit_tokens_are_the_class_token_then_the_patches(loaded):
     """The stem's output row: the class token plus its position first, then the 14x14 patches
