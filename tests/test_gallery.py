@@ -315,3 +315,21 @@ def test_pvt_v2_linear_reduction_is_timms_in_parameters_and_flops():
     # (at 64: maps 16, 8, 4, 2; fvcore traces faster there than at 224)
     counts = archdsl.count_flops(archdsl.create_model(archdsl.load_spec(spec, img_size=64)))
     assert counts.analytic == counts.flops
+
+
+def test_deit_weights_at_224_load_at_384_with_the_position_embedding_resized(tmp_path):
+    """Fine-tuning at 384 starts from the 224 checkpoint: the class token keeps its position
+    vector, the 14x14 grid of the others is resized bicubically to 24x24 (timm's rule)."""
+    from archdsl.blocks.position import resize_position_embedding
+
+    stored = vector("deit_ti")
+    state = rule_state(stored["keys"], stored["weight_seed"])
+    path = tmp_path / "timm.pth"
+    torch.save(state, path)
+    model = archdsl.create_model(archdsl.load_spec("gallery/deit_ti", img_size=384), pretrained=path)
+    table = model.stem.position_embedding.detach()  # (1, C, 1, 1 + 24 * 24)
+    original = state["pos_embed"].float()  # timm's (1, 1 + 14 * 14, C)
+    assert table.shape == (1, 192, 1, 1 + 24 * 24)
+    assert torch.equal(table[0, :, 0, 0], original[0, 0])
+    expected = resize_position_embedding(original[:, 1:], (24, 24))
+    assert torch.equal(table[0, :, 0, 1:], expected[0].T)
