@@ -29,7 +29,10 @@ def table(out: Path) -> str:
     ]
     for rank, row in enumerate(final["architectures"], 1):
         scores = ", ".join(f"{score:.4f}" for score in row["scores"]) or "-"
-        mean = "failed" if row["mean"] is None else f"{row['mean']:.4f} ± {row['sd'] or 0:.4f}"
+        if row["mean"] is not None:
+            mean = f"{row['mean']:.4f} ± {row['sd'] or 0:.4f}"
+        else:
+            mean = "failed" if row["failed"] else "not run yet"
         params = "-" if row.get("params") is None else f"{row['params'] / 1e6:.2f} M"
         lines.append(
             f"| {rank} | {row['name']} | {KIND[row['kind']]} | {row['flops'] / 1e9:.2f} | {params} | {scores} | {mean} |"

@@ -25,7 +25,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "tests" / "vectors" / "gallery"
-MODELS = {"convnext_t": "convnext_tiny", "deit_ti": "deit_tiny_patch16_224", "swin_t": "swin_tiny_patch4_window7_224"}
+MODELS = {
+    "convnext_t": "convnext_tiny",
+    "deit_ti": "deit_tiny_patch16_224",
+    "swin_t": "swin_tiny_patch4_window7_224",
+    "pvt_v2_b0": "pvt_v2_b0",
+}
 
 
 def main(timm_source: str, names: list[str]) -> None:

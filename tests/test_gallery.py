@@ -21,7 +21,7 @@ from archdsl.errors import SpecError
 VECTORS = Path(__file__).resolve().parent / "vectors" / "gallery"
 GALLERY = Path(__file__).resolve().parents[1] / "src" / "archdsl" / "specs" / "gallery"
 # spec -> timm's parameter count (timm.create_model(...), counted with timm 1.0.29.dev0)
-PARAMS = {"convnext_t": 28_589_128, "deit_ti": 5_717_416, "swin_t": 28_288_354}
+PARAMS = {"convnext_t": 28_589_128, "deit_ti": 5_717_416, "swin_t": 28_288_354, "pvt_v2_b0": 3_666_760}
 
 
 def vector(name: str) -> dict:
@@ -111,6 +111,15 @@ def test_class_token_head_without_a_class_token_is_located(tmp_path):
     message = spec_error(tmp_path, "deit_ti", "class_token: true, ", "")
     assert "deit_ti.yaml:" in message and "head: class_token_head reads the class token, but the last stage outputs a " in message
     assert "(a stem or downsample with class_token: true: patch_embedding, conv_max_pool)" in message
+
+
+def test_a_class_token_on_a_stage_whose_ops_cannot_carry_it_is_located(tmp_path):
+    """A stem with a class token makes a token sequence: a window attention there would window
+    the token row, so the graph refuses it at its YAML line and names the ops that can run there."""
+    old = "{op: pooled_attention, heads: 3, pool: 1, qkv_bias: true, output_projection: true}"
+    message = spec_error(tmp_path, "deit_ti", old, "{op: window_attention, heads: 3, window: 7}")
+    assert f"deit_ti.yaml:{line_of('deit_ti', old)}:" in message
+    assert "stages[0].blocks[0].mixer.candidates[0]" in message and "pooled_attention" in message
 
 
 @pytest.mark.parametrize("loaded", ["deit_ti"], indirect=True)
@@ -246,3 +255,81 @@ def test_shifted_window_mask_follows_the_map_size():
     with torch.no_grad():
         assert torch.equal(placed(x), other(x))
     assert placed.shift_mask.shape == (4, 49, 49) and other.shift_mask.shape == (12, 49, 49)
+
+
+PVT_STAGE_0_ATTENTION = "{op: pooled_attention, heads: 1, pool: 8, reduction: strided_conv, output_projection: true}"
+
+
+def test_unknown_reduction_is_located(tmp_path):
+    message = spec_error(tmp_path, "pvt_v2_b0", "pool: 8, reduction: strided_conv", "pool: 8, reduction: strided_pool")
+    line = line_of("pvt_v2_b0", PVT_STAGE_0_ATTENTION)
+    assert f"pvt_v2_b0.yaml:{line}:" in message
+    assert "stages[0].blocks[0].mixer.candidates[0].reduction: input should be 'average_pool', 'strided_conv' or " in message
+    assert "'adaptive_pool_conv'" in message and "strided_pool" in message
+
+
+@pytest.mark.parametrize(
+    ("pool", "problem"),
+    [
+        (
+            "5",
+            "pool 5 (the strided conv's kernel and stride) does not divide the 56x56 map of stage 0; "
+            "pools that do: [1, 2, 4, 7, 8, 14, 28, 56]",
+        ),
+        ("64", "pool 64 (the strided conv's kernel and stride) is larger than the 56x56 map of stage 0"),
+    ],
+)
+def test_reduction_ratio_that_does_not_fit_the_map_is_located(tmp_path, pool, problem):
+    message = spec_error(tmp_path, "pvt_v2_b0", "pool: 8, reduction: strided_conv", f"pool: {pool}, reduction: strided_conv")
+    line = line_of("pvt_v2_b0", PVT_STAGE_0_ATTENTION)
+    assert f"pvt_v2_b0.yaml:{line}:" in message
+    assert f"stages[0].blocks[0].mixer.candidates[0].pool: {problem}" in message
+    assert "`fit: pad`" in message
+
+
+def test_adaptive_pool_conv_with_a_ratio_is_located(tmp_path):
+    message = spec_error(tmp_path, "pvt_v2_b0", "pool: 8, reduction: strided_conv", "pool: 8, reduction: adaptive_pool_conv")
+    assert "stages[0].blocks[0].mixer.candidates[0].pool: adaptive_pool_conv reduces every map to pooled_size x " in message
+    assert "so it takes no ratio; remove `pool: 8`" in message
+
+
+def test_pvt_v2_linear_reduction_is_timms_in_parameters_and_flops():
+    """PVTv2-li in B0: in every stage, the linear spatial reduction (`reduction: adaptive_pool_conv`:
+    adaptive pool to 7x7, 1x1 conv, LayerNorm, GELU) and the MLP's ReLU before its depthwise conv
+    (`relu_before_depthwise`). timm's `pvt_v2_b0(linear=True)` has 3,393,864 parameters and
+    559,091,200 FLOPs under fvcore at 224 (timm 1.0.29.dev0); here 12,544 more, the head's average
+    pool (256 x 7 x 7 adds) that fvcore skips in timm's `mean`. (On the rule's weights its logits
+    were measured within 1.2e-6 of timm's; no vector is kept for it.)"""
+    linear = {}
+    for stage in range(4):
+        candidate, ffn = f"stages.{stage}.blocks.0.mixer.candidates.0", f"stages.{stage}.blocks.0.ffn"
+        linear |= {f"{candidate}.reduction": "adaptive_pool_conv", f"{candidate}.pool": 1, f"{ffn}.relu_before_depthwise": True}
+    spec = archdsl.load_spec("gallery/pvt_v2_b0", linear)
+    model = archdsl.create_model(spec)
+    reduce = model.stages[0].blocks[0].mixer.candidates[0].reduce
+    assert [type(layer).__name__ for layer in reduce.children()] == ["AdaptiveAvgPool2d", "Conv2d", "ChannelLayerNorm", "GELU"]
+    assert isinstance(model.stages[3].blocks[1].ffn.hidden_relu, torch.nn.ReLU)
+    assert count_params(model).total == 3_393_864
+    assert archdsl.lower_spec(spec).flops == 559_091_200 + 256 * 7 * 7
+    # the FLOP rule is fvcore's on the module, also where the pool enlarges a map smaller than 7x7
+    # (at 64: maps 16, 8, 4, 2; fvcore traces faster there than at 224)
+    counts = archdsl.count_flops(archdsl.create_model(archdsl.load_spec(spec, img_size=64)))
+    assert counts.analytic == counts.flops
+
+
+def test_deit_weights_at_224_load_at_384_with_the_position_embedding_resized(tmp_path):
+    """Fine-tuning at 384 starts from the 224 checkpoint: the class token keeps its position
+    vector, the 14x14 grid of the others is resized bicubically to 24x24 (timm's rule)."""
+    from archdsl.blocks.position import resize_position_embedding
+
+    stored = vector("deit_ti")
+    state = rule_state(stored["keys"], stored["weight_seed"])
+    path = tmp_path / "timm.pth"
+    torch.save(state, path)
+    model = archdsl.create_model(archdsl.load_spec("gallery/deit_ti", img_size=384), pretrained=path)
+    table = model.stem.position_embedding.detach()  # (1, C, 1, 1 + 24 * 24)
+    original = state["pos_embed"].float()  # timm's (1, 1 + 14 * 14, C)
+    assert table.shape == (1, 192, 1, 1 + 24 * 24)
+    assert torch.equal(table[0, :, 0, 0], original[0, 0])
+    expected = resize_position_embedding(original[:, 1:], (24, 24))
+    assert torch.equal(table[0, :, 0, 1:], expected[0].T)

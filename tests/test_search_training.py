@@ -300,3 +300,16 @@ def test_a_multi_objective_search_writes_its_front(local_ray, tmp_path):
         spec = load_spec(out / row["spec_file"])
         assert spec.image_size == (224, 224) and lower_spec(spec).flops == int(row["flops"]) <= 2_000_000_000
     assert json.loads((out / "summary.json").read_text())["settings"]["searcher"] == "evolution"  # NSGA-II
+
+
+def test_a_final_stage_architecture_with_no_run_ended_is_pending_not_failed():
+    """final.json is rewritten after every run: an architecture whose runs have not ended yet
+    must not read as failed (a resumed or still-running final stage)."""
+    from archdsl.search.final import _summarise
+
+    candidate = {"name": "mixformer_b0", "kind": "paper", "flops": 1}
+    assert _summarise(candidate, [], None)["status"] == "pending"
+    failed = _summarise(candidate, [{"seed": 0, "status": "failed", "error": "OOM"}], None)
+    assert failed["status"] == "failed" and failed["failed"] == [{"seed": 0, "error": "OOM"}]
+    done = _summarise(candidate, [{"seed": 0, "status": "done", "score": 0.5, "params": 3}], None)
+    assert done["status"] == "done" and done["mean"] == 0.5

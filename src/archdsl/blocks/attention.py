@@ -13,6 +13,7 @@ from archdsl.blocks.layers import (
     FitRule,
     attention_flops,
     common_divisors,
+    conv_flops,
     divisors,
     fit_to_map,
     fitted_map,
@@ -32,7 +33,7 @@ from archdsl.blocks.multihead import (
 )
 from archdsl.network import CandidateModule, pad_to_multiple
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
-from archdsl.ops import CandidateOp, OpCheckError, Site, register
+from archdsl.ops import CandidateOp, FeatureShape, OpCheckError, Site, register
 from archdsl.training import WithoutWeightDecay
 
 
@@ -70,6 +71,39 @@ class PaddedAvgPool(nn.AvgPool2d):
         return super().forward(pad_to_multiple(x, self.kernel_size))
 
 
+Reduction = Literal["average_pool", "strided_conv", "adaptive_pool_conv"]
+
+
+class StridedConvReduction(nn.Module):
+    """PVT's spatial reduction: a `ratio`×`ratio` conv with stride `ratio` and bias, keeping the
+    channels, then a norm of its map. `pad`: the map is first zero-padded (bottom, right) to a
+    multiple of `ratio`, so that no pixel is dropped."""
+
+    def __init__(self, channels: int, ratio: int, norm: NormName, pad: bool = False):
+        super().__init__()
+        self.ratio, self.pad = ratio, pad
+        self.conv = nn.Conv2d(channels, channels, ratio, ratio)
+        self.norm = make_norm(norm, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(pad_to_multiple(x, self.ratio) if self.pad else x))
+
+
+class AdaptivePoolConvReduction(nn.Module):
+    """PVTv2-li's linear spatial reduction: an adaptive average pool to `size`×`size` (a key count
+    that does not grow with the image), a 1x1 conv with bias, a norm, GELU."""
+
+    def __init__(self, channels: int, size: int, norm: NormName):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(size)
+        self.conv = nn.Conv2d(channels, channels, 1)
+        self.norm = make_norm(norm, channels)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(self.pool(x))))
+
+
 def pooled_attention_module(
     in_channels: int,
     channels: int,
@@ -78,12 +112,21 @@ def pooled_attention_module(
     qkv_bias: bool = True,
     output_projection: bool = False,
     pad: bool = False,
+    reduction: Reduction = "average_pool",
+    reduction_norm: NormName = "layer_norm",
+    pooled_size: int = 7,
 ) -> SpatialReductionAttention:
-    """1x1 convs for Q and K/V; the input is pooled before the K/V projection: equal to pooling K
-    and V (the projection is per pixel and affine), and the released CloFormer code does it so.
-    `pad`: the pooled map is taken from the input zero-padded to a multiple of the pool."""
-    if pool == 1:
+    """1x1 convs for Q and K/V; the input is reduced before the K/V projection (`reduction`, see
+    `PooledAttention`). Pooling before the projection equals pooling K and V (the projection is
+    per pixel and affine), and the released CloFormer code does it so. `pad`: the reduced map is
+    taken from the input zero-padded to a multiple of the pool."""
+    reduce: nn.Module
+    if reduction == "adaptive_pool_conv":
+        reduce = AdaptivePoolConvReduction(in_channels, pooled_size, reduction_norm)
+    elif pool == 1:  # no reduction: plain global attention
         reduce = nn.Identity()
+    elif reduction == "strided_conv":
+        reduce = StridedConvReduction(in_channels, pool, reduction_norm, pad)
     else:
         reduce = PaddedAvgPool(pool) if pad else nn.AvgPool2d(pool)
     return SpatialReductionAttention(
@@ -98,20 +141,30 @@ def pooled_attention_module(
 
 @register
 class PooledAttention(AttentionCandidate):
-    """Global attention whose keys and values come from an average-pooled map (CloFormer's
-    global branch; PVT-style spatial reduction by pooling). `pool: 1` is plain global attention
-    (NomMer's G-MHSA: `qkv_bias: false, output_projection: true`). `qkv_bias`: biases on the
-    Q/K/V projections. `output_projection`: a Linear (1x1 conv) after the heads are merged.
+    """Global attention whose keys and values come from a reduced map: PVT-style spatial
+    reduction. `reduction` says how the map is reduced: `average_pool`, a `pool`×`pool` average
+    pool (CloFormer's global branch); `strided_conv`, a `pool`×`pool` conv with stride `pool`
+    and a `reduction_norm` of its map (PVTv1/v2's spatial reduction); `adaptive_pool_conv`, an
+    adaptive average pool to `pooled_size`×`pooled_size`, a 1x1 conv, a `reduction_norm` and
+    GELU (PVTv2-li's linear reduction). `pool: 1` is plain global attention (NomMer's G-MHSA:
+    `qkv_bias: false, output_projection: true`). `qkv_bias`: biases on the Q/K/V projections.
+    `output_projection`: a Linear (1x1 conv) after the heads are merged.
     Its values can be gated per channel (`value_gate`, channels ordered head by head).
     `fit` says how the pool meets a map it does not divide (`blocks.layers.fit_to_map`); with
-    `pad` the keys and values are pooled from the map zero-padded to a multiple of the pool
+    `pad` the keys and values are reduced from the map zero-padded to a multiple of the pool
     (the queries stay every pixel's), so a pool at the edge averages real pixels and zeros."""
 
     op: Literal["pooled_attention"] = "pooled_attention"
-    capabilities = frozenset({"value_gate", "runs_on_tokens"})  # on tokens with pool 1 only (`check`)
+    capabilities = frozenset({"value_gate", "runs_on_tokens"})  # on tokens without reduction only (`check`)
     fvcore_handles = {**AttentionCandidate.fvcore_handles, "aten::avg_pool2d": pooled_elements}
     pool: PositiveInt = 1
-    """side of the average pool applied to keys and values (1: plain global attention)"""
+    """the reduction ratio: side and stride of the average pool or strided conv over keys and values (1: plain global attention)"""
+    reduction: Reduction = "average_pool"
+    """how keys and values are reduced: average_pool (CloFormer), strided_conv (a conv with a norm: PVT), adaptive_pool_conv (to pooled_size, a 1x1 conv, a norm, GELU: PVTv2-li)"""
+    reduction_norm: NormName = "layer_norm"
+    """the norm after the reduction's conv (strided_conv, adaptive_pool_conv)"""
+    pooled_size: PositiveInt = 7
+    """adaptive_pool_conv: side of the map the keys and values come from, whatever the map's size"""
     qkv_bias: bool = True
     """bias in the query, key and value projections"""
     output_projection: bool = False
@@ -122,37 +175,69 @@ class PooledAttention(AttentionCandidate):
     def pool_at(self, site: Site) -> int:
         return fit_to_map(self.pool, site.in_shape.height, site.in_shape.width, self.fit)
 
+    def reduces(self) -> bool:
+        """Whether keys and values come from a reduced map (not every token)."""
+        return self.pool > 1 or self.reduction == "adaptive_pool_conv"
+
     def check(self, site: Site) -> None:
         super().check(site)
         height, width = site.in_shape.map_size
-        if self.pool > 1 and site.in_shape.layout == "tokens":
+        if self.reduction == "adaptive_pool_conv" and self.pool != 1:
             raise OpCheckError(
-                f"pool {self.pool} averages neighbouring pixels, but stage {site.stage} carries a token sequence "
-                f"({site.in_shape}) whose extra tokens have no neighbours; use pool: 1 (global attention) there",
+                f"adaptive_pool_conv reduces every map to pooled_size x pooled_size ({self.pooled_size}x{self.pooled_size}), "
+                f"so it takes no ratio; remove `pool: {self.pool}`, or use reduction average_pool or strided_conv "
+                f"for a ratio",
                 field="pool",
+            )
+        if self.reduces() and site.in_shape.layout == "tokens":
+            field = "pool" if self.pool > 1 else "reduction"
+            what = f"pool {self.pool}" if self.pool > 1 else f"reduction {self.reduction}"
+            verb = "averages" if self.reduction == "average_pool" else "merges"
+            raise OpCheckError(
+                f"{what} {verb} neighbouring pixels, but stage {site.stage} carries a token sequence "
+                f"({site.in_shape}) whose extra tokens have no neighbours; use pool: 1 (global attention) there",
+                field=field,
             )
         pool = self.pool_at(site)
         if refuses_map(site.in_shape, pool, self.fit):
             fits = common_divisors(height, width)
             problem = "is larger than" if pool > min(height, width) else "does not divide"
+            conv = " (the strided conv's kernel and stride)" if self.reduction == "strided_conv" else ""
             raise OpCheckError(
-                f"pool {pool} {problem} the {height}x{width} map of stage {site.stage}; "
+                f"pool {pool}{conv} {problem} the {height}x{width} map of stage {site.stage}; "
                 f"pools that do: {fits}, an input size that makes this map a multiple of {pool}, "
-                f"or `fit: pad` to pool the map zero-padded to one",
+                f"or `fit: pad` to reduce the map zero-padded to one",
                 field="pool",
             )
 
+    def _reduction_flops(self, site: Site) -> tuple[int, int]:
+        """(the reduction's FLOPs, the number of keys it leaves)."""
+        c_in = site.in_shape.channels
+        if self.reduction == "adaptive_pool_conv":
+            reduced = FeatureShape(c_in, self.pooled_size, self.pooled_size)
+            # fvcore's rule for the adaptive pool: one add per input element; GELU counts nothing
+            flops = site.in_shape.numel + conv_flops(c_in, c_in, 1, reduced.map_size) + norm_flops(self.reduction_norm, reduced)
+            return flops, reduced.height * reduced.width
+        pool = self.pool_at(site)
+        if pool == 1:
+            return 0, site.in_shape.tokens
+        padded = fitted_map(site.in_shape, pool, self.fit)  # what the reduction reads
+        reduced = FeatureShape(c_in, padded.height // pool, padded.width // pool)
+        if self.reduction == "strided_conv":
+            flops = conv_flops(c_in, c_in, pool, reduced.map_size) + norm_flops(self.reduction_norm, reduced)
+        else:
+            flops = padded.numel  # the pooling's sums (`pooled_elements`)
+        return flops, reduced.height * reduced.width
+
     def flops(self, site: Site) -> int:
         c_in, queries = site.in_shape.channels, site.in_shape.tokens
-        pool = self.pool_at(site)
-        pooled = fitted_map(site.in_shape, pool, self.fit)  # what the pool reads
         channels = site.out_channels
-        keys = (pooled.height // pool) * (pooled.width // pool) if pool > 1 else queries
+        reduction, keys = self._reduction_flops(site)
         return (
             linear_flops(c_in, channels, queries)
+            + reduction
             + linear_flops(c_in, 2 * channels, keys)
             + attention_flops(self.heads, queries, keys, channels // self.heads)
-            + (pooled.numel if pool > 1 else 0)  # the pooling's sums (`pooled_elements`)
             + (linear_flops(channels, channels, queries) if self.output_projection else 0)
         )
 
@@ -165,6 +250,9 @@ class PooledAttention(AttentionCandidate):
             self.qkv_bias,
             self.output_projection,
             pads_map(self.fit),
+            self.reduction,
+            self.reduction_norm,
+            self.pooled_size,
         )
 
 

@@ -1,7 +1,8 @@
 """What turns a map into a token sequence, shared by every family: the class token and the learned
 absolute position embedding (`TokenExtras`, options of any op that opens a sequence: NomMer's
-`conv_max_pool`, the `patch_embedding` stem), and the `patch_embedding` stem itself (ViT's and
-ConvNeXt's non-overlapping patch conv).
+`conv_max_pool`, the `patch_embedding` stem), and the patch embedding itself: a strided conv and
+a norm, non-overlapping (ViT's and ConvNeXt's stems) or overlapping (PVTv2's stem and
+downsamples), as the `patch_embedding` stem and its downsample twin.
 
 A class token makes the "tokens" layout of `archdsl.ops.FeatureShape`: a B×C×1×(1 + h·w) row,
 the class token first, the map's pixels after it row-major (timm's order). A position embedding
@@ -15,12 +16,12 @@ from dataclasses import replace
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
 from torch import nn
 
 from archdsl.blocks.layers import conv_flops, strided_size
 from archdsl.norms import NormName, make_norm, norm_flops
-from archdsl.ops import FeatureShape, Op, OpCheckError, Site, register
+from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
 from archdsl.training import WithoutWeightDecay
 
 
@@ -63,38 +64,56 @@ class TokenExtrasModule(WithoutWeightDecay, nn.Module):
         return x
 
 
-# --- the patch embedding stem ---------------------------------------------------------------------
+# --- the patch embedding: a stem, and its twin between stages ------------------------------------
 
 
 class PatchEmbeddingModule(TokenExtrasModule):
     def __init__(
-        self, in_channels: int, out: FeatureShape, patch: int, norm: NormName | None, position_embedding: bool, class_token: bool
+        self,
+        in_channels: int,
+        out: FeatureShape,
+        conv: tuple[int, int, int],
+        norm: NormName | None,
+        position_embedding: bool,
+        class_token: bool,
+        input_norm: NormName | None = None,
     ):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out.channels, patch, patch)
+        kernel, stride, padding = conv
+        self.input_norm = make_norm(input_norm, in_channels) if input_norm else nn.Identity()
+        self.conv = nn.Conv2d(in_channels, out.channels, kernel, stride, padding)
         self.norm = make_norm(norm, out.channels) if norm else nn.Identity()
         self.init_token_extras(out, position_embedding, class_token, position_std=0.02, class_token_std=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.add_token_extras(self.norm(self.conv(x)))
+        return self.add_token_extras(self.norm(self.conv(self.input_norm(x))))
 
 
 @register
 class PatchEmbedding(TokenExtras, Op):
-    """A `patch`×`patch` conv with stride `patch` and bias, an optional norm on its map, then the
-    `TokenExtras`: ViT's patch embedding (16, a class token and a position embedding), ConvNeXt's
-    stem (4, a LayerNorm). A map the patch does not divide loses its last rows and columns, as
-    the strided conv does."""
+    """A conv with bias, `kernel`×`kernel` with stride `patch` and `padding` on each side, an
+    optional norm on its map, then the `TokenExtras`: ViT's patch embedding (16, a class token
+    and a position embedding), ConvNeXt's stem (4, a LayerNorm), PVTv2's overlapping one (patch
+    4, kernel 7, padding 3, a LayerNorm). A map the stride does not divide loses its last rows
+    and columns, as the strided conv does. Its twin of the same name is a downsample."""
 
     role: ClassVar[str] = "stem"
     op: Literal["patch_embedding"] = "patch_embedding"
     patch: PositiveInt = 4
-    """side and stride of the patches"""
+    """stride of the patches (and their side, unless kernel says otherwise)"""
+    kernel: PositiveInt | None = None
+    """side of the conv's kernel: larger than patch for overlapping patches (PVTv2: 7 with patch 4); patch when null"""
+    padding: NonNegativeInt = 0
+    """zero padding on each side of the map (overlapping patches: kernel // 2)"""
     norm: NormName | None = None
     """a norm on the patch map, before any class token (none when null)"""
 
+    def _conv(self) -> tuple[int, int, int]:
+        """(kernel, stride, padding) of the conv."""
+        return self.kernel or self.patch, self.patch, self.padding
+
     def _map(self, site: Site) -> FeatureShape:
-        height, width = (strided_size(side, self.patch, self.patch, 0) for side in site.in_shape.map_size)
+        height, width = (strided_size(side, *self._conv()) for side in site.in_shape.map_size)
         return FeatureShape(site.out_channels, height, width)
 
     def output_shape(self, site: Site) -> FeatureShape:
@@ -102,26 +121,51 @@ class PatchEmbedding(TokenExtras, Op):
 
     def check(self, site: Site) -> None:
         height, width = site.in_shape.map_size
-        if min(height, width) < self.patch:
+        kernel, _, padding = self._conv()
+        if min(height, width) + 2 * padding < kernel:
+            field = "kernel" if self.kernel else "patch"
+            padded = f" (padded by {padding} on each side)" if padding else ""
             raise OpCheckError(
-                f"the {height}x{width} input is smaller than one {self.patch}x{self.patch} patch; use a larger input "
-                f"size or a smaller patch",
-                field="patch",
+                f"the {height}x{width} input{padded} is smaller than one {kernel}x{kernel} patch; use a larger input "
+                f"size or a smaller {field}",
+                field=field,
             )
+
+    def norm_before_conv(self) -> NormName | None:
+        """The norm on the input map (the downsample twin's `input_norm`; the stem has none)."""
+        return None
 
     def flops(self, site: Site) -> int:
         patches = self._map(site)
+        input_norm = self.norm_before_conv()
         # the class token's concatenation and the embedding's sum are not multiply-adds (fvcore skips them)
-        return conv_flops(site.in_shape.channels, patches.channels, self.patch, patches.map_size) + (
-            norm_flops(self.norm, patches) if self.norm else 0
+        return (
+            (norm_flops(input_norm, site.in_shape) if input_norm else 0)
+            + conv_flops(site.in_shape.channels, patches.channels, self._conv()[0], patches.map_size)
+            + (norm_flops(self.norm, patches) if self.norm else 0)
         )
 
     def build(self, site: Site) -> nn.Module:
         return PatchEmbeddingModule(
             site.in_shape.channels,
             self.output_shape(site),
-            self.patch,
+            self._conv(),
             self.norm,
             self.position_embedding,
             self.class_token,
+            self.norm_before_conv(),
         )
+
+
+@register
+class PatchEmbeddingDownsample(PatchEmbedding, DownsampleOp):
+    """The patch embedding as a downsample between stages (PVTv2's: patch 2, kernel 3, padding 1,
+    a LayerNorm), with `input_norm` on the map it reads: the previous stage's closing norm (PVTv2
+    ends every stage with a LayerNorm; the last stage's is the head's norm)."""
+
+    role: ClassVar[str] = "downsample"
+    input_norm: NormName | None = None
+    """a norm on the input map before the conv: the previous stage's closing norm (none when null)"""
+
+    def norm_before_conv(self) -> NormName | None:
+        return self.input_norm

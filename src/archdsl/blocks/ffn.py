@@ -16,24 +16,40 @@ class FFNOp(Op):
     role: ClassVar[str] = "ffn"
 
 
+# where the depthwise conv sits between the two 1x1 layers (ConvFFNModule)
+DepthwiseOrder = Literal["activation_first", "depthwise_first", "depthwise_residual"]
+
+
 class ConvFFNModule(nn.Module):
-    """1x1 conv to h, GELU, depthwise kxk conv (optionally strided), 1x1 conv; no norm inside.
-    With `depthwise_residual`: 1x1 conv to h, GELU(h + depthwise(h)), 1x1 conv (SG-Former)."""
+    """1x1 conv to h, a depthwise kxk conv (optionally strided) and GELU, 1x1 conv; no norm inside.
+    `order`: "activation_first" GELU then the depthwise conv (CloFormer); "depthwise_first" the
+    depthwise conv then GELU (PVTv2); "depthwise_residual" GELU(h + depthwise(h)) (SG-Former).
+    `hidden_relu`: a ReLU on h first (PVTv2-li)."""
 
     def __init__(
-        self, in_channels: int, hidden: int, out_channels: int, kernel: int, stride: int = 1, depthwise_residual: bool = False
+        self,
+        in_channels: int,
+        hidden: int,
+        out_channels: int,
+        kernel: int,
+        stride: int = 1,
+        order: DepthwiseOrder = "activation_first",
+        hidden_relu: bool = False,
     ):
         super().__init__()
         self.fc1 = nn.Conv2d(in_channels, hidden, 1)
+        self.hidden_relu = nn.ReLU() if hidden_relu else nn.Identity()
         self.act = nn.GELU()
         self.dwconv = nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden)
         self.fc2 = nn.Conv2d(hidden, out_channels, 1)
-        self.depthwise_residual = depthwise_residual
+        self.order = order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.fc1(x)
-        if self.depthwise_residual:
+        hidden = self.hidden_relu(self.fc1(x))
+        if self.order == "depthwise_residual":
             return self.fc2(self.act(hidden + self.dwconv(hidden)))
+        if self.order == "depthwise_first":
+            return self.fc2(self.act(self.dwconv(hidden)))
         return self.fc2(self.dwconv(self.act(hidden)))
 
 
@@ -51,14 +67,19 @@ def conv_ffn_flops(site: Site, ratio: int, kernel: int, stride: int = 1) -> int:
 
 @register
 class ConvFFN(FFNOp):
-    """CloFormer's ConvFFN: the MLP with a depthwise conv between its two layers."""
+    """CloFormer's ConvFFN: the MLP with a depthwise conv between its two layers, after the GELU."""
 
     op: Literal["conv_ffn"] = "conv_ffn"
-    depthwise_residual: ClassVar[bool] = False
     ratio: PositiveInt = 4
     """hidden channels = ratio x block width"""
     kernel: OddKernel = 5
     """depthwise kernel (odd)"""
+
+    def depthwise_order(self) -> DepthwiseOrder:
+        return "activation_first"
+
+    def hidden_relu(self) -> bool:
+        return False
 
     def flops(self, site: Site) -> int:
         return conv_ffn_flops(site, self.ratio, self.kernel)  # the residual add, if any, is free
@@ -69,19 +90,32 @@ class ConvFFN(FFNOp):
             site.in_shape.channels * self.ratio,
             site.out_channels,
             self.kernel,
-            depthwise_residual=self.depthwise_residual,
+            order=self.depthwise_order(),
+            hidden_relu=self.hidden_relu(),
         )
 
 
 @register
 class DWConvMLP(ConvFFN):
-    """SG-Former's MLP: ConvFFN's layers with the depthwise conv as a residual before the GELU:
-    fc1, h + depthwise kxk conv(h) (unlike PVTv2), GELU, fc2."""
+    """The MLP with a depthwise conv before its GELU: fc1, depthwise kxk conv, GELU, fc2. SG-Former's
+    (`depthwise_residual: true`, the default): the conv as a residual, fc1, h + dwconv(h), GELU,
+    fc2; PVTv2's (`depthwise_residual: false`): fc1, dwconv(h), GELU, fc2; PVTv2-li's adds
+    `relu_before_depthwise: true`, a ReLU on fc1's output."""
 
     op: Literal["dwconv_mlp"] = "dwconv_mlp"
-    depthwise_residual: ClassVar[bool] = True
     kernel: OddKernel = 3
-    """kernel of the residual depthwise conv (odd)"""
+    """kernel of the depthwise conv (odd)"""
+    depthwise_residual: bool = True
+    """the depthwise conv's output added to its input (SG-Former); false: its output alone (PVTv2)"""
+
+    relu_before_depthwise: bool = False
+    """a ReLU on fc1's output, before the depthwise conv (PVTv2-li)"""
+
+    def depthwise_order(self) -> DepthwiseOrder:
+        return "depthwise_residual" if self.depthwise_residual else "depthwise_first"
+
+    def hidden_relu(self) -> bool:
+        return self.relu_before_depthwise
 
 
 class MLPModule(nn.Module):

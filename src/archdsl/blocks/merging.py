@@ -11,7 +11,7 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import StrideFit, fitted_map, linear_flops, pads_map
+from archdsl.blocks.layers import StrideFit, fitted_map, linear_flops, pads_map, refuses_map
 from archdsl.blocks.multihead import PixelLinear
 from archdsl.network import pad_to_multiple
 from archdsl.norms import NormName, make_norm, norm_flops
@@ -64,7 +64,7 @@ class PatchMerging(DownsampleOp):
 
     def check(self, site: Site) -> None:
         height, width = site.in_shape.map_size
-        if not pads_map(self.fit) and (height % self.stride or width % self.stride):
+        if refuses_map(site.in_shape, self.stride, self.fit):
             raise OpCheckError(
                 f"the {height}x{width} map entering stage {site.stage} is not a multiple of the merged neighbourhood "
                 f"{self.stride}x{self.stride}; use an input size that keeps every stage map even (with a stride-4 stem "

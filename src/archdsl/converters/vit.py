@@ -4,7 +4,9 @@ project's module names (specs/gallery/deit_ti.yaml).
 timm keeps tokens channel-last, (B, tokens, C); here a token sequence is a (B, C, 1, tokens) row,
 so the class token and the position embedding are stored channel-first, and the attention's and
 its output projection's Linears are 1x1 convs. timm's fused qkv Linear is split into the query
-and the key/value projections (rows: query, key, value, each head after head, as here)."""
+and the key/value projections (rows: query, key, value, each head after head, as here). A
+position embedding for another input size (the 224 weights at 384) keeps its class token's
+vector and has its grid resized bicubically, as timm's `resample_abs_pos_embed` does."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import re
 import torch
 from torch import nn
 
+from archdsl.blocks.position import resize_position_embedding
+from archdsl.graph import lower
 from archdsl.weights import register_converter, rename_by_table
 
 _CANDIDATE = "mixer.candidates.0"
@@ -42,6 +46,13 @@ def _renamed(key: str, value: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
     return [(rename_by_table(key, _NAMES) or key, value)]
 
 
+def _resized_position_embedding(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(1, C, 1, 1 + g*g) -> (1, C, 1, 1 + h*w): the class token's vector kept, the g x g grid resized."""
+    class_token, patches = table[..., :1], table[..., 1:]
+    resized = resize_position_embedding(patches.squeeze(2).transpose(1, 2), grid)  # (1, h*w, C)
+    return torch.cat([class_token.float(), resized.transpose(1, 2).unsqueeze(2)], dim=3)
+
+
 @register_converter("vit")
 def convert_vit(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, torch.Tensor]:
     """timm's names (blocks.0.attn.qkv.weight, ...) -> this project's. A key it does not know
@@ -53,5 +64,7 @@ def convert_vit(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, tor
             target = expected.get(name)
             if target is not None and part.ndim == 2 and target.ndim == 4:  # a Linear that is a 1x1 conv here
                 part = part.reshape(*part.shape, 1, 1)
+            elif name == "stem.position_embedding" and target is not None and target.shape != part.shape:
+                part = _resized_position_embedding(part, lower(net.spec).node("stem").out_shape.map_size)
             converted[name] = part
     return converted

@@ -111,7 +111,7 @@ def _summarise(candidate: dict, runs: list[dict], max_params: int | None) -> dic
     )
     params = next((run["params"] for run in runs if run["status"] == "done"), None)
     row["params"] = params
-    row["status"] = "done" if scores else "failed"
+    row["status"] = "done" if scores else "failed" if row["failed"] else "pending"  # pending: none has ended yet
     if max_params is not None and params is not None and params > max_params:
         row["status"] = "over_params"
     return row
