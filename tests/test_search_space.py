@@ -78,7 +78,8 @@ def test_default_space_samples_valid_networks_under_and_over_2g():
 def test_the_gallery_space_draws_the_gallerys_vocabulary_beside_the_papers():
     """specs/search/gallery.yaml: valid networks at 224 (and at 32 px, where the search trains
     small), cut by its 4.5 GFLOPs budget, drawing ConvNeXt's and Swin's blocks (shifted windows,
-    whole-block residual, layer scale), both stems and both downsamples, and the papers' mixers.
+    whole-block residual, layer scale), PVTv2's reduction and MLP, every stem and downsample, and
+    the papers' mixers.
     The default space is still hybrid.yaml."""
     assert load_space().name == "hybrid"
     space = load_space("gallery")
@@ -95,16 +96,23 @@ def test_the_gallery_space_draws_the_gallerys_vocabulary_beside_the_papers():
             continue
         if len(flops) <= 10:  # replayed where `archdsl search --img-size 32` runs it
             lower_spec(space.resolve(sample.config, img_size=32).spec())
-        drawn |= {("stem", spec.stem.op)} | {("downsample", stage.downsample.op) for stage in spec.stages[1:]}
+        drawn |= {("stem", spec.stem.op, getattr(spec.stem, "kernel", None) is not None)}
+        drawn |= {("downsample", stage.downsample.op) for stage in spec.stages[1:]}
         for block in (block for stage in spec.stages for block in stage.blocks):
             drawn |= {("residual", block.residual), ("layer_scale", block.layer_scale is not None)}
             drawn |= {(c.op, getattr(c, "shift", 0) > 0) for c in block.mixer.candidates}
+            drawn |= {("reduction", c.reduction) for c in block.mixer.candidates if c.op == "pooled_attention"}
+            drawn |= {("ffn", block.ffn.op)}
     assert len(flops) >= 40 and min(flops) < 4.5e9 < max(flops)
     assert {
-        ("stem", "patch_embedding"),
-        ("stem", "cloformer_stem"),
+        ("stem", "patch_embedding", False),  # ConvNeXt's and Swin's
+        ("stem", "patch_embedding", True),  # PVTv2's overlapping patches
+        ("stem", "cloformer_stem", False),
         ("downsample", "patch_merging"),
         ("downsample", "norm_strided_conv"),
+        ("downsample", "patch_embedding"),
+        ("reduction", "strided_conv"),
+        ("ffn", "dwconv_mlp"),
         ("residual", "whole_block"),
         ("layer_scale", True),
         ("window_attention", True),  # Swin's shifted windows
