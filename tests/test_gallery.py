@@ -333,3 +333,15 @@ def test_deit_weights_at_224_load_at_384_with_the_position_embedding_resized(tmp
     assert torch.equal(table[0, :, 0, 0], original[0, 0])
     expected = resize_position_embedding(original[:, 1:], (24, 24))
     assert torch.equal(table[0, :, 0, 1:], expected[0].T)
+
+
+def test_a_shift_larger_than_a_fitted_window_that_covers_its_map_is_no_error(tmp_path):
+    """Swin-T at 64 px with windows fitted to the maps (16, 8, 4, 2): on the 2x2 stage-4 map the
+    window is 2 and covers it, so nothing is shifted there and the written shift 3 is no error."""
+    text = (GALLERY / "swin_t.yaml").read_text().replace("size: 224", "size: 64")
+    path = tmp_path / "swin_64.yaml"
+    path.write_text(text.replace("window: 7", "window: 7, fit: nearest_divisor"))
+    model = archdsl.create_model(path).eval()
+    assert model.stages[3].blocks[1].mixer.candidates[0].shift == (0, 0)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)

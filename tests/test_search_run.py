@@ -203,8 +203,7 @@ def test_the_search_command_on_the_gallery_space(local_ray, tmp_path):
     assert all(int(row["flops"]) <= 4_500_000_000 for row in rows)  # at 224, the space's default budget
     best = load_spec(out / "best.yaml")
     assert lower_spec(best).flops == int(rows[0]["flops"])
-    # as written, at 224: its derived values (a Swin shift of 3) are the 224 ones, which a 1x1
-    # stage-4 map at 32 px would refuse (the search re-derives them when it replays at 32 px)
+    # as written, at 224, the size its FLOPs were budgeted at
     model = create_model(best).eval()
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)

@@ -407,7 +407,8 @@ class WindowAttention(AttentionCandidate):
         super().check(site)
         height, width = site.in_shape.map_size
         window = self.window_at(site)
-        if self.shift >= window:
+        # a side one window covers is not shifted, so there only the written window bounds the shift
+        if self.shift >= self.window or (any(self.shift_at(site)) and self.shift >= window):
             fitted = (
                 f" (fit: {self.fit} makes window {self.window} {window} on the {height}x{width} map)"
                 if window != self.window
