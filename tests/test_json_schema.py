@@ -70,6 +70,9 @@ def test_a_space_may_extend_another():
     }
     assert not list(checker.iter_errors(narrower))
     assert list(checker.iter_errors({**narrower, "stages": {"0": {"width": {"choise": [24]}}}}))
+    # an option that is itself derived, as the grammar allows (a window, or one fitted to the map)
+    derived_option = {"stages": {"0": {"width": {"choice": [24, {"expr": "2 * 16"}]}}}}
+    assert not list(checker.iter_errors({**narrower, **derived_option}))
 
 
 def test_every_field_is_described(validator):

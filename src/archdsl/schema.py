@@ -310,7 +310,15 @@ def _with_choice_nodes(node: dict) -> dict:
                 "required": ["choice"],
                 "additionalProperties": False,
                 "description": "one of the options, drawn by the search",
-                "properties": {"choice": {"type": "array", "minItems": 1, "items": value, "description": "the options"}},
+                # an option may itself be drawn or derived, as the space's grammar allows
+                "properties": {
+                    "choice": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"anyOf": [value, *_CHOICE_NODES]},
+                        "description": "the options",
+                    }
+                },
             },
             *_CHOICE_NODES,
         ]
