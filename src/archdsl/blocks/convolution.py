@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import OddKernel, StrideFit, conv_flops, fitted_map, linear_flops, pads_map, refuses_map
+from archdsl.blocks.layers import OddKernel, StrideFit, conv_flops, linear_flops, merged_map, pads_map, refuses_map
 from archdsl.network import CandidateModule, pad_to_multiple
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, OpCheckError, Site, register
@@ -250,8 +250,7 @@ class NormStridedConv(DownsampleOp):
     """how the stride meets a map it does not divide: exact (refuse, as the released code asserts) or pad (zero-pad the map to a multiple)"""
 
     def output_shape(self, site: Site) -> FeatureShape:
-        height, width = fitted_map(site.in_shape, self.kernel, self.fit).map_size
-        return FeatureShape(site.out_channels, height // self.kernel, width // self.kernel)
+        return merged_map(site.in_shape, self.kernel, self.fit, site.out_channels)
 
     def check(self, site: Site) -> None:
         height, width = site.in_shape.map_size

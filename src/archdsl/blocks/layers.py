@@ -104,6 +104,13 @@ def fitted_map(shape: FeatureShape, size: int, rule: FitRule | StrideFit) -> Fea
     return shape.padded(size) if pads_map(rule) else shape
 
 
+def merged_map(shape: FeatureShape, stride: int, rule: StrideFit, channels: int) -> FeatureShape:
+    """The map a non-overlapping `stride`×`stride` merge (a strided conv, a patch merging) gives,
+    `channels` wide: the map, padded where the rule pads, divided by the stride."""
+    height, width = fitted_map(shape, stride, rule).map_size
+    return FeatureShape(channels, height // stride, width // stride)
+
+
 def nearest_divisor(number: int, near: float) -> int:
     """The divisor of `number` nearest to `near` on a log scale (a size twice too large is as far
     off as one half as large), the larger on a tie; a `near` below 1 counts as 1. The one rule by

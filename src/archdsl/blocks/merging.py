@@ -11,7 +11,7 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import StrideFit, fitted_map, linear_flops, pads_map, refuses_map
+from archdsl.blocks.layers import StrideFit, linear_flops, merged_map, pads_map, refuses_map
 from archdsl.blocks.multihead import PixelLinear
 from archdsl.network import pad_to_multiple
 from archdsl.norms import NormName, make_norm, norm_flops
@@ -59,8 +59,7 @@ class PatchMerging(DownsampleOp):
     """side of the merged neighbourhood, and so the stride (Swin: 2)"""
 
     def output_shape(self, site: Site) -> FeatureShape:
-        height, width = fitted_map(site.in_shape, self.stride, self.fit).map_size
-        return FeatureShape(site.out_channels, height // self.stride, width // self.stride)
+        return merged_map(site.in_shape, self.stride, self.fit, site.out_channels)
 
     def check(self, site: Site) -> None:
         height, width = site.in_shape.map_size
