@@ -30,6 +30,7 @@ MODELS = {
     "deit_ti": "deit_tiny_patch16_224",
     "swin_t": "swin_tiny_patch4_window7_224",
     "pvt_v2_b0": "pvt_v2_b0",
+    "pit_ti": "pit_ti_224",
 }
 
 

@@ -21,7 +21,7 @@ from archdsl.errors import SpecError
 VECTORS = Path(__file__).resolve().parent / "vectors" / "gallery"
 GALLERY = Path(__file__).resolve().parents[1] / "src" / "archdsl" / "specs" / "gallery"
 # spec -> timm's parameter count (timm.create_model(...), counted with timm 1.0.29.dev0)
-PARAMS = {"convnext_t": 28_589_128, "deit_ti": 5_717_416, "swin_t": 28_288_354, "pvt_v2_b0": 3_666_760}
+PARAMS = {"convnext_t": 28_589_128, "deit_ti": 5_717_416, "swin_t": 28_288_354, "pvt_v2_b0": 3_666_760, "pit_ti": 4_847_272}
 
 
 def vector(name: str) -> dict:
@@ -345,3 +345,21 @@ def test_a_shift_larger_than_a_fitted_window_that_covers_its_map_is_no_error(tmp
     assert model.stages[3].blocks[1].mixer.candidates[0].shift == (0, 0)
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_token_pooling_to_a_width_that_is_not_a_multiple_is_located(tmp_path):
+    """PiT's depthwise pooling conv widens each input channel alike: 64 -> 96 cannot be done."""
+    message = spec_error(tmp_path, "pit_ti", "  - width: 128", "  - width: 96")
+    line = line_of("pit_ti", "downsample: {op: token_pooling, stride: 2}   # 3x3")
+    assert f"pit_ti.yaml:{line}:17: stages[1].downsample: the depthwise conv widens each of the 64 input channels" in message
+    assert "the stage width must be a multiple of 64, not 96: 64, 128, 192, 256, ..." in message
+
+
+def test_pit_carries_the_class_token_across_stages_and_embeds_only_the_map():
+    """The stem adds its position embedding to the 27x27 map, then puts the class token first;
+    each token_pooling keeps the class token in front at the new width."""
+    model = archdsl.create_model("gallery/pit_ti").eval()
+    assert model.stem.position_embedding.shape == (1, 64, 27, 27)
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(1, 3, 224, 224))
+    assert [tuple(f.shape[1:]) for f in features] == [(64, 1, 1 + 27 * 27), (128, 1, 1 + 14 * 14), (256, 1, 1 + 7 * 7)]

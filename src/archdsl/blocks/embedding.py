@@ -29,8 +29,8 @@ class TokenExtras(BaseModel):
     """The options of an op that may open a token sequence (mixed into its op class)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-    position_embedding: bool = False
-    """a learned absolute position embedding, one vector per position the op outputs (the class token's included)"""
+    position_embedding: bool | Literal["map"] = False
+    """a learned absolute position embedding: true, one vector per position the op outputs (the class token's included: ViT); map, one per pixel of the map, added before the class token is put first (PiT)"""
     class_token: bool = False
     """a learned class token put before the map's pixels, making a token sequence"""
 
@@ -47,19 +47,29 @@ class TokenExtrasModule(WithoutWeightDecay, nn.Module):
     without_weight_decay: ClassVar[tuple[str, ...]] = ("position_embedding", "class_token")
 
     def init_token_extras(
-        self, out: FeatureShape, position_embedding: bool, class_token: bool, position_std: float, class_token_std: float
+        self,
+        out: FeatureShape,
+        position_embedding: bool | Literal["map"],
+        class_token: bool,
+        position_std: float,
+        class_token_std: float,
     ) -> None:
         """Parameters drawn from normal distributions of the given deviations (NomMer's code:
         1 and 1; timm's ViT: 0.02 and 1e-6). The position embedding has the shape of the output
-        tensor (1, C, h, w) or (1, C, 1, 1 + h·w); the class token (1, C, 1, 1)."""
-        self.position_embedding = nn.Parameter(torch.randn(1, *out.tensor_size) * position_std) if position_embedding else None
+        tensor (1, C, h, w) or (1, C, 1, 1 + h·w), or of the map (1, C, h, w) when it covers the
+        map only; the class token (1, C, 1, 1)."""
+        self.embeds_map_only = position_embedding == "map"
+        shape = (out.channels, out.height, out.width) if self.embeds_map_only else out.tensor_size
+        self.position_embedding = nn.Parameter(torch.randn(1, *shape) * position_std) if position_embedding else None
         self.class_token = nn.Parameter(torch.randn(1, out.channels, 1, 1) * class_token_std) if class_token else None
 
     def add_token_extras(self, x: torch.Tensor) -> torch.Tensor:
+        if self.position_embedding is not None and self.embeds_map_only:
+            x = x + self.position_embedding
         if self.class_token is not None:
             tokens = x.flatten(2).unsqueeze(2)  # (B, C, 1, h·w), row-major
             x = torch.cat([self.class_token.expand(x.shape[0], -1, -1, -1), tokens], dim=3)
-        if self.position_embedding is not None:
+        if self.position_embedding is not None and not self.embeds_map_only:
             x = x + self.position_embedding
         return x
 
@@ -74,7 +84,7 @@ class PatchEmbeddingModule(TokenExtrasModule):
         out: FeatureShape,
         conv: tuple[int, int, int],
         norm: NormName | None,
-        position_embedding: bool,
+        position_embedding: bool | Literal["map"],
         class_token: bool,
         input_norm: NormName | None = None,
     ):

@@ -1,7 +1,8 @@
-"""Patch merging, a downsample any family can use: each 2x2 neighbourhood's pixels stacked into
-one pixel of four times the channels, normalised, and projected by a Linear (Swin's
-PatchMerging; the same as a 2x2 stride-2 conv, but with the norm on the stacked pixels, not on
-the map before it)."""
+"""Downsamples any family can use that merge neighbourhoods: patch merging (each 2x2
+neighbourhood's pixels stacked into one pixel of four times the channels, normalised, and
+projected by a Linear: Swin's PatchMerging; the same as a 2x2 stride-2 conv, but with the norm
+on the stacked pixels, not on the map before it), and token pooling (PiT's: a strided depthwise
+conv on the map of a token sequence, a Linear on its extra tokens)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import StrideFit, linear_flops, merged_map, pads_map, refuses_map
+from archdsl.blocks.layers import StrideFit, conv_flops, linear_flops, merged_map, pads_map, refuses_map, strided_size
 from archdsl.blocks.multihead import PixelLinear
 from archdsl.network import pad_to_multiple
 from archdsl.norms import NormName, make_norm, norm_flops
@@ -78,3 +79,59 @@ class PatchMerging(DownsampleOp):
 
     def build(self, site: Site) -> nn.Module:
         return PatchMergingModule(site.in_shape.channels, site.out_channels, self.stride, self.norm, pads_map(self.fit))
+
+
+# --- token pooling ---------------------------------------------------------------------------------
+
+
+class TokenPoolingModule(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, shape: FeatureShape):
+        super().__init__()
+        self.map_size, self.extra_tokens = shape.map_size, shape.extra_tokens
+        self.conv = nn.Conv2d(in_channels, out_channels, stride + 1, stride, stride // 2, groups=in_channels)
+        self.fc = PixelLinear(in_channels, out_channels) if shape.extra_tokens else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fc is None:
+            return self.conv(x)
+        extra, pixels = x[..., : self.extra_tokens], x[..., self.extra_tokens :]
+        pooled = self.conv(pixels.reshape(*x.shape[:2], *self.map_size))
+        return torch.cat([self.fc(extra), pooled.flatten(2).unsqueeze(2)], dim=3)
+
+
+@register
+class TokenPooling(DownsampleOp):
+    """PiT's pooling between stages: the map by a depthwise conv (kernel `stride` + 1, padding
+    `stride` // 2, with bias) that widens each channel to stage width / input width channels,
+    and the extra tokens that the sequence carries (the class token) by a Linear to the stage
+    width, so the class token travels across stages. On a plain map it is the conv alone."""
+
+    op: Literal["token_pooling"] = "token_pooling"
+    capabilities = frozenset({"runs_on_tokens"})  # it splits the row into its extra tokens and its map
+    stride: PositiveInt = 2
+    """stride of the depthwise conv (its kernel is stride + 1)"""
+
+    def _map(self, site: Site) -> tuple[int, int]:
+        return tuple(strided_size(side, self.stride + 1, self.stride, self.stride // 2) for side in site.in_shape.map_size)
+
+    def output_shape(self, site: Site) -> FeatureShape:
+        height, width = self._map(site)
+        return FeatureShape(site.out_channels, height, width, extra_tokens=site.in_shape.extra_tokens)
+
+    def check(self, site: Site) -> None:
+        channels, width = site.in_shape.channels, site.out_channels
+        if width % channels:
+            multiples = ", ".join(str(channels * factor) for factor in (1, 2, 3, 4))
+            raise OpCheckError(
+                f"the depthwise conv widens each of the {channels} input channels to the same number of channels, so the "
+                f"stage width must be a multiple of {channels}, not {width}: {multiples}, ..."
+            )
+
+    def flops(self, site: Site) -> int:
+        channels, width = site.in_shape.channels, site.out_channels
+        return conv_flops(channels, width, self.stride + 1, self._map(site), groups=channels) + linear_flops(
+            channels, width, site.in_shape.extra_tokens
+        )
+
+    def build(self, site: Site) -> nn.Module:
+        return TokenPoolingModule(site.in_shape.channels, site.out_channels, self.stride, site.in_shape)

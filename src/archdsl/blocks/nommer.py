@@ -323,7 +323,7 @@ class ConvMaxPoolModule(TokenExtrasModule):
         kernel: int,
         pool: int,
         norm: NormName,
-        position_embedding: bool,
+        position_embedding: bool | Literal["map"],
         class_token: bool,
     ):
         super().__init__()

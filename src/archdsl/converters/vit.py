@@ -21,26 +21,47 @@ from archdsl.weights import register_converter, rename_by_table
 
 _CANDIDATE = "mixer.candidates.0"
 
-# timm's name pattern -> this project's, outside the fused qkv
+# timm's name pattern -> this project's, outside the blocks
 _NAMES = (
     (r"patch_embed\.proj\.(.+)", lambda m: f"stem.conv.{m[1]}"),
     (r"cls_token", lambda m: "stem.class_token"),
     (r"pos_embed", lambda m: "stem.position_embedding"),
-    (r"blocks\.(\d+)\.(norm[12])\.(.+)", lambda m: f"stages.0.blocks.{m[1]}.{m[2]}.{m[3]}"),
-    (r"blocks\.(\d+)\.attn\.proj\.(.+)", lambda m: f"stages.0.blocks.{m[1]}.{_CANDIDATE}.projection.{m[2]}"),
-    (r"blocks\.(\d+)\.mlp\.(fc[12])\.(.+)", lambda m: f"stages.0.blocks.{m[1]}.ffn.{m[2]}.{m[3]}"),
     (r"norm\.(.+)", lambda m: f"head.norm.{m[1]}"),
     (r"head\.(.+)", lambda m: f"head.fc.{m[1]}"),
 )
-_QKV = r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)"
+# inside timm's transformer block `blocks.N.`, outside the fused qkv -> inside this project's block
+_BLOCK_NAMES = (
+    (r"(norm[12])\.(.+)", lambda m: f"{m[1]}.{m[2]}"),
+    (r"attn\.proj\.(.+)", lambda m: f"{_CANDIDATE}.projection.{m[1]}"),
+    (r"mlp\.(fc[12])\.(.+)", lambda m: f"ffn.{m[1]}.{m[2]}"),
+)
+
+
+def renamed_block_key(key: str, value: torch.Tensor, stage: int) -> list[tuple[str, torch.Tensor]]:
+    """(this project's name, value) pairs for a key of timm's VisionTransformer block
+    (`blocks.N.attn.qkv.weight`, ...) in stage `stage`: two for the fused qkv; the key as it is
+    if it is not one. PiT's stages are made of these blocks too."""
+    match = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
+    if not match:
+        return [(key, value)]
+    block, rest = f"stages.{stage}.blocks.{match[1]}", match[2]
+    if qkv := re.fullmatch(r"attn\.qkv\.(weight|bias)", rest):
+        channels = value.shape[0] // 3
+        attention = f"{block}.{_CANDIDATE}"
+        return [(f"{attention}.query.{qkv[1]}", value[:channels]), (f"{attention}.key_value.{qkv[1]}", value[channels:])]
+    name = rename_by_table(rest, _BLOCK_NAMES)
+    return [(f"{block}.{name}" if name else key, value)]
+
+
+def linear_as_conv(part: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """A Linear's [out, in] weight as the [out, in, 1, 1] of the 1x1 conv it is here."""
+    return part.reshape(*part.shape, 1, 1) if target is not None and part.ndim == 2 and target.ndim == 4 else part
 
 
 def _renamed(key: str, value: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
     """(this project's name, value) pairs for one of timm's keys: two for the fused qkv."""
-    if match := re.fullmatch(_QKV, key):
-        attention, kind = f"stages.0.blocks.{match[1]}.{_CANDIDATE}", match[2]
-        channels = value.shape[0] // 3
-        return [(f"{attention}.query.{kind}", value[:channels]), (f"{attention}.key_value.{kind}", value[channels:])]
+    if key.startswith("blocks."):
+        return renamed_block_key(key, value, stage=0)
     if key in ("cls_token", "pos_embed"):  # (1, tokens, C) -> (1, C, 1, tokens)
         value = value.permute(0, 2, 1).unsqueeze(2)
     return [(rename_by_table(key, _NAMES) or key, value)]
@@ -62,9 +83,8 @@ def convert_vit(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, tor
     for key, value in state.items():
         for name, part in _renamed(key, value):
             target = expected.get(name)
-            if target is not None and part.ndim == 2 and target.ndim == 4:  # a Linear that is a 1x1 conv here
-                part = part.reshape(*part.shape, 1, 1)
-            elif name == "stem.position_embedding" and target is not None and target.shape != part.shape:
+            part = linear_as_conv(part, target)
+            if name == "stem.position_embedding" and target is not None and target.shape != part.shape:
                 part = _resized_position_embedding(part, lower(net.spec).node("stem").out_shape.map_size)
             converted[name] = part
     return converted
