@@ -363,3 +363,13 @@ def test_pit_carries_the_class_token_across_stages_and_embeds_only_the_map():
     with torch.no_grad():
         features = model.forward_features(torch.randn(1, 3, 224, 224))
     assert [tuple(f.shape[1:]) for f in features] == [(64, 1, 1 + 27 * 27), (128, 1, 1 + 14 * 14), (256, 1, 1 + 7 * 7)]
+
+
+def test_the_gallery_backbones_carry_timms_preprocessing_and_the_hybrids_none():
+    crops = {name: archdsl.create_model(f"gallery/{name}").pretrained_cfg["crop_pct"] for name in ("convnext_t", "pit_ti")}
+    assert crops == {"convnext_t": 0.875, "pit_ti": 0.9}  # timm's convnext_tiny.fb_in1k, pit_ti_224.in1k
+    spec = archdsl.load_spec("gallery/hybrid_swin_attn_conv")
+    from archdsl.pretrained import pretrained_cfg
+
+    assert pretrained_cfg(archdsl.load_spec("gallery/swin_t"))["interpolation"] == "bicubic"
+    assert pretrained_cfg(spec) is None  # a hybrid has no training of its authors to match

@@ -35,7 +35,8 @@ def register_preprocessing(family: str, preprocessing: Preprocessing) -> None:
 def pretrained_cfg(spec) -> dict | None:
     """timm's `pretrained_cfg` keys for a spec of a known family; None for a spec without one
     (a hybrid has no authors' training to match)."""
-    import archdsl.blocks  # noqa: F401  (the families register their figures)
+    import archdsl.blocks  # noqa: F401  (the papers' families register their figures)
+    import archdsl.converters  # noqa: F401  (the gallery's, beside the converters of their timm weights)
 
     preprocessing = _PREPROCESSING.get(spec.family) if spec.family else None
     if preprocessing is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
 from archdsl.weights import register_converter, rename_by_table
 
 # timm's name pattern -> this project's; the block's one norm sits before its FFN (`norm2`), and
@@ -28,3 +29,7 @@ def convert_convnext(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str
     """timm's names (stages.0.blocks.0.conv_dw.weight, ...) -> this project's; the values keep
     their shapes. A key it does not know stays as it is, to be reported as unexpected."""
     return {rename_by_table(key, _NAMES) or key: value for key, value in state.items()}
+
+
+# the evaluation preprocessing of the released ImageNet-1k weights, as timm's `convnext_tiny.fb_in1k` (the paper's ImageNet-1k weights) states it
+register_preprocessing("convnext", Preprocessing(IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.875, interpolation="bicubic"))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from archdsl.converters.vit import linear_as_conv, renamed_block_key
+from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
 from archdsl.weights import register_converter, rename_by_table
 
 _NAMES = (
@@ -38,3 +39,7 @@ def convert_pit(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, tor
     know stays as it is, to be reported as unexpected."""
     expected = net.state_dict()
     return {name: linear_as_conv(part, expected.get(name)) for key, value in state.items() for name, part in _renamed(key, value)}
+
+
+# the evaluation preprocessing of the released ImageNet-1k weights, as timm's `pit_ti_224.in1k` states it
+register_preprocessing("pit", Preprocessing(IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.9, interpolation="bicubic"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
 from archdsl.weights import register_converter, rename_by_table
 
 _CANDIDATE = "mixer.candidates.0"
@@ -58,3 +59,7 @@ def convert_pvt_v2(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, 
             value = value.reshape(*value.shape, 1, 1)
         converted[name] = value
     return converted
+
+
+# the evaluation preprocessing of the released ImageNet-1k weights, as timm's `pvt_v2_b0.in1k` states it
+register_preprocessing("pvt_v2", Preprocessing(IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.9, interpolation="bicubic"))

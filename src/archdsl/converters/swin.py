@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
 from archdsl.weights import register_converter, rename_by_table
 
 _CONSTANTS = ("relative_position_index", "attn_mask")
@@ -58,3 +59,7 @@ def convert_swin(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, to
         converted[rename_by_table(key, _NAMES) or key] = value
     converted.update({name: value for name, value in net.state_dict().items() if name.endswith(".relative_position_index")})
     return converted
+
+
+# the evaluation preprocessing of the released ImageNet-1k weights, as timm's `swin_tiny_patch4_window7_224.ms_in1k` states it
+register_preprocessing("swin", Preprocessing(IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.9, interpolation="bicubic"))

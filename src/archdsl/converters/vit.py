@@ -17,6 +17,7 @@ from torch import nn
 
 from archdsl.blocks.position import resize_position_embedding
 from archdsl.graph import lower
+from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, register_preprocessing
 from archdsl.weights import register_converter, rename_by_table
 
 _CANDIDATE = "mixer.candidates.0"
@@ -88,3 +89,7 @@ def convert_vit(state: dict[str, torch.Tensor], net: nn.Module) -> dict[str, tor
                 part = _resized_position_embedding(part, lower(net.spec).node("stem").out_shape.map_size)
             converted[name] = part
     return converted
+
+
+# the evaluation preprocessing of the released ImageNet-1k weights, as timm's `deit_tiny_patch16_224.fb_in1k` states it
+register_preprocessing("vit", Preprocessing(IMAGENET_MEAN, IMAGENET_STD, crop_pct=0.9, interpolation="bicubic"))
