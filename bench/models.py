@@ -3,11 +3,14 @@ and 8 (eval, no_grad), peak memory, eager and torch.compile'd. Prints a table.
 
     python bench/models.py                      # every bundled paper variant
     python bench/models.py cloformer_xxs --no-compile --repeats 5
-    python bench/models.py cloformer_xxs --baseline authors.py   # vs another implementation
+    python bench/models.py nommer_t --baseline bench/baselines/nommer.py --baseline-source ~/NomMer --threads 1
 
-`--baseline FILE`: a Python file defining `build(spec_name) -> nn.Module` (for example the
-authors' released code, kept out of this repository); its latency is measured in the same
-process, interleaved with ours, and the speed-up printed as a ratio.
+`--baseline FILE`: a Python file defining `build(spec_name, source) -> nn.Module` and
+`prepare(model)` (bench/baselines/: the authors' releases, read from a checkout kept outside this
+repository, and archdsl's own unprepared model). Each spec is then timed against it side by side
+(bench/side_by_side.py: same weights, rounds alternating A B / B A, the median of per-round ratios
+archdsl / baseline with min-max, for eval at batch 1 and 8 and a training step at batch 8) and
+one Markdown table printed.
 
 Each spec runs in its own subprocess so peak memory (max RSS above the bare-process baseline) is
 its own. Figures are wall-clock on this machine: compare rows from one run, not across runs.
@@ -39,16 +42,7 @@ def _latency(model, batch: int, size: tuple[int, int], repeats: int) -> float:
     return statistics.median(times) * 1000
 
 
-def _load_baseline(path: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build
-
-
-def measure(name: str, repeats: int, compile_model: bool, img_size: int, baseline: str | None = None) -> dict:
+def measure(name: str, repeats: int, compile_model: bool, img_size: int) -> dict:
     import torch
 
     import archdsl
@@ -75,19 +69,6 @@ def measure(name: str, repeats: int, compile_model: bool, img_size: int, baselin
         "eager_b1_ms": _latency(model, 1, size, repeats),
         "eager_b8_ms": _latency(model, 8, size, max(2, repeats // 2)),
     }
-    if baseline:
-        other = _load_baseline(baseline)(name).eval()
-        # alternate the two, so that load on a shared machine hits both alike
-        ours_b1, theirs_b1, ours_b8, theirs_b8 = [], [], [], []
-        for _ in range(3):
-            ours_b1.append(_latency(model, 1, size, repeats))
-            theirs_b1.append(_latency(other, 1, size, repeats))
-            ours_b8.append(_latency(model, 8, size, max(2, repeats // 2)))
-            theirs_b8.append(_latency(other, 8, size, max(2, repeats // 2)))
-        row["eager_b1_ms"], row["eager_b8_ms"] = min(ours_b1), min(ours_b8)
-        row["baseline_b1_ms"], row["baseline_b8_ms"] = min(theirs_b1), min(theirs_b8)
-        row["speedup_b1"] = row["baseline_b1_ms"] / row["eager_b1_ms"]
-        row["speedup_b8"] = row["baseline_b8_ms"] / row["eager_b8_ms"]
     if compile_model:
         start = time.perf_counter()
         compiled = torch.compile(model)
@@ -99,22 +80,71 @@ def measure(name: str, repeats: int, compile_model: bool, img_size: int, baselin
     return row
 
 
+def _run_one(name: str, options: list[str]) -> dict | str:
+    """One spec measured in a fresh subprocess: its row, or the reason it failed."""
+    result = subprocess.run([sys.executable, __file__, "--one", name, *options], capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        return lines[-1] if lines else f"exit {result.returncode}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def compare_side_by_side(names: list[str], args) -> None:
+    import side_by_side
+
+    options = [
+        "--baseline",
+        args.baseline,
+        "--threads",
+        str(args.threads),
+        "--rounds",
+        str(args.rounds),
+        "--img-size",
+        str(args.img_size),
+    ]
+    if args.baseline_source:
+        options += ["--baseline-source", args.baseline_source]
+    rows = []
+    for name in names:
+        row = _run_one(name, options)
+        if isinstance(row, str):
+            print(f"{name}: failed: {row}", file=sys.stderr)
+            continue
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    print(side_by_side.format_rows(rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("specs", nargs="*", help="bundled names or files (default: every paper variant)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--baseline", help="a .py file with build(spec_name) -> nn.Module to compare against")
+    parser.add_argument("--baseline", help="a .py file with build(spec_name, source) and prepare(model): compare side by side")
+    parser.add_argument("--baseline-source", help="the checkout the baseline file imports (its default: /tmp/authors/<family>)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in the side-by-side comparison")
+    parser.add_argument("--rounds", type=int, default=15, help="alternating rounds per task in the side-by-side comparison")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one spec, print JSON
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.repeats, not args.no_compile, args.img_size, args.baseline)))
+        if args.baseline:
+            import side_by_side
+            import torch
+
+            torch.set_num_threads(args.threads)
+            row = side_by_side.compare(args.one, args.baseline, args.baseline_source, args.rounds, args.img_size)
+        else:
+            row = measure(args.one, args.repeats, not args.no_compile, args.img_size)
+        print(json.dumps(row))
         return
 
     from archdsl.loading import bundled_spec_names
 
     names = args.specs or bundled_spec_names()
+    if args.baseline:
+        compare_side_by_side(names, args)
+        return
     columns = [
         "spec",
         "params_m",
@@ -127,20 +157,15 @@ def main() -> None:
         "compiled_b1_ms",
         "peak_mem_mb",
     ]
-    if args.baseline:
-        columns[7:7] = ["baseline_b1_ms", "baseline_b8_ms", "speedup_b1", "speedup_b8"]
     print(" ".join(f"{c:>14}" for c in columns))
     for name in names:
-        command = [sys.executable, __file__, "--one", name, "--repeats", str(args.repeats), "--img-size", str(args.img_size)]
-        if args.no_compile:
-            command.append("--no-compile")
-        if args.baseline:
-            command += ["--baseline", args.baseline]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            print(f"{name:>14} failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode}")
+        row = _run_one(
+            name,
+            ["--repeats", str(args.repeats), "--img-size", str(args.img_size)] + (["--no-compile"] if args.no_compile else []),
+        )
+        if isinstance(row, str):
+            print(f"{name:>14} failed: {row}")
             continue
-        row = json.loads(result.stdout.strip().splitlines()[-1])
         print(
             " ".join(f"{row[c]:>14.3f}" if isinstance(row.get(c), float) else f"{str(row.get(c, '-')):>14}" for c in columns),
             flush=True,

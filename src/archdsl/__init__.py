@@ -2,6 +2,7 @@
 
 from archdsl.api import count_flops, create_model, load_spec, lower_spec
 from archdsl.errors import CheckpointError, SpecError
+from archdsl.inference import prepare_for_inference
 from archdsl.plugins import load_plugins
 from archdsl.weights import save_checkpoint
 
@@ -10,6 +11,7 @@ __all__ = [
     "create_model",
     "count_flops",
     "lower_spec",
+    "prepare_for_inference",
     "save_checkpoint",
     "load_plugins",
     "SpecError",

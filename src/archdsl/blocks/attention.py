@@ -31,6 +31,7 @@ from archdsl.blocks.multihead import (
     window_merge,
     window_partition,
 )
+from archdsl.inference import ConvNormPairs
 from archdsl.network import CandidateModule, pad_to_multiple
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import CandidateOp, FeatureShape, OpCheckError, Site, register
@@ -74,10 +75,12 @@ class PaddedAvgPool(nn.AvgPool2d):
 Reduction = Literal["average_pool", "strided_conv", "adaptive_pool_conv"]
 
 
-class StridedConvReduction(nn.Module):
+class StridedConvReduction(ConvNormPairs, nn.Module):
     """PVT's spatial reduction: a `ratio`×`ratio` conv with stride `ratio` and bias, keeping the
     channels, then a norm of its map. `pad`: the map is first zero-padded (bottom, right) to a
     multiple of `ratio`, so that no pixel is dropped."""
+
+    conv_norm_pairs = (("conv", "norm"),)
 
     def __init__(self, channels: int, ratio: int, norm: NormName, pad: bool = False):
         super().__init__()
@@ -89,9 +92,11 @@ class StridedConvReduction(nn.Module):
         return self.norm(self.conv(pad_to_multiple(x, self.ratio) if self.pad else x))
 
 
-class AdaptivePoolConvReduction(nn.Module):
+class AdaptivePoolConvReduction(ConvNormPairs, nn.Module):
     """PVTv2-li's linear spatial reduction: an adaptive average pool to `size`×`size` (a key count
     that does not grow with the image), a 1x1 conv with bias, a norm, GELU."""
+
+    conv_norm_pairs = (("conv", "norm"),)
 
     def __init__(self, channels: int, size: int, norm: NormName):
         super().__init__()

@@ -11,14 +11,17 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.blocks.layers import OddKernel, StrideFit, conv_flops, linear_flops, merged_map, pads_map, refuses_map
+from archdsl.inference import ConvNormPairs
 from archdsl.network import CandidateModule, pad_to_multiple
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, OpCheckError, Site, register
 
 
-class DepthwiseConvModule(CandidateModule):
+class DepthwiseConvModule(ConvNormPairs, CandidateModule):
     """[Linear + LayerNorm] -> depthwise kxk [+ norm] [+ GELU] (the features) -> [1x1 conv to the
     candidate's share] -> [output gate] -> [norm] (the `finish` step)."""
+
+    conv_norm_pairs = (("depthwise", "depthwise_norm"),)
 
     def __init__(
         self,
@@ -125,8 +128,10 @@ class DepthwiseConv(CandidateOp):
 # --- a ResNet bottleneck (NomMer's CNN candidate) ---------------------------------------------
 
 
-class BottleneckModule(CandidateModule):
+class BottleneckModule(ConvNormPairs, CandidateModule):
     """relu(x + BN(conv1x1(relu(BN(conv3x3(relu(BN(conv1x1(x))))))))), all convs without bias."""
+
+    conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     def __init__(self, channels: int, width: int):
         super().__init__()

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
 from torch import nn
 
 from archdsl.blocks.layers import conv_flops, strided_size
+from archdsl.inference import ConvNormPairs
 from archdsl.norms import NormName, make_norm, norm_flops
 from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
 from archdsl.training import WithoutWeightDecay
@@ -77,7 +78,9 @@ class TokenExtrasModule(WithoutWeightDecay, nn.Module):
 # --- the patch embedding: a stem, and its twin between stages ------------------------------------
 
 
-class PatchEmbeddingModule(TokenExtrasModule):
+class PatchEmbeddingModule(ConvNormPairs, TokenExtrasModule):
+    conv_norm_pairs = (("conv", "norm"),)
+
     def __init__(
         self,
         in_channels: int,

@@ -46,6 +46,7 @@ from archdsl.blocks.layers import (
     refuses_map,
     strided_size,
 )
+from archdsl.inference import ConvNormPairs
 from archdsl.network import CandidateModule, pad_to_multiple
 from archdsl.norms import NormName, make_norm, norm_flops
 from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
@@ -54,7 +55,9 @@ from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, regis
 # --- stem ---------------------------------------------------------------------------------------
 
 
-class PatchConvStemModule(nn.Module):
+class PatchConvStemModule(ConvNormPairs, nn.Module):
+    conv_norm_pairs = (("conv", "norm"),)
+
     def __init__(self, in_channels: int, channels: int, patch: int):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, channels, patch, patch, bias=False)
@@ -91,11 +94,13 @@ class NomMerStem(Op):
 # --- the compressed global context aggregator ---------------------------------------------------
 
 
-class CompressedGlobalAttentionModule(CandidateModule):
+class CompressedGlobalAttentionModule(ConvNormPairs, CandidateModule):
     """Block DCT (low-frequency corner) -> grouped 1x1 compression + BatchNorm -> global
     attention on the compressed map -> grouped 1x1 expansion -> truncated inverse DCT. With
     `pad`, a map the block does not divide is zero-padded to a multiple of it and the output
     cropped back."""
+
+    conv_norm_pairs = (("compress", "compress_norm"),)
 
     def __init__(self, in_channels: int, channels: int, heads: int, block: int, keep: int, groups: int, pad: bool = False):
         super().__init__()

@@ -1,0 +1,131 @@
+"""archdsl against another implementation of the same network, in one process: the engine of
+`bench/models.py --baseline`.
+
+The two models hold the same weights (the baseline's state_dict loaded into archdsl's model
+through its converter; a baseline that is archdsl itself is built from the same seed). Each task
+(eval forward at batch 1, eval forward at batch 8, a training step at batch 8) is timed in rounds:
+each round times one repetition of each model, the order alternating (A B, B A, ...), so that a
+load that comes and goes on a shared machine hits both alike; the figure is the median over
+rounds of the per-round ratio archdsl / baseline, with its min and max. Below 1 archdsl is faster.
+
+archdsl's rows: inference runs `archdsl.prepare_for_inference(model)` (what a user asks for with
+one call); the training step runs the model as `create_model` returns it. A baseline file defines
+`build(spec_name, source) -> nn.Module` and `prepare(model) -> nn.Module` (its inference
+preparation: for the authors' code, `eval()` alone).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+TASKS = ("eval_b1", "eval_b8", "train_b8")
+
+
+def load_baseline(path: str):
+    spec = importlib.util.spec_from_file_location(Path(path).stem + "_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _paired_models(name: str, baseline, source: str | None, img_size: int) -> tuple[nn.Module, nn.Module]:
+    import archdsl
+    from archdsl.network import ArchNet
+
+    torch.manual_seed(0)
+    theirs = baseline.build(name, source)
+    if isinstance(theirs, ArchNet):  # archdsl against itself: the same state_dict
+        ours = archdsl.create_model(name, img_size=img_size)
+        ours.load_state_dict(theirs.state_dict())
+        return ours, theirs
+    with tempfile.TemporaryDirectory() as folder:
+        weights = Path(folder) / "baseline.pth"
+        torch.save(theirs.state_dict(), weights)
+        ours = archdsl.create_model(name, pretrained=weights, img_size=img_size)
+    return ours, theirs
+
+
+def _step(model: nn.Module, task: str, batch: torch.Tensor, labels: torch.Tensor, optimizer) -> Callable[[], None]:
+    if task.startswith("eval"):
+
+        def forward() -> None:
+            with torch.no_grad():
+                model(batch)
+
+        return forward
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(batch), labels).backward()
+        optimizer.step()
+
+    return train_step
+
+
+def _seconds(step: Callable[[], None], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        step()
+    return (time.perf_counter() - start) / calls
+
+
+def compare(name: str, baseline_file: str, source: str | None, rounds: int, img_size: int) -> dict:
+    """One row: per task, archdsl's and the baseline's median milliseconds and the ratio's median, min, max."""
+    import archdsl
+
+    baseline = load_baseline(baseline_file)
+    ours, theirs = _paired_models(name, baseline, source, img_size)
+    row: dict = {"spec": name, "baseline": Path(baseline_file).stem, "threads": torch.get_num_threads(), "rounds": rounds}
+    for task in TASKS:
+        batch_size = 1 if task == "eval_b1" else 8
+        batch = torch.randn(batch_size, 3, img_size, img_size)
+        labels = torch.randint(0, 1000, (batch_size,))
+        if task.startswith("eval"):
+            a, b = archdsl.prepare_for_inference(copy.deepcopy(ours)), baseline.prepare(copy.deepcopy(theirs))
+        else:
+            a, b = copy.deepcopy(ours).train(), copy.deepcopy(theirs).train()
+        steps = [_step(model, task, batch, labels, torch.optim.SGD(model.parameters(), lr=1e-4)) for model in (a, b)]
+        calls = 3 if task == "eval_b1" else 1
+        for step in steps:  # warm-up: allocator, kernels' first-call set-up
+            _seconds(step, 2)
+        ratios, ours_s, theirs_s = [], [], []
+        for index in range(rounds):
+            order = (0, 1) if index % 2 == 0 else (1, 0)
+            seconds = {which: _seconds(steps[which], calls) for which in order}
+            ours_s.append(seconds[0])
+            theirs_s.append(seconds[1])
+            ratios.append(seconds[0] / seconds[1])
+        row[task] = {
+            "ours_ms": statistics.median(ours_s) * 1000,
+            "baseline_ms": statistics.median(theirs_s) * 1000,
+            "ratio": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+        }
+    return row
+
+
+def format_rows(rows: list[dict]) -> str:
+    """The table, Markdown: a column per task, each `ratio (min-max); ours / baseline ms`."""
+    header = (
+        "| spec | baseline | threads | "
+        + " | ".join(f"{task} ratio (min-max)" for task in TASKS)
+        + " | "
+        + " | ".join(f"{task} ms (ours / baseline)" for task in TASKS)
+        + " |"
+    )
+    lines = [header, "|" + " --- |" * (3 + 2 * len(TASKS))]
+    for row in rows:
+        ratios = [f"{row[t]['ratio']:.2f} ({row[t]['ratio_min']:.2f}-{row[t]['ratio_max']:.2f})" for t in TASKS]
+        times = [f"{row[t]['ours_ms']:.1f} / {row[t]['baseline_ms']:.1f}" for t in TASKS]
+        lines.append(f"| {row['spec']} | {row['baseline']} | {row['threads']} | " + " | ".join(ratios + times) + " |")
+    return "\n".join(lines)
