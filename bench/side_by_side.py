@@ -8,6 +8,11 @@ each round times one repetition of each model, the order alternating (A B, B A, 
 load that comes and goes on a shared machine hits both alike; the figure is the median over
 rounds of the per-round ratio archdsl / baseline, with its min and max. Below 1 archdsl is faster.
 
+Beside each ratio, the *kernel share*: the fraction of the baseline's time (one profiled
+repetition, self CPU time) spent in matrix-multiply, convolution and fused-attention kernels.
+Both implementations run the same arithmetic, so an implementation whose kernels are no faster
+than the baseline's cannot go below this ratio even if everything else it does were free.
+
 archdsl's rows: inference runs `archdsl.prepare_for_inference(model)` (what a user asks for with
 one call); the training step runs the model as `create_model` returns it. A baseline file defines
 `build(spec_name, source) -> nn.Module` and `prepare(model) -> nn.Module` (its inference
@@ -28,6 +33,20 @@ import torch
 from torch import nn
 
 TASKS = ("eval_b1", "eval_b8", "train_b8")
+
+# the kernels that do the arithmetic (forward and backward), by their profiler names
+ARITHMETIC_KERNELS = {
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::mkldnn_convolution",
+    "aten::_slow_conv2d_forward",
+    "aten::_slow_conv2d_backward",
+    "aten::convolution_backward",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+}
 
 
 def load_baseline(path: str):
@@ -78,6 +97,15 @@ def _seconds(step: Callable[[], None], calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def kernel_share(step: Callable[[], None]) -> float:
+    """The fraction of one call's self CPU time spent in `ARITHMETIC_KERNELS`."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        step()
+    events = profile.key_averages()
+    total = sum(event.self_cpu_time_total for event in events)
+    return sum(event.self_cpu_time_total for event in events if event.key in ARITHMETIC_KERNELS) / total
+
+
 def compare(name: str, baseline_file: str, source: str | None, rounds: int, img_size: int) -> dict:
     """One row: per task, archdsl's and the baseline's median milliseconds and the ratio's median, min, max."""
     import archdsl
@@ -110,22 +138,22 @@ def compare(name: str, baseline_file: str, source: str | None, rounds: int, img_
             "ratio": statistics.median(ratios),
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
+            "kernel_share": kernel_share(steps[1]),
         }
     return row
 
 
 def format_rows(rows: list[dict]) -> str:
-    """The table, Markdown: a column per task, each `ratio (min-max); ours / baseline ms`."""
-    header = (
-        "| spec | baseline | threads | "
-        + " | ".join(f"{task} ratio (min-max)" for task in TASKS)
-        + " | "
-        + " | ".join(f"{task} ms (ours / baseline)" for task in TASKS)
-        + " |"
-    )
-    lines = [header, "|" + " --- |" * (3 + 2 * len(TASKS))]
+    """The table, Markdown: per task, `ratio (min-max) [kernel share]`, then `ours / baseline ms`."""
+    ratio_columns = [f"{task} ratio (min-max) [kernel share]" for task in TASKS]
+    time_columns = [f"{task} ms (ours / baseline)" for task in TASKS]
+    lines = ["| " + " | ".join(["spec", "baseline", "threads", *ratio_columns, *time_columns]) + " |"]
+    lines.append("|" + " --- |" * (3 + 2 * len(TASKS)))
     for row in rows:
-        ratios = [f"{row[t]['ratio']:.2f} ({row[t]['ratio_min']:.2f}-{row[t]['ratio_max']:.2f})" for t in TASKS]
+        ratios = [
+            f"{row[t]['ratio']:.2f} ({row[t]['ratio_min']:.2f}-{row[t]['ratio_max']:.2f}) [{row[t]['kernel_share']:.2f}]"
+            for t in TASKS
+        ]
         times = [f"{row[t]['ours_ms']:.1f} / {row[t]['baseline_ms']:.1f}" for t in TASKS]
-        lines.append(f"| {row['spec']} | {row['baseline']} | {row['threads']} | " + " | ".join(ratios + times) + " |")
+        lines.append("| " + " | ".join([row["spec"], row["baseline"], str(row["threads"]), *ratios, *times]) + " |")
     return "\n".join(lines)
