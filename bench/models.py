@@ -3,14 +3,15 @@ and 8 (eval, no_grad), peak memory, eager and torch.compile'd. Prints a table.
 
     python bench/models.py                      # every bundled paper variant
     python bench/models.py cloformer_xxs --no-compile --repeats 5
-    python bench/models.py nommer_t --baseline bench/baselines/nommer.py --baseline-source ~/NomMer --threads 1
+    python bench/models.py nommer_t --no-compile --baseline bench/baselines/nommer.py --baseline-source ~/NomMer
 
 `--baseline FILE`: a Python file defining `build(spec_name, source) -> nn.Module` and
 `prepare(model)` (bench/baselines/: the authors' releases, read from a checkout kept outside this
 repository, and archdsl's own unprepared model). Each spec is then timed against it side by side
 (bench/side_by_side.py: same weights, rounds alternating A B / B A, the median of per-round ratios
 archdsl / baseline with min-max, for eval at batch 1 and 8 and a training step at batch 8) and
-one Markdown table printed.
+one Markdown table printed. Without `--no-compile`, both are compiled (torch.compile, inductor)
+before they are timed; with it, both run eager.
 
 Each spec runs in its own subprocess so peak memory (max RSS above the bare-process baseline) is
 its own. Figures are wall-clock on this machine: compare rows from one run, not across runs.
@@ -101,6 +102,7 @@ def compare_side_by_side(names: list[str], args) -> None:
         str(args.rounds),
         "--img-size",
         str(args.img_size),
+        *(["--no-compile"] if args.no_compile else []),
     ]
     if args.baseline_source:
         options += ["--baseline-source", args.baseline_source]
@@ -133,7 +135,9 @@ def main() -> None:
             import torch
 
             torch.set_num_threads(args.threads)
-            row = side_by_side.compare(args.one, args.baseline, args.baseline_source, args.rounds, args.img_size)
+            row = side_by_side.compare(
+                args.one, args.baseline, args.baseline_source, args.rounds, args.img_size, compiled=not args.no_compile
+            )
         else:
             row = measure(args.one, args.repeats, not args.no_compile, args.img_size)
         print(json.dumps(row))
