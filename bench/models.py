@@ -103,6 +103,7 @@ def compare_side_by_side(names: list[str], args) -> None:
         "--img-size",
         str(args.img_size),
         *(["--no-compile"] if args.no_compile else []),
+        *(["--train-channels-last"] if args.train_channels_last else []),
     ]
     if args.baseline_source:
         options += ["--baseline-source", args.baseline_source]
@@ -127,6 +128,9 @@ def main() -> None:
     parser.add_argument("--baseline-source", help="the checkout the baseline file imports (its default: /tmp/authors/<family>)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the side-by-side comparison")
     parser.add_argument("--rounds", type=int, default=15, help="alternating rounds per task in the side-by-side comparison")
+    parser.add_argument(
+        "--train-channels-last", action="store_true", help="side by side: archdsl's training step in channels-last memory"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one spec, print JSON
     args = parser.parse_args()
     if args.one:
@@ -136,7 +140,13 @@ def main() -> None:
 
             torch.set_num_threads(args.threads)
             row = side_by_side.compare(
-                args.one, args.baseline, args.baseline_source, args.rounds, args.img_size, compiled=not args.no_compile
+                args.one,
+                args.baseline,
+                args.baseline_source,
+                args.rounds,
+                args.img_size,
+                compiled=not args.no_compile,
+                train_channels_last=args.train_channels_last,
             )
         else:
             row = measure(args.one, args.repeats, not args.no_compile, args.img_size)

@@ -14,7 +14,8 @@ Both implementations run the same arithmetic, so an implementation whose kernels
 than the baseline's cannot go below this ratio even if everything else it does were free.
 
 archdsl's rows: inference runs `archdsl.prepare_for_inference(model)` (what a user asks for with
-one call); the training step runs the model as `create_model` returns it. With `compiled`, both
+one call); the training step runs the model as `create_model` returns it (with
+`train_channels_last`, moved to channels-last memory first, as timm's `--channels-last`). With `compiled`, both
 models go through `torch.compile` (inductor) after that, and the warm-up includes the compile. A baseline file defines
 `build(spec_name, source) -> nn.Module` and `prepare(model) -> nn.Module` (its inference
 preparation: for the authors' code, `eval()` alone).
@@ -107,13 +108,25 @@ def kernel_share(step: Callable[[], None]) -> float:
     return sum(event.self_cpu_time_total for event in events if event.key in ARITHMETIC_KERNELS) / total
 
 
-def compare(name: str, baseline_file: str, source: str | None, rounds: int, img_size: int, compiled: bool = False) -> dict:
+def compare(
+    name: str,
+    baseline_file: str,
+    source: str | None,
+    rounds: int,
+    img_size: int,
+    compiled: bool = False,
+    train_channels_last: bool = False,
+) -> dict:
     """One row: per task, archdsl's and the baseline's median milliseconds and the ratio's median, min, max."""
     import archdsl
 
     baseline = load_baseline(baseline_file)
     ours, theirs = _paired_models(name, baseline, source, img_size)
-    label = Path(baseline_file).stem + (" (both compiled)" if compiled else "")
+    label = (
+        Path(baseline_file).stem
+        + (" (both compiled)" if compiled else "")
+        + (", ours trains channels-last" if train_channels_last else "")
+    )
     row: dict = {"spec": name, "baseline": label, "threads": torch.get_num_threads(), "rounds": rounds}
     for task in TASKS:
         batch_size = 1 if task == "eval_b1" else 8
@@ -123,6 +136,8 @@ def compare(name: str, baseline_file: str, source: str | None, rounds: int, img_
             a, b = archdsl.prepare_for_inference(copy.deepcopy(ours)), baseline.prepare(copy.deepcopy(theirs))
         else:
             a, b = copy.deepcopy(ours).train(), copy.deepcopy(theirs).train()
+            if train_channels_last:  # what timm's train.py --channels-last does to the model
+                a = a.to(memory_format=torch.channels_last)
         optimizers = [torch.optim.SGD(model.parameters(), lr=1e-4) for model in (a, b)]
         if compiled:  # both through inductor: compiled against compiled, never against eager
             a, b = torch.compile(a), torch.compile(b)
