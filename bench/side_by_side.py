@@ -15,10 +15,10 @@ than the baseline's cannot go below this ratio even if everything else it does w
 
 archdsl's rows: inference runs `archdsl.prepare_for_inference(model)` (what a user asks for with
 one call); the training step runs the model as `create_model` returns it (with
-`train_channels_last`, moved to channels-last memory first, as timm's `--channels-last`). With `compiled`, both
-models go through `torch.compile` (inductor) after that, and the warm-up includes the compile. A baseline file defines
-`build(spec_name, source) -> nn.Module` and `prepare(model) -> nn.Module` (its inference
-preparation: for the authors' code, `eval()` alone).
+`train_channels_last`, moved to channels-last memory first, as timm's `--channels-last`). With
+`compiled`, both models then go through `torch.compile` (inductor); the warm-up includes the
+compile. A baseline file defines `build(spec_name, source) -> nn.Module` and
+`prepare(model) -> nn.Module` (its inference preparation: for the authors' code, `eval()`).
 """
 
 from __future__ import annotations
