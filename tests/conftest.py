@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,3 +46,14 @@ def local_ray():
     ray.cloudpickle.register_pickle_by_value(search_helpers)  # the test objectives travel to the workers
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def one_thread():
+    """torch at one thread for the test: tiny networks (thread hand-offs cost more than their
+    maths) and bf16 without native instructions (two threads of a busy 2-core machine took
+    147 s where one took 0.7 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,16 +8,6 @@ import torch
 from shallow import VARIANTS, shallow_model
 
 
-@pytest.fixture
-def one_thread():
-    # bf16 kernels without native bf16 instructions run much slower on two threads of a busy
-    # machine than on one
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_bf16_autocast_runs(variant, one_thread):
     torch.manual_seed(0)

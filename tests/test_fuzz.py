@@ -15,7 +15,6 @@ import os
 import random
 import traceback
 
-import pytest
 import torch
 import yaml
 
@@ -193,15 +192,6 @@ def run_case(rng: random.Random, directory) -> tuple[str, str]:
             raise AssertionError(f"{description}: validated, then failed to run\n{traceback.format_exc()}") from None
     assert logits.shape == (1, model.spec.head.classes), description
     return "ran", description
-
-
-@pytest.fixture
-def one_thread():
-    """The mutants are tiny networks: one thread avoids thread hand-offs that cost more than their maths."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_mutated_specs_keep_the_contract(tmp_path, one_thread):

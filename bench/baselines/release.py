@@ -2,9 +2,10 @@
 
 The releases import a few helpers from timm (DropPath, to_2tuple, trunc_normal_, register_model,
 _cfg); timm needs torchvision, which has no CPU build here. `import_release` puts the release's
-folder first on `sys.path` and installs a `timm` holding only those helpers, written from timm's
-definitions, before importing the release's module. Nothing of the release is copied here: the
-release stays a checkout outside this repository.
+folder first on `sys.path` and installs a `timm` holding only those helpers (archdsl's DropPath,
+which the releases construct as timm's, with the rate alone), then imports the release's
+module. Nothing of the release is copied here: the release stays a checkout outside this
+repository.
 """
 
 from __future__ import annotations
@@ -14,23 +15,9 @@ import sys
 import types
 from pathlib import Path
 
-import torch
 from torch import nn
 
-
-class DropPath(nn.Module):
-    """timm's stochastic depth: zero a sample's branch with probability `drop_prob`, scale the rest."""
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        self.drop_prob = drop_prob
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x.div(keep) * mask
+from archdsl.network import DropPath  # the same per-sample stochastic depth as timm's
 
 
 def _to_2tuple(value):
