@@ -11,6 +11,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 import archdsl
+from archdsl.blocks import multihead
 from archdsl.blocks.layers import conv_flops
 from archdsl.blocks.multihead import attend
 from archdsl.network import CandidateModule
@@ -58,6 +59,21 @@ def test_fused_and_traced_attention_agree():
     fused = attend(q, k, v, 0.25, bias)
     explicit = ((q * 0.25) @ k.transpose(-2, -1) + bias).softmax(-1) @ v
     assert (fused - explicit).abs().max().item() < 1e-5
+
+
+def test_attention_received_in_chunks_equals_whole(monkeypatch):
+    """The explicit path cut into query chunks (large maps) gives the whole matrix's output bit
+    for bit and the attention each key receives to float rounding."""
+    q, k, v = (torch.randn(2, 3, n, 16) for n in (700, 40, 40))
+    bias = torch.randn(3, 700, 40)
+    whole, whole_received = attend(q, k, v, 0.25, bias, return_attention_received=True)
+    explicit = ((q @ k.transpose(-2, -1)) * 0.25 + bias).softmax(-1)
+    assert torch.equal(whole_received, explicit.mean(1).mean(1))
+    monkeypatch.setattr(multihead, "EXPLICIT_CHUNK_ELEMENTS", 2 * 3 * 40 * 128)  # chunks of 128 queries
+    chunked, chunked_received = attend(q, k, v, 0.25, bias, return_attention_received=True)
+    assert torch.equal(chunked, whole)
+    assert (chunked_received - whole_received).abs().max().item() < 1e-6 * whole_received.abs().max().item()
+    assert whole_received.shape == (2, 40)
 
 
 class _BlurModule(CandidateModule):

@@ -1,6 +1,6 @@
 """Softmax attention, written once: every attention op of every family is composed of these.
 
-* `attend`: softmax(scale · q kᵀ + bias) v, optionally with the probabilities;
+* `attend`: softmax(scale · q kᵀ + bias) v, optionally with the attention each key receives;
 * `split_heads` / `merge_heads`: channel-last tokens <-> per-head tokens (head-major channels);
 * `window_partition` / `window_merge`: a channel-last map <-> its rectangular windows;
 * `shifted_window_mask`: Swin's mask for windows over a cyclically shifted map;
@@ -19,6 +19,13 @@ from torch import nn
 from archdsl.cost import counting_flops
 from archdsl.network import CandidateModule
 
+# the explicit path's score matrices are cut into query chunks of about this many elements: a
+# whole (queries, keys) matrix of SG-Former-S at 800x1333 is 280 MB, and its softmax and the
+# product after it ran 3x slower from memory than chunk by chunk from cache. Chunks are never
+# under 128 queries: many windows of a few queries each are better left whole
+EXPLICIT_CHUNK_ELEMENTS = 2**19
+EXPLICIT_CHUNK_MIN_QUERIES = 128
+
 
 def attend(
     query: torch.Tensor,
@@ -26,28 +33,23 @@ def attend(
     value: torch.Tensor,
     scale: float,
     bias: torch.Tensor | None = None,
-    return_probabilities: bool = False,
+    return_attention_received: bool = False,
 ):
-    """softmax(scale · q kᵀ + bias) v over (..., tokens, dim) tensors; with
-    `return_probabilities`, (that, the softmax probabilities).
+    """softmax(scale · q kᵀ + bias) v over (..., heads, tokens, dim) tensors; with
+    `return_attention_received`, (that, the attention each key receives: the softmax
+    probabilities averaged over heads and queries, (..., keys), outside autograd).
 
     Runs fused `scaled_dot_product_attention` in eager mode, under torch.compile, and traced or
     exported (torch.jit.trace, ONNX, torch.export), so that a traced model computes eager's
     numbers: SG-Former sorts tokens by a significance map computed from earlier blocks, and an
     ulp of difference upstream reorders near-tied tokens (a traced SG-Former-S drifted 2.7e-2
-    from eager when tracing took the explicit path). When the probabilities are wanted, and
+    from eager when tracing took the explicit path). When the attention received is wanted, and
     while fvcore counts FLOPs (`cost.counting_flops()`: it skips the fused op), it computes the
     explicit matmul → softmax → matmul. The two paths agree to ~1e-6 (tests/test_compiler.py)."""
     if bias is not None:
         bias = bias.to(query.dtype)  # a float32 bias table under autocast: SDPA wants the query's dtype
-    if return_probabilities or counting_flops():
-        # scaled after the product, as the released SG-Former code computes its significance
-        scores = (query @ key.transpose(-2, -1)) * scale
-        if bias is not None:
-            scores = scores + bias
-        probabilities = scores.softmax(dim=-1)
-        out = probabilities @ value
-        return (out, probabilities) if return_probabilities else out
+    if return_attention_received or counting_flops():
+        return _attend_explicit(query, key, value, scale, bias, return_attention_received)
     # the CPU kernels copy strided inputs internally, slower than one explicit copy (~1.4x on
     # CloFormer's global branch, whose queries arrive transposed)
     query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
@@ -56,6 +58,45 @@ def attend(
         # a (heads, N, N) window bias); the same mask with leading 1s does not
         bias = bias.reshape((1,) * (query.dim() - bias.dim()) + bias.shape)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale)
+
+
+def _attend_explicit(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: float,
+    bias: torch.Tensor | None,
+    return_attention_received: bool,
+):
+    """`attend`'s explicit path: its output (and the attention received), query chunk by query chunk when the
+    score matrix exceeds `EXPLICIT_CHUNK_ELEMENTS`. Every row's softmax and product are the
+    unchunked ones (the outputs are equal); only the sum over queries behind the attention
+    received changes order (~1e-7)."""
+    *leading, queries, _ = query.shape
+    keys = key.shape[-2]
+    per_query = prod(leading) * keys
+    rows = max(EXPLICIT_CHUNK_MIN_QUERIES, EXPLICIT_CHUNK_ELEMENTS // per_query)
+    outputs, received = [], None
+    for start in range(0, queries, rows):
+        # scaled after the product, as the released SG-Former code computes its significance
+        scores = (query[..., start : start + rows, :] @ key.transpose(-2, -1)) * scale
+        if bias is not None:
+            scores = scores + (bias if bias.shape[-2] == 1 else bias[..., start : start + rows, :])
+        probabilities = scores.softmax(dim=-1)
+        outputs.append(probabilities @ value)
+        if not return_attention_received:
+            continue
+        if rows >= queries:  # the released code's order: mean over heads, then over queries
+            received = probabilities.detach().mean(-3).mean(-2)
+        else:
+            chunk_sum = probabilities.detach().sum(dim=(-3, -2))
+            received = chunk_sum if received is None else received + chunk_sum
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-2)
+    if not return_attention_received:
+        return out
+    if rows < queries:
+        received = received / (query.shape[-3] * queries)
+    return out, received
 
 
 def sdpa_flops(inputs, outputs) -> int:
@@ -149,7 +190,7 @@ class SpatialReductionAttention(CandidateModule):
     pooling, a strided conv with its norm, `nn.Identity` for global attention).
 
     Its values can be gated per channel (`value_gate`, channels ordered head by head), and it
-    can return the attention probabilities (B, heads, H·W, keys) beside its output."""
+    can return the attention each key receives (B, keys; `attend`'s) beside its output."""
 
     def __init__(
         self,
@@ -173,16 +214,16 @@ class SpatialReductionAttention(CandidateModule):
         x: torch.Tensor,
         value_gate: torch.Tensor | None = None,
         context: torch.Tensor | None = None,
-        return_probabilities: bool = False,
+        return_attention_received: bool = False,
     ):
         batch, _, height, width = x.shape
         query = split_heads(map_to_tokens(self.query(x)), self.heads)
         key, value = (split_heads(part, self.heads) for part in map_to_tokens(self.key_value(self.reduce(x))).chunk(2, dim=-1))
         if value_gate is not None:
             value = value * value_gate.reshape(batch, self.heads, 1, self.head_dim)
-        attended = attend(query, key, value, self.scale, return_probabilities=return_probabilities)
-        out, probabilities = attended if return_probabilities else (attended, None)
+        attended = attend(query, key, value, self.scale, return_attention_received=return_attention_received)
+        out, received = attended if return_attention_received else (attended, None)
         out = tokens_to_map(merge_heads(out), height, width)
         if self.projection is not None:
             out = self.projection(out)
-        return (out, probabilities) if return_probabilities else out
+        return (out, received) if return_attention_received else out

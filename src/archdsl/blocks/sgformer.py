@@ -273,8 +273,8 @@ class HybridScaleAttentionModule(CandidateModule):
 
     def _mix(self, x: torch.Tensor):
         batch, _, height, width = x.shape
-        coarse = self.coarse(x, return_probabilities=self.emit)
-        coarse, coarse_probs = coarse if self.emit else (coarse, None)
+        coarse = self.coarse(x, return_attention_received=self.emit)
+        coarse, coarse_received = coarse if self.emit else (coarse, None)
 
         # fine half: attention within non-overlapping windows
         tokens = map_to_tokens(x)
@@ -283,18 +283,18 @@ class HybridScaleAttentionModule(CandidateModule):
         )
         key_value = window_partition(self.window_key_value(tokens).unflatten(1, (height, width)), self.window)
         key, value = (split_heads(part, self.half_heads) for part in key_value.chunk(2, dim=-1))
-        fine = attend(query, key, value, self.scale, return_probabilities=self.emit)
-        fine, window_probs = fine if self.emit else (fine, None)
+        fine = attend(query, key, value, self.scale, return_attention_received=self.emit)
+        fine, window_received = fine if self.emit else (fine, None)
         fine = window_merge(merge_heads(fine), self.window, height, width).flatten(1, 2)
         out = torch.cat([coarse, tokens_to_map(fine, height, width)], dim=1)  # heads head-major in channels
         if not self.emit:
             return out
         with torch.no_grad():
             grid = (height // self.merge_stride, width // self.merge_stride)
-            coarse_map = coarse_probs.detach().mean(1).mean(1).reshape(batch, 1, *grid)
+            coarse_map = coarse_received.reshape(batch, 1, *grid)
             coarse_map = F.interpolate(coarse_map, size=(height, width), mode="nearest")[:, 0]
-            fine_map = window_probs.detach().mean(1).mean(1)  # (B·windows, tokens of a window)
-            fine_map = window_merge(fine_map.unsqueeze(-1), self.window, height, width)[..., 0]
+            # (B·windows, tokens of a window)
+            fine_map = window_merge(window_received.unsqueeze(-1), self.window, height, width)[..., 0]
             significance = fine_map + coarse_map
         return out, significance
 
