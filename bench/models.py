@@ -9,9 +9,12 @@ and 8 (eval, no_grad), peak memory, eager and torch.compile'd. Prints a table.
 `prepare(model)` (bench/baselines/: the authors' releases, read from a checkout kept outside this
 repository, and archdsl's own unprepared model). Each spec is then timed against it side by side
 (bench/side_by_side.py: same weights, rounds alternating A B / B A, the median of per-round ratios
-archdsl / baseline with min-max, for eval at batch 1 and 8 and a training step at batch 8) and
-one Markdown table printed. Without `--no-compile`, both are compiled (torch.compile, inductor)
-before they are timed; with it, both run eager.
+archdsl / baseline with min-max, for eval at batch 1 and `--batch` (8) and a training step at
+`--batch`) and one Markdown table printed. Without `--no-compile`, both are compiled
+(torch.compile, inductor) before they are timed; with it, both run eager. `--device cuda` runs
+both on the GPU, `--dtype bfloat16` both under torch.autocast:
+
+    python bench/models.py nommer_t --baseline bench/baselines/nommer.py --device cuda --dtype bfloat16 --batch 64
 
 Each spec runs in its own subprocess so peak memory (max RSS above the bare-process baseline) is
 its own. Figures are wall-clock on this machine: compare rows from one run, not across runs.
@@ -104,6 +107,12 @@ def compare_side_by_side(names: list[str], args) -> None:
         str(args.img_size),
         *(["--no-compile"] if args.no_compile else []),
         *(["--train-channels-last"] if args.train_channels_last else []),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+        "--batch",
+        str(args.batch),
     ]
     if args.baseline_source:
         options += ["--baseline-source", args.baseline_source]
@@ -131,6 +140,14 @@ def main() -> None:
     parser.add_argument(
         "--train-channels-last", action="store_true", help="side by side: archdsl's training step in channels-last memory"
     )
+    parser.add_argument("--device", default="cpu", help="side by side: where both models run (cpu, cuda)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="side by side: bfloat16 runs both under torch.autocast",
+    )
+    parser.add_argument("--batch", type=int, default=8, help="side by side: the larger eval batch and the training batch")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one spec, print JSON
     args = parser.parse_args()
     if args.one:
@@ -147,6 +164,9 @@ def main() -> None:
                 args.img_size,
                 compiled=not args.no_compile,
                 train_channels_last=args.train_channels_last,
+                device=args.device,
+                autocast=None if args.dtype == "float32" else getattr(torch, args.dtype),
+                batch_size=args.batch,
             )
         else:
             row = measure(args.one, args.repeats, not args.no_compile, args.img_size)

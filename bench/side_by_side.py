@@ -3,7 +3,8 @@
 
 The two models hold the same weights (the baseline's state_dict loaded into archdsl's model
 through its converter; a baseline that is archdsl itself is built from the same seed). Each task
-(eval forward at batch 1, eval forward at batch 8, a training step at batch 8) is timed in rounds:
+(eval forward at batch 1, eval forward at a larger batch, 8 by default, a training step at that
+batch) is timed in rounds, on the CPU or a GPU, in float32 or under bf16 autocast:
 each round times one repetition of each model, the order alternating (A B, B A, ...), so that a
 load that comes and goes on a shared machine hits both alike; the figure is the median over
 rounds of the per-round ratio archdsl / baseline, with its min and max. Below 1 archdsl is faster.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,8 +35,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
-TASKS = ("eval_b1", "eval_b8", "train_b8")
 
 # the kernels that do the arithmetic (forward and backward), by their profiler names
 ARITHMETIC_KERNELS = {
@@ -52,8 +52,10 @@ ARITHMETIC_KERNELS = {
 
 
 def load_baseline(path: str):
-    spec = importlib.util.spec_from_file_location(Path(path).stem + "_baseline", path)
+    name = Path(path).stem + "_baseline"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # torch.compile re-imports the modules of the functions it traces
     spec.loader.exec_module(module)
     return module
 
@@ -75,27 +77,37 @@ def _paired_models(name: str, baseline, source: str | None, img_size: int) -> tu
     return ours, theirs
 
 
-def _step(model: nn.Module, task: str, batch: torch.Tensor, labels: torch.Tensor, optimizer) -> Callable[[], None]:
+def _step(
+    model: nn.Module, task: str, batch: torch.Tensor, labels: torch.Tensor, optimizer, autocast: torch.dtype | None
+) -> Callable[[], None]:
+    def mixed_precision():
+        return torch.autocast(batch.device.type, dtype=autocast, enabled=autocast is not None)
+
     if task.startswith("eval"):
 
         def forward() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), mixed_precision():
                 model(batch)
 
         return forward
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(batch), labels).backward()
+        with mixed_precision():
+            loss = nn.functional.cross_entropy(model(batch), labels)
+        loss.backward()
         optimizer.step()
 
     return train_step
 
 
-def _seconds(step: Callable[[], None], calls: int) -> float:
+def _seconds(step: Callable[[], None], calls: int, device: torch.device) -> float:
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    synchronize()
     start = time.perf_counter()
     for _ in range(calls):
         step()
+    synchronize()
     return (time.perf_counter() - start) / calls
 
 
@@ -108,6 +120,11 @@ def kernel_share(step: Callable[[], None]) -> float:
     return sum(event.self_cpu_time_total for event in events if event.key in ARITHMETIC_KERNELS) / total
 
 
+def tasks(batch_size: int) -> tuple[str, str, str]:
+    """Eval at batch 1 and at `batch_size`, a training step at `batch_size`."""
+    return ("eval_b1", f"eval_b{batch_size}", f"train_b{batch_size}")
+
+
 def compare(
     name: str,
     baseline_file: str,
@@ -116,64 +133,89 @@ def compare(
     img_size: int,
     compiled: bool = False,
     train_channels_last: bool = False,
+    device: str = "cpu",
+    autocast: torch.dtype | None = None,
+    batch_size: int = 8,
 ) -> dict:
-    """One row: per task, archdsl's and the baseline's median milliseconds and the ratio's median, min, max."""
+    """One row: per task, archdsl's and the baseline's median milliseconds and the ratio's
+    median, min, max, and (on the CPU) the baseline's kernel share. `autocast` runs both
+    models' forward passes under `torch.autocast` with that dtype."""
     import archdsl
 
+    device = torch.device(device)
     baseline = load_baseline(baseline_file)
     ours, theirs = _paired_models(name, baseline, source, img_size)
-    label = (
-        Path(baseline_file).stem
-        + (" (both compiled)" if compiled else "")
-        + (", ours trains channels-last" if train_channels_last else "")
+    label = ", ".join(
+        [Path(baseline_file).stem + (" (both compiled)" if compiled else "")]
+        + (["ours trains channels-last"] if train_channels_last else [])
+        + [f"{device.type} {str(autocast).removeprefix('torch.') if autocast else 'float32'}"]
     )
-    row: dict = {"spec": name, "baseline": label, "threads": torch.get_num_threads(), "rounds": rounds}
-    for task in TASKS:
-        batch_size = 1 if task == "eval_b1" else 8
-        batch = torch.randn(batch_size, 3, img_size, img_size)
-        labels = torch.randint(0, 1000, (batch_size,))
+    row: dict = {
+        "spec": name,
+        "baseline": label,
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "tasks": tasks(batch_size),
+    }
+    for task in row["tasks"]:
+        images = 1 if task == "eval_b1" else batch_size
+        batch = torch.randn(images, 3, img_size, img_size, device=device)
+        labels = torch.randint(0, 1000, (images,), device=device)
         if task.startswith("eval"):
             a, b = archdsl.prepare_for_inference(copy.deepcopy(ours)), baseline.prepare(copy.deepcopy(theirs))
         else:
             a, b = copy.deepcopy(ours).train(), copy.deepcopy(theirs).train()
             if train_channels_last:  # what timm's train.py --channels-last does to the model
                 a = a.to(memory_format=torch.channels_last)
+        a, b = a.to(device), b.to(device)
         optimizers = [torch.optim.SGD(model.parameters(), lr=1e-4) for model in (a, b)]
         if compiled:  # both through inductor: compiled against compiled, never against eager
             a, b = torch.compile(a), torch.compile(b)
-        steps = [_step(model, task, batch, labels, optimizer) for model, optimizer in zip((a, b), optimizers)]
+        steps = [_step(model, task, batch, labels, optimizer, autocast) for model, optimizer in zip((a, b), optimizers)]
         calls = 3 if task == "eval_b1" else 1
         for step in steps:  # warm-up: allocator, kernels' first-call set-up
-            _seconds(step, 2)
+            _seconds(step, 2, device)
         ratios, ours_s, theirs_s = [], [], []
         for index in range(rounds):
             order = (0, 1) if index % 2 == 0 else (1, 0)
-            seconds = {which: _seconds(steps[which], calls) for which in order}
+            seconds = {which: _seconds(steps[which], calls, device) for which in order}
             ours_s.append(seconds[0])
             theirs_s.append(seconds[1])
             ratios.append(seconds[0] / seconds[1])
         row[task] = {
+            "images": images,
             "ours_ms": statistics.median(ours_s) * 1000,
             "baseline_ms": statistics.median(theirs_s) * 1000,
             "ratio": statistics.median(ratios),
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
-            "kernel_share": kernel_share(steps[1]),
+            # the CPU profiler's kernel names; a GPU's kernels are named per library and chip
+            "kernel_share": kernel_share(steps[1]) if device.type == "cpu" else None,
         }
     return row
 
 
 def format_rows(rows: list[dict]) -> str:
-    """The table, Markdown: per task, `ratio (min-max) [kernel share]`, then `ours / baseline ms`."""
-    ratio_columns = [f"{task} ratio (min-max) [kernel share]" for task in TASKS]
-    time_columns = [f"{task} ms (ours / baseline)" for task in TASKS]
-    lines = ["| " + " | ".join(["spec", "baseline", "threads", *ratio_columns, *time_columns]) + " |"]
-    lines.append("|" + " --- |" * (3 + 2 * len(TASKS)))
+    """The table, Markdown: per task, `ratio (min-max) [kernel share]`, then ours / baseline in
+    milliseconds and images per second. Rows of one run share their tasks."""
+    row_tasks = rows[0]["tasks"] if rows else tasks(8)
+    ratio_columns = [f"{task} ratio (min-max) [kernel share]" for task in row_tasks]
+    time_columns = [f"{task} ms (ours / baseline)" for task in row_tasks]
+    throughput_columns = [f"{task} images/s (ours / baseline)" for task in row_tasks[1:]]
+    lines = ["| " + " | ".join(["spec", "baseline", "threads", *ratio_columns, *time_columns, *throughput_columns]) + " |"]
+    lines.append("|" + " --- |" * (3 + len(ratio_columns) + len(time_columns) + len(throughput_columns)))
     for row in rows:
-        ratios = [
-            f"{row[t]['ratio']:.2f} ({row[t]['ratio_min']:.2f}-{row[t]['ratio_max']:.2f}) [{row[t]['kernel_share']:.2f}]"
-            for t in TASKS
+        cells = [row["spec"], row["baseline"], str(row["threads"])]
+        for task in row_tasks:
+            figures, share = row[task], row[task]["kernel_share"]
+            cells.append(
+                f"{figures['ratio']:.2f} ({figures['ratio_min']:.2f}-{figures['ratio_max']:.2f})"
+                + (f" [{share:.2f}]" if share is not None else "")
+            )
+        cells += [f"{row[task]['ours_ms']:.1f} / {row[task]['baseline_ms']:.1f}" for task in row_tasks]
+        cells += [
+            f"{row[task]['images'] * 1000 / row[task]['ours_ms']:.1f} / {row[task]['images'] * 1000 / row[task]['baseline_ms']:.1f}"
+            for task in row_tasks[1:]
         ]
-        times = [f"{row[t]['ours_ms']:.1f} / {row[t]['baseline_ms']:.1f}" for t in TASKS]
-        lines.append("| " + " | ".join([row["spec"], row["baseline"], str(row["threads"]), *ratios, *times]) + " |")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

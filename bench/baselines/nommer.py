@@ -24,15 +24,16 @@ SIZES = {"nommer_t": "tiny", "nommer_s": "small", "nommer_b": "base"}
 
 
 def _sample_gumbel_on_cpu(shape, eps=1e-20):
-    # the release's sample_gumbel moves its noise to CUDA unconditionally (training only); the
-    # same noise, made where the model runs
+    # the release's sample_gumbel moves its noise to CUDA unconditionally (training only); on a
+    # machine without CUDA, the same noise on the CPU
     uniform = torch.rand(shape)
     return -torch.log(-torch.log(uniform + eps) + eps)
 
 
 def build(spec_name: str, source: str | None = None):
     models = import_release(source, "models.build", "/tmp/authors/nommer")
-    sys.modules["models.nommer"].sample_gumbel = _sample_gumbel_on_cpu
+    if not torch.cuda.is_available():
+        sys.modules["models.nommer"].sample_gumbel = _sample_gumbel_on_cpu
     root = Path(models.__file__).parents[1]
     config = yaml.safe_load((root / "configs" / f"nommer_{SIZES[spec_name]}_attn.yaml").read_text())["MODEL"]
     nommer = {"WINDOW_SIZE": 7, "POOLING_SIZE": [8, 4], "CNN_EXPANSION": [4, 4]} | config[

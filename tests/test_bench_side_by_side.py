@@ -1,0 +1,41 @@
+"""bench/side_by_side.py, the engine of `bench/models.py --baseline`, runs its three tasks and
+prints its table (its figures are timings: nothing here asserts a speed)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def side_by_side():
+    spec = importlib.util.spec_from_file_location("side_by_side", BENCH / "side_by_side.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_side_by_side_against_archdsl_as_built(side_by_side, one_thread):
+    row = side_by_side.compare(
+        "mixformer_b0",
+        str(BENCH / "baselines" / "unoptimised.py"),
+        None,
+        rounds=2,
+        img_size=32,
+        batch_size=2,
+    )
+    assert row["tasks"] == ("eval_b1", "eval_b2", "train_b2")
+    assert row["baseline"] == "unoptimised, cpu float32"
+    for task in row["tasks"]:
+        figures = row[task]
+        assert figures["ratio_min"] <= figures["ratio"] <= figures["ratio_max"]
+        assert figures["ours_ms"] > 0 and figures["baseline_ms"] > 0
+        assert 0 < figures["kernel_share"] <= 1
+    table = side_by_side.format_rows([row]).splitlines()
+    assert len(table) == 3
+    assert "eval_b2 images/s (ours / baseline)" in table[0]
+    assert table[2].startswith("| mixformer_b0 | unoptimised, cpu ")
