@@ -11,7 +11,9 @@ whose names are placeholder classes is enough.) For each model it writes
 tests/vectors/gallery/<spec>.pt: timm's key list with shapes, the seeds of the weight and input
 rule (tests/gallery_rule.py, which tests/test_gallery.py uses too), the float32 logits of timm's
 model in eval mode on the CPU, its parameter count and fvcore's FLOPs at 224 (batch 1, fused
-attention off so that the attention's matmuls are traced and counted).
+attention off so that the attention's matmuls are traced and counted). pvt_v2_b0_li is no spec of
+its own: timm's pvt_v2_b0 with linear=True (PVTv2-li), which the tests build as overrides on
+gallery/pvt_v2_b0.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ MODELS = {
     "swin_t": "swin_tiny_patch4_window7_224",
     "pvt_v2_b0": "pvt_v2_b0",
     "pit_ti": "pit_ti_224",
+    "pvt_v2_b0_li": "pvt_v2_b0",
 }
+# timm's keyword arguments where the vector is of a variant that timm registers under no name
+TIMM_KWARGS = {"pvt_v2_b0_li": {"linear": True}}
 
 
 def main(timm_source: str, names: list[str]) -> None:
@@ -53,7 +58,8 @@ def main(timm_source: str, names: list[str]) -> None:
     )
     OUT.mkdir(parents=True, exist_ok=True)
     for spec in names or MODELS:
-        model = timm.create_model(MODELS[spec]).eval()
+        kwargs = TIMM_KWARGS.get(spec, {})
+        model = timm.create_model(MODELS[spec], **kwargs).eval()
         keys = [(name, list(value.shape)) for name, value in model.state_dict().items()]
         model.load_state_dict(rule_state(keys, WEIGHT_SEED), strict=True)
         with torch.no_grad():
@@ -63,6 +69,7 @@ def main(timm_source: str, names: list[str]) -> None:
             total = flops.total()
         vector = {
             "timm_model": MODELS[spec],
+            "timm_kwargs": kwargs,
             "timm_version": timm.__version__,
             "timm_commit": commit,
             "keys": keys,

@@ -293,18 +293,23 @@ def test_adaptive_pool_conv_with_a_ratio_is_located(tmp_path):
     assert "so it takes no ratio; remove `pool: 8`" in message
 
 
-def test_pvt_v2_linear_reduction_is_timms_in_parameters_and_flops():
-    """PVTv2-li in B0: in every stage, the linear spatial reduction (`reduction: adaptive_pool_conv`:
-    adaptive pool to 7x7, 1x1 conv, LayerNorm, GELU) and the MLP's ReLU before its depthwise conv
-    (`relu_before_depthwise`). timm's `pvt_v2_b0(linear=True)` has 3,393,864 parameters and
-    559,091,200 FLOPs under fvcore at 224 (timm 1.0.29.dev0); here 12,544 more, the head's average
-    pool (256 x 7 x 7 adds) that fvcore skips in timm's `mean`. (On the rule's weights its logits
-    were measured within 1.2e-6 of timm's; no vector is kept for it.)"""
+def pvt_v2_linear_overrides() -> dict:
+    """gallery/pvt_v2_b0 made PVTv2-li: in every stage, the linear spatial reduction
+    (`reduction: adaptive_pool_conv`: adaptive pool to 7x7, 1x1 conv, LayerNorm, GELU) and the MLP's
+    ReLU before its depthwise conv (`relu_before_depthwise`)."""
     linear = {}
     for stage in range(4):
         candidate, ffn = f"stages.{stage}.blocks.0.mixer.candidates.0", f"stages.{stage}.blocks.0.ffn"
         linear |= {f"{candidate}.reduction": "adaptive_pool_conv", f"{candidate}.pool": 1, f"{ffn}.relu_before_depthwise": True}
-    spec = archdsl.load_spec("gallery/pvt_v2_b0", linear)
+    return linear
+
+
+def test_pvt_v2_linear_reduction_is_timms_in_parameters_and_flops():
+    """PVTv2-li in B0 (`pvt_v2_linear_overrides`). timm's `pvt_v2_b0(linear=True)` has 3,393,864
+    parameters and 559,091,200 FLOPs under fvcore at 224 (timm 1.0.29.dev0); here 12,544 more, the
+    head's average pool (256 x 7 x 7 adds) that fvcore skips in timm's `mean`. Its logits are
+    timm's: test_pvt_v2_linear_reduction_logits_are_timms_on_the_same_weights."""
+    spec = archdsl.load_spec("gallery/pvt_v2_b0", pvt_v2_linear_overrides())
     model = archdsl.create_model(spec)
     reduce = model.stages[0].blocks[0].mixer.candidates[0].reduce
     assert [type(layer).__name__ for layer in reduce.children()] == ["AdaptiveAvgPool2d", "Conv2d", "ChannelLayerNorm", "GELU"]
@@ -315,6 +320,22 @@ def test_pvt_v2_linear_reduction_is_timms_in_parameters_and_flops():
     # (at 64: maps 16, 8, 4, 2; fvcore traces faster there than at 224)
     counts = archdsl.count_flops(archdsl.create_model(archdsl.load_spec(spec, img_size=64)))
     assert counts.analytic == counts.flops
+
+
+def test_pvt_v2_linear_reduction_logits_are_timms_on_the_same_weights(tmp_path):
+    """The vector pvt_v2_b0_li is timm's `pvt_v2_b0(linear=True)`: the rule's weights under timm's
+    names, loaded through the PVTv2 converter, give its logits. The MLP's ReLU has no weights, so
+    only the logits would show it missing."""
+    stored = vector("pvt_v2_b0_li")
+    assert (stored["timm_model"], stored["timm_kwargs"]) == ("pvt_v2_b0", {"linear": True})
+    path = tmp_path / "timm.pth"
+    torch.save(rule_state(stored["keys"], stored["weight_seed"]), path)  # timm's names: the converter renames
+    model = archdsl.create_model(archdsl.load_spec("gallery/pvt_v2_b0", pvt_v2_linear_overrides()), pretrained=path)
+    assert not model.training
+    assert count_params(model).total == stored["params"]
+    with torch.no_grad():
+        logits = model(rule_input(stored["input_seed"]))
+    assert (logits - stored["logits"]).abs().max().item() < 1e-4
 
 
 def test_deit_weights_at_224_load_at_384_with_the_position_embedding_resized(tmp_path):
