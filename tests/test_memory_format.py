@@ -13,6 +13,8 @@ import pytest
 import torch
 from shallow import VARIANTS, shallow_model
 
+from archdsl.blocks.layers import GELU
+
 
 def _gradients(model: torch.nn.Module, image: torch.Tensor) -> dict[str, torch.Tensor]:
     torch.manual_seed(1)  # the same drop-path masks and Gumbel noise for both layouts
@@ -35,3 +37,18 @@ def test_channels_last_training_gives_the_same_gradients(variant):
     scale = max(gradient.abs().max() for gradient in expected.values())
     for name, gradient in expected.items():
         assert (channels_last[name] - gradient).abs().max() <= TOLERANCE[variant] * scale, name
+
+
+def test_gelu_gives_a_channels_last_map_the_nchw_numbers():
+    """archdsl's GELU runs a channels-last map through the contiguous kernel: the NCHW result bit
+    for bit, forward and backward, and the output stays channels-last (torch's own GELU rounds
+    a channels-last map differently)."""
+    nchw = torch.randn(2, 24, 9, 11, requires_grad=True)
+    channels_last = nchw.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    expected, out = GELU()(nchw), GELU()(channels_last)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, expected)
+    upstream = torch.randn_like(expected)
+    expected.backward(upstream)
+    out.backward(upstream)
+    assert torch.equal(channels_last.grad, nchw.grad)

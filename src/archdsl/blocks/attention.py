@@ -10,6 +10,7 @@ from pydantic import NonNegativeInt, PositiveInt
 from torch import nn
 
 from archdsl.blocks.layers import (
+    GELU,
     FitRule,
     attention_flops,
     common_divisors,
@@ -103,7 +104,7 @@ class AdaptivePoolConvReduction(ConvNormPairs, nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(size)
         self.conv = nn.Conv2d(channels, channels, 1)
         self.norm = make_norm(norm, channels)
-        self.act = nn.GELU()
+        self.act = GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(self.pool(x))))

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import OddKernel, StrideFit, conv_flops, linear_flops, merged_map, pads_map, refuses_map
+from archdsl.blocks.layers import GELU, OddKernel, StrideFit, conv_flops, linear_flops, merged_map, pads_map, refuses_map
 from archdsl.inference import ConvNormPairs
 from archdsl.network import CandidateModule, pad_to_multiple
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
@@ -39,7 +39,7 @@ class DepthwiseConvModule(ConvNormPairs, CandidateModule):
         self.input_norm = make_token_norm("layer_norm", in_channels) if input_projection else None
         self.depthwise = nn.Conv2d(in_channels, in_channels, kernel, 1, kernel // 2, groups=in_channels)
         self.depthwise_norm = make_norm(depthwise_norm, in_channels) if depthwise_norm else nn.Identity()
-        self.act = nn.GELU() if activation else nn.Identity()
+        self.act = GELU() if activation else nn.Identity()
         self.projection = nn.Conv2d(in_channels, channels, 1) if projection else nn.Identity()
         self.output_norm = make_norm(output_norm, channels) if output_norm else None
 

@@ -8,7 +8,7 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import OddKernel, conv_flops, strided_size
+from archdsl.blocks.layers import GELU, OddKernel, conv_flops, strided_size
 from archdsl.ops import Op, Site, register
 
 
@@ -39,7 +39,7 @@ class ConvFFNModule(nn.Module):
         super().__init__()
         self.fc1 = nn.Conv2d(in_channels, hidden, 1)
         self.hidden_relu = nn.ReLU() if hidden_relu else nn.Identity()
-        self.act = nn.GELU()
+        self.act = GELU()
         self.dwconv = nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden)
         self.fc2 = nn.Conv2d(hidden, out_channels, 1)
         self.order = order
@@ -124,7 +124,7 @@ class MLPModule(nn.Module):
     def __init__(self, in_channels: int, hidden: int, out_channels: int):
         super().__init__()
         self.fc1 = nn.Linear(in_channels, hidden)
-        self.act = nn.GELU()
+        self.act = GELU()
         self.fc2 = nn.Linear(hidden, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

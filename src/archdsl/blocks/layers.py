@@ -137,3 +137,16 @@ class Swish(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(x)
+
+
+class GELU(nn.GELU):
+    """nn.GELU (exact, erf) whose channels-last maps take the kernel a contiguous tensor takes.
+    torch's CPU GELU runs a channels-last tensor through a slower path that also rounds
+    differently: forward 1.6x and backward 1.8x the time on an (8, 128, 56, 56) map, and up to
+    5e-7 away from the NCHW result. The NHWC view of the same memory is contiguous, so GELU on it
+    gives the NCHW numbers bit for bit at the NCHW speed, and the result stays channels-last."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return super().forward(x)

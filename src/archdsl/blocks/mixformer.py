@@ -17,7 +17,7 @@ from pydantic import PositiveInt
 from torch import nn
 
 from archdsl.blocks.heads import HeadModule, HeadOp, classifier
-from archdsl.blocks.layers import conv_flops, linear_flops, strided_size
+from archdsl.blocks.layers import GELU, conv_flops, linear_flops, strided_size
 from archdsl.network import pad_to_multiple
 from archdsl.norms import make_norm, make_token_norm, norm_flops
 from archdsl.ops import FeatureShape, Op, OpCheckError, Site, register
@@ -36,13 +36,13 @@ class MixFormerStemModule(nn.Module):
         self.layers = nn.Sequential(
             nn.Conv2d(in_channels, half, 3, 2, 1),
             nn.BatchNorm2d(half),
-            nn.GELU(),
+            GELU(),
             nn.Conv2d(half, half, 3, 1, 1),
             nn.BatchNorm2d(half),
-            nn.GELU(),
+            GELU(),
             nn.Conv2d(half, half, 3, 1, 1),
             nn.BatchNorm2d(half),
-            nn.GELU(),
+            GELU(),
         )
         self.proj = nn.Conv2d(half, channels, 2, 2)
         self.norm = make_norm("layer_norm", channels)
@@ -95,7 +95,7 @@ class ProjectionHeadModule(HeadModule):
         super().__init__(width)
         self.norm = make_token_norm("layer_norm", channels)
         self.projection = nn.Linear(channels, width)
-        self.act = nn.GELU()
+        self.act = GELU()
         self.fc = classifier(width, classes)
 
     def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
