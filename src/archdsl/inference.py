@@ -8,7 +8,8 @@ What it changes, each exact up to float rounding (the logits move by ~1e-6):
   found structurally inside `nn.Sequential`s, and declared by the modules that apply them in
   their own forward (`ConvNormPairs`);
 * parameters and buffers in channels-last memory, so that convolutions run on NHWC data and a
-  map's per-pixel view (B, H, W, C), which LayerNorms and Linears read, needs no copy.
+  map's per-pixel view (B, H, W, C), which LayerNorms and Linears read, needs no copy
+  (archdsl's `GELU`, blocks/layers.py, keeps torch's fast contiguous kernel on such maps).
 
 The prepared model keeps its module names except for the folded norms, which become identities:
 save a checkpoint before preparing, not after.
