@@ -77,7 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archdsl.blocks.layers import Swish
+from archdsl.blocks.layers import GELU, Swish
 from archdsl.network import ArchNet, DropPath
 from archdsl.search.data import ImageData
 
@@ -156,7 +156,7 @@ def _activations(model: nn.Module) -> list[nn.Module]:
     modules = [
         module
         for module in model.modules()
-        if isinstance(module, Swish)
+        if isinstance(module, (Swish, GELU))  # archdsl's own activations, then torch's
         or (type(module).__module__ == "torch.nn.modules.activation" and not isinstance(module, skip))
     ]
     return modules
