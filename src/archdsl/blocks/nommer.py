@@ -273,9 +273,14 @@ class NominationModule(nn.Module):
         total = parts[0]
         for part in parts[1:]:
             total = total + part  # ((x1 + x2) + x3), as the released code sums
-        weights = self.choice(self.fc(total.permute(0, 2, 3, 1)))  # (B, H, W, K)
-        stacked = torch.stack(parts, dim=1)  # (B, K, C, H, W)
-        return (stacked * weights.permute(0, 3, 1, 2).unsqueeze(2)).sum(dim=1)
+        weights = self.choice(self.fc(total.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)  # (B, K, H, W)
+        # the weighted sum term by term, in the released code's order (its sum over the stacked
+        # candidates adds them one after another): a sum over a stacked dim of channels-last maps
+        # took 9x the time of these adds
+        mixed = parts[0] * weights[:, :1]
+        for index, part in enumerate(parts[1:], start=1):
+            mixed = mixed + part * weights[:, index : index + 1]
+        return mixed
 
 
 @register
