@@ -35,9 +35,9 @@ def attend(
     bias: torch.Tensor | None = None,
     return_attention_received: bool = False,
 ):
-    """softmax(scale · q kᵀ + bias) v over (..., heads, tokens, dim) tensors; with
+    """softmax(scale · q kᵀ + bias) v over (..., tokens, dim) tensors; with
     `return_attention_received`, (that, the attention each key receives: the softmax
-    probabilities averaged over heads and queries, (..., keys), outside autograd).
+    probabilities averaged over heads (dim -3) and queries, (..., keys), outside autograd).
 
     Runs fused `scaled_dot_product_attention` in eager mode, under torch.compile, and traced or
     exported (torch.jit.trace, ONNX, torch.export), so that a traced model computes eager's
@@ -68,14 +68,13 @@ def _attend_explicit(
     bias: torch.Tensor | None,
     return_attention_received: bool,
 ):
-    """`attend`'s explicit path: its output (and the attention received), query chunk by query chunk when the
-    score matrix exceeds `EXPLICIT_CHUNK_ELEMENTS`. Every row's softmax and product are the
-    unchunked ones (the outputs are equal); only the sum over queries behind the attention
-    received changes order (~1e-7)."""
+    """`attend`'s explicit path: its output (and the attention received), query chunk by
+    query chunk when the score matrix exceeds `EXPLICIT_CHUNK_ELEMENTS`. Every row's softmax and
+    product are the unchunked ones (the outputs are equal); chunked, only the sum over queries
+    behind the attention received changes order (~1e-7)."""
     *leading, queries, _ = query.shape
-    keys = key.shape[-2]
-    per_query = prod(leading) * keys
-    rows = max(EXPLICIT_CHUNK_MIN_QUERIES, EXPLICIT_CHUNK_ELEMENTS // per_query)
+    rows = max(EXPLICIT_CHUNK_MIN_QUERIES, EXPLICIT_CHUNK_ELEMENTS // (prod(leading) * key.shape[-2]))
+    chunked = rows < queries
     outputs, received = [], None
     for start in range(0, queries, rows):
         # scaled after the product, as the released SG-Former code computes its significance
@@ -84,19 +83,15 @@ def _attend_explicit(
             scores = scores + (bias if bias.shape[-2] == 1 else bias[..., start : start + rows, :])
         probabilities = scores.softmax(dim=-1)
         outputs.append(probabilities @ value)
-        if not return_attention_received:
-            continue
-        if rows >= queries:  # the released code's order: mean over heads, then over queries
-            received = probabilities.detach().mean(-3).mean(-2)
-        else:
-            chunk_sum = probabilities.detach().sum(dim=(-3, -2))
-            received = chunk_sum if received is None else received + chunk_sum
-    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-2)
+        if return_attention_received:
+            probabilities = probabilities.detach()
+            # whole, the released code's order: the mean over heads, then over queries
+            part = probabilities.sum(dim=(-3, -2)) if chunked else probabilities.mean(-3).mean(-2)
+            received = part if received is None else received + part
+    out = torch.cat(outputs, dim=-2) if chunked else outputs[0]
     if not return_attention_received:
         return out
-    if rows < queries:
-        received = received / (query.shape[-3] * queries)
-    return out, received
+    return out, (received / (query.shape[-3] * queries) if chunked else received)
 
 
 def sdpa_flops(inputs, outputs) -> int:
