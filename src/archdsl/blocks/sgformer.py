@@ -294,7 +294,7 @@ class HybridScaleAttentionModule(CandidateModule):
             grid = (height // self.merge_stride, width // self.merge_stride)
             coarse_map = coarse_received.reshape(batch, 1, *grid)
             coarse_map = F.interpolate(coarse_map, size=(height, width), mode="nearest")[:, 0]
-            # (B·windows, tokens of a window)
+            # window_received: (B·windows, tokens of a window)
             fine_map = window_merge(window_received.unsqueeze(-1), self.window, height, width)[..., 0]
             significance = fine_map + coarse_map
         return out, significance
