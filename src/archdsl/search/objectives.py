@@ -77,7 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archdsl.blocks.layers import GELU, Swish
+from archdsl.blocks.layers import Swish
 from archdsl.network import ArchNet, DropPath
 from archdsl.search.data import ImageData
 
@@ -151,15 +151,18 @@ def scoring(model: nn.Module, seed: int, batch_statistics: bool = True) -> Itera
             module.training = training
 
 
+def _is_torch_activation(module: nn.Module) -> bool:
+    """One of torch's activation modules, or a class derived from one (archdsl's GELU)."""
+    return any(cls.__module__ == "torch.nn.modules.activation" for cls in type(module).__mro__)
+
+
 def _activations(model: nn.Module) -> list[nn.Module]:
     skip = (nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.MultiheadAttention, nn.Softmax2d)
-    modules = [
+    return [
         module
         for module in model.modules()
-        if isinstance(module, (Swish, GELU))  # archdsl's own activations, then torch's
-        or (type(module).__module__ == "torch.nn.modules.activation" and not isinstance(module, skip))
+        if isinstance(module, Swish) or (_is_torch_activation(module) and not isinstance(module, skip))
     ]
-    return modules
 
 
 def _required_activations(model: nn.Module) -> list[nn.Module]:
