@@ -13,6 +13,10 @@ Beside each ratio, the *kernel share*: the fraction of the baseline's time (one 
 repetition, self CPU time) spent in matrix-multiply, convolution and fused-attention kernels.
 Both implementations run the same arithmetic, so an implementation whose kernels are no faster
 than the baseline's cannot go below this ratio even if everything else it does were free.
+Then the *arithmetic floor*: the ratio of a model that ran every multiply-add of the network
+(archdsl's analytic count; three times the forward's for a training step: forward, input
+gradient, weight gradient) at the core's best GEMM rate, measured in the same process
+(`peak_macs_per_second`), and did nothing else. No float32 implementation on that core goes below it.
 
 archdsl's rows: inference runs `archdsl.prepare_for_inference(model)` (what a user asks for with
 one call); the training step runs the model as `create_model` returns it (with
@@ -120,6 +124,15 @@ def kernel_share(step: Callable[[], None]) -> float:
     return sum(event.self_cpu_time_total for event in events if event.key in ARITHMETIC_KERNELS) / total
 
 
+def peak_macs_per_second(repeats: int = 5) -> float:
+    """The best rate of a large float32 GEMM ((1024, 1024) @ (1024, 1024)) on the CPU at the
+    current thread count: the most multiply-adds per second any kernel here reaches."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    torch.mm(a, b)
+    best = min(_seconds(lambda: torch.mm(a, b), 3, torch.device("cpu")) for _ in range(repeats))
+    return 1024**3 / best
+
+
 def tasks(batch_size: int) -> tuple[str, str, str]:
     """Eval at batch 1 and at `batch_size`, a training step at `batch_size`."""
     return ("eval_b1", f"eval_b{batch_size}", f"train_b{batch_size}")
@@ -143,6 +156,8 @@ def compare(
     import archdsl
 
     device = torch.device(device)
+    macs_per_image = archdsl.lower_spec(archdsl.load_spec(name, img_size=img_size)).flops
+    peak = peak_macs_per_second() if device.type == "cpu" else None
     baseline = load_baseline(baseline_file)
     ours, theirs = _paired_models(name, baseline, source, img_size)
     label = ", ".join(
@@ -191,15 +206,20 @@ def compare(
             "ratio_max": max(ratios),
             # the CPU profiler's kernel names; a GPU's kernels are named per library and chip
             "kernel_share": kernel_share(steps[1]) if device.type == "cpu" else None,
+            "arithmetic_floor": (
+                images * macs_per_image * (1 if task.startswith("eval") else 3) / peak / statistics.median(theirs_s)
+                if peak
+                else None
+            ),
         }
     return row
 
 
 def format_rows(rows: list[dict]) -> str:
-    """The table, Markdown: per task, `ratio (min-max) [kernel share]`, then ours / baseline in
+    """The table, Markdown: per task, `ratio (min-max) [kernel share, arithmetic floor]`, then ours / baseline in
     milliseconds and images per second. Rows of one run share their tasks."""
     row_tasks = rows[0]["tasks"] if rows else tasks(8)
-    ratio_columns = [f"{task} ratio (min-max) [kernel share]" for task in row_tasks]
+    ratio_columns = [f"{task} ratio (min-max) [kernel share, floor]" for task in row_tasks]
     time_columns = [f"{task} ms (ours / baseline)" for task in row_tasks]
     throughput_columns = [f"{task} images/s (ours / baseline)" for task in row_tasks[1:]]
     lines = ["| " + " | ".join(["spec", "baseline", "threads", *ratio_columns, *time_columns, *throughput_columns]) + " |"]
@@ -207,10 +227,14 @@ def format_rows(rows: list[dict]) -> str:
     for row in rows:
         cells = [row["spec"], row["baseline"], str(row["threads"])]
         for task in row_tasks:
-            figures, share = row[task], row[task]["kernel_share"]
+            figures = row[task]
             cells.append(
                 f"{figures['ratio']:.2f} ({figures['ratio_min']:.2f}-{figures['ratio_max']:.2f})"
-                + (f" [{share:.2f}]" if share is not None else "")
+                + (
+                    f" [{figures['kernel_share']:.2f}, {figures['arithmetic_floor']:.2f}]"
+                    if figures["kernel_share"] is not None
+                    else ""
+                )
             )
         cells += [f"{row[task]['ours_ms']:.1f} / {row[task]['baseline_ms']:.1f}" for task in row_tasks]
         cells += [

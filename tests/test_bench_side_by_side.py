@@ -35,6 +35,7 @@ def test_side_by_side_against_archdsl_as_built(side_by_side, one_thread):
         assert figures["ratio_min"] <= figures["ratio"] <= figures["ratio_max"]
         assert figures["ours_ms"] > 0 and figures["baseline_ms"] > 0
         assert 0 < figures["kernel_share"] <= 1
+        assert 0 < figures["arithmetic_floor"] < figures["ratio_max"]  # nothing beats the core's peak
     table = side_by_side.format_rows([row]).splitlines()
     assert len(table) == 3
     assert "eval_b2 images/s (ours / baseline)" in table[0]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from shallow import VARIANTS, shallow_model
 
-from archdsl.blocks.layers import GELU
+from archdsl.blocks.layers import GELU, DepthwiseConv2d
 
 
 def _gradients(model: torch.nn.Module, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -52,3 +52,32 @@ def test_gelu_gives_a_channels_last_map_the_nchw_numbers():
     expected.backward(upstream)
     out.backward(upstream)
     assert torch.equal(channels_last.grad, nchw.grad)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "multiplier"), [(5, 1, 1), (7, 2, 1), (9, 1, 1), (5, 2, 2), (3, 1, 1)])
+def test_depthwise_conv_gives_the_gradients_of_nn_conv2d(kernel, stride, multiplier):
+    """DepthwiseConv2d computes its weight gradient itself for kernels above 3x3 on NCHW maps
+    (oneDNN's is per-channel GEMMs there): nn.Conv2d's gradients within 1e-6 of the largest, and
+    on the layouts and kernels it leaves to aten, aten's backward."""
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(6, kernel, stride, multiplier)
+    reference = torch.nn.Conv2d(6, 6 * multiplier, kernel, stride, kernel // 2, groups=6)
+    reference.load_state_dict(conv.state_dict())
+    for layout in (torch.contiguous_format, torch.channels_last):
+        image = torch.randn(3, 6, 15, 13).contiguous(memory_format=layout).requires_grad_()
+        reference_image = image.detach().clone().requires_grad_()
+        out, expected = conv(image), reference(reference_image)
+        own = kernel > 3 and layout == torch.contiguous_format
+        assert (type(out.grad_fn).__name__ == "_DepthwiseConvolutionBackward") == own
+        assert torch.equal(out, expected)
+        upstream = torch.randn_like(expected)
+        out.backward(upstream)
+        expected.backward(upstream)
+        for mine, theirs in (
+            (image.grad, reference_image.grad),
+            (conv.weight.grad, reference.weight.grad),
+            (conv.bias.grad, reference.bias.grad),
+        ):
+            assert (mine - theirs).abs().max() <= 1e-6 * theirs.abs().max()
+        conv.zero_grad()
+        reference.zero_grad()

@@ -16,7 +16,7 @@ from torch import nn
 
 from archdsl.blocks.attention import AttentionCandidate
 from archdsl.blocks.ffn import ConvFFNModule, conv_ffn_flops
-from archdsl.blocks.layers import OddKernel, Swish, conv_flops, strided_size, two_stride_2_convs
+from archdsl.blocks.layers import DepthwiseConv2d, OddKernel, Swish, conv_flops, strided_size, two_stride_2_convs
 from archdsl.network import CandidateModule
 from archdsl.norms import NormName, make_norm, norm_flops
 from archdsl.ops import DownsampleOp, FeatureShape, Op, Site, register
@@ -84,7 +84,7 @@ class AttnConvModule(CandidateModule):
         super().__init__()
         self.qkv = nn.Conv2d(in_channels, 3 * channels, 1)
         # one depthwise conv over Q, K and V together equals three separate ones
-        self.depthwise = nn.Conv2d(3 * channels, 3 * channels, kernel, 1, kernel // 2, groups=3 * channels)
+        self.depthwise = DepthwiseConv2d(3 * channels, kernel)
         self.gate = nn.Sequential(nn.Conv2d(channels, channels, 1), Swish(), nn.Conv2d(channels, channels, 1))
         # the released code scales by the per-head dimension, not the branch width
         self.scale = (channels // heads) ** -0.5

@@ -10,7 +10,17 @@ import torch.nn.functional as F
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import GELU, OddKernel, StrideFit, conv_flops, linear_flops, merged_map, pads_map, refuses_map
+from archdsl.blocks.layers import (
+    GELU,
+    DepthwiseConv2d,
+    OddKernel,
+    StrideFit,
+    conv_flops,
+    linear_flops,
+    merged_map,
+    pads_map,
+    refuses_map,
+)
 from archdsl.inference import ConvNormPairs
 from archdsl.network import CandidateModule, pad_to_multiple
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
@@ -37,7 +47,7 @@ class DepthwiseConvModule(ConvNormPairs, CandidateModule):
         super().__init__()
         self.input_projection = nn.Linear(in_channels, in_channels) if input_projection else None
         self.input_norm = make_token_norm("layer_norm", in_channels) if input_projection else None
-        self.depthwise = nn.Conv2d(in_channels, in_channels, kernel, 1, kernel // 2, groups=in_channels)
+        self.depthwise = DepthwiseConv2d(in_channels, kernel)
         self.depthwise_norm = make_norm(depthwise_norm, in_channels) if depthwise_norm else nn.Identity()
         self.act = GELU() if activation else nn.Identity()
         self.projection = nn.Conv2d(in_channels, channels, 1) if projection else nn.Identity()
@@ -193,7 +203,7 @@ class LePEModule(CandidateModule):
     def __init__(self, in_channels: int, channels: int, kernel: int):
         super().__init__()
         self.linear = nn.Conv2d(in_channels, channels, 1)
-        self.conv = nn.Conv2d(channels, channels, kernel, 1, kernel // 2, groups=channels)
+        self.conv = DepthwiseConv2d(channels, kernel)
 
     def forward(
         self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None

@@ -8,7 +8,7 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import GELU, OddKernel, conv_flops, strided_size
+from archdsl.blocks.layers import GELU, DepthwiseConv2d, OddKernel, conv_flops, strided_size
 from archdsl.ops import Op, Site, register
 
 
@@ -40,7 +40,7 @@ class ConvFFNModule(nn.Module):
         self.fc1 = nn.Conv2d(in_channels, hidden, 1)
         self.hidden_relu = nn.ReLU() if hidden_relu else nn.Identity()
         self.act = GELU()
-        self.dwconv = nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden)
+        self.dwconv = DepthwiseConv2d(hidden, kernel, stride)
         self.fc2 = nn.Conv2d(hidden, out_channels, 1)
         self.order = order
 

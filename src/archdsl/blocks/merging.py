@@ -12,7 +12,16 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import StrideFit, conv_flops, linear_flops, merged_map, pads_map, refuses_map, strided_size
+from archdsl.blocks.layers import (
+    DepthwiseConv2d,
+    StrideFit,
+    conv_flops,
+    linear_flops,
+    merged_map,
+    pads_map,
+    refuses_map,
+    strided_size,
+)
 from archdsl.blocks.multihead import PixelLinear
 from archdsl.network import pad_to_multiple
 from archdsl.norms import NormName, make_norm, norm_flops
@@ -88,7 +97,7 @@ class TokenPoolingModule(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, shape: FeatureShape):
         super().__init__()
         self.map_size, self.extra_tokens = shape.map_size, shape.extra_tokens
-        self.conv = nn.Conv2d(in_channels, out_channels, stride + 1, stride, stride // 2, groups=in_channels)
+        self.conv = DepthwiseConv2d(in_channels, stride + 1, stride, out_channels // in_channels, padding=stride // 2)
         self.fc = PixelLinear(in_channels, out_channels) if shape.extra_tokens else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
