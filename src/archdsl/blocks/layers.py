@@ -184,34 +184,30 @@ class DepthwiseConv2d(nn.Conv2d):
 class _DepthwiseConvolution(torch.autograd.Function):
     """F.conv2d with groups = in_channels, whose weight gradient is a depthwise conv of the padded
     input, all N·C maps as channels, with the output gradient as each channel's kernel (dilated by
-    the stride), summed over the batch. The input gradient is aten's own."""
+    the stride), summed over the batch. The input gradient is aten's alone: asked for the bias
+    gradient too, oneDNN computes the weight gradient with it."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding):
         ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+        ctx.stride, ctx.padding = stride, padding
         return F.conv2d(x, weight, bias, stride, padding, groups=x.shape[1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        batch, channels, height, width = x.shape
+        batch, channels = x.shape[:2]
         out_channels, _, kernel_height, kernel_width = weight.shape
         (pad_h, pad_w), (stride_h, stride_w) = ctx.padding, ctx.stride
         grad = grad.contiguous()
-        grad_input, _, grad_bias = torch.ops.aten.convolution_backward(
-            grad,
-            x,
-            weight,
-            [out_channels] if ctx.has_bias else None,
-            ctx.stride,
-            ctx.padding,
-            (1, 1),
-            False,
-            (0, 0),
-            channels,
-            (ctx.needs_input_grad[0], False, ctx.has_bias and ctx.needs_input_grad[2]),
+        needs_input, _, needs_bias = ctx.needs_input_grad[:3]
+        grad_input = (
+            torch.ops.aten.convolution_backward(
+                grad, x, weight, None, ctx.stride, ctx.padding, (1, 1), False, (0, 0), channels, (True, False, False)
+            )[0]
+            if needs_input
+            else None
         )
         padded = F.pad(x, (pad_w, pad_w, pad_h, pad_h))
         per_image = F.conv2d(
@@ -220,7 +216,6 @@ class _DepthwiseConvolution(torch.autograd.Function):
             dilation=(stride_h, stride_w),
             groups=batch * channels,
         )
-        grad_weight = (
-            per_image[..., :kernel_height, :kernel_width].reshape(batch, out_channels, 1, kernel_height, kernel_width).sum(0)
-        )
+        grad_weight = per_image[..., :kernel_height, :kernel_width].reshape(batch, *weight.shape).sum(0)
+        grad_bias = grad.sum((0, 2, 3)) if needs_bias else None
         return grad_input, grad_weight, grad_bias, None, None
