@@ -104,7 +104,7 @@ class AdaptivePoolConvReduction(ConvNormPairs, nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(size)
         self.conv = nn.Conv2d(channels, channels, 1)
         self.norm = make_norm(norm, channels)
-        self.act = GELU()
+        self.act = GELU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(self.pool(x))))

@@ -49,7 +49,7 @@ class DepthwiseConvModule(ConvNormPairs, CandidateModule):
         self.input_norm = make_token_norm("layer_norm", in_channels) if input_projection else None
         self.depthwise = DepthwiseConv2d(in_channels, kernel)
         self.depthwise_norm = make_norm(depthwise_norm, in_channels) if depthwise_norm else nn.Identity()
-        self.act = GELU() if activation else nn.Identity()
+        self.act = GELU(inplace=True) if activation else nn.Identity()
         self.projection = nn.Conv2d(in_channels, channels, 1) if projection else nn.Identity()
         self.output_norm = make_norm(output_norm, channels) if output_norm else None
 

@@ -39,7 +39,7 @@ class ConvFFNModule(nn.Module):
         super().__init__()
         self.fc1 = nn.Conv2d(in_channels, hidden, 1)
         self.hidden_relu = nn.ReLU() if hidden_relu else nn.Identity()
-        self.act = GELU()
+        self.act = GELU(inplace=True)  # on h, or on the depthwise conv's output: temporaries
         self.dwconv = DepthwiseConv2d(hidden, kernel, stride)
         self.fc2 = nn.Conv2d(hidden, out_channels, 1)
         self.order = order
@@ -47,7 +47,8 @@ class ConvFFNModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.hidden_relu(self.fc1(x))
         if self.order == "depthwise_residual":
-            return self.fc2(self.act(hidden + self.dwconv(hidden)))
+            # the conv's output is summed into: one map fewer to allocate, the same sum
+            return self.fc2(self.act(self.dwconv(hidden).add_(hidden)))
         if self.order == "depthwise_first":
             return self.fc2(self.act(self.dwconv(hidden)))
         return self.fc2(self.dwconv(self.act(hidden)))
@@ -124,7 +125,7 @@ class MLPModule(nn.Module):
     def __init__(self, in_channels: int, hidden: int, out_channels: int):
         super().__init__()
         self.fc1 = nn.Linear(in_channels, hidden)
-        self.act = GELU()
+        self.act = GELU(inplace=True)
         self.fc2 = nn.Linear(hidden, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,9 @@ from archdsl.ops import FeatureShape, InteractionOp, OpCheckError, Site, registe
 
 def _bottleneck(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
     """1x1 conv, BatchNorm, GELU, 1x1 conv: the gates' small network."""
-    return nn.Sequential(nn.Conv2d(in_channels, hidden, 1), nn.BatchNorm2d(hidden), GELU(), nn.Conv2d(hidden, out_channels, 1))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden, 1), nn.BatchNorm2d(hidden), GELU(inplace=True), nn.Conv2d(hidden, out_channels, 1)
+    )
 
 
 def _bottleneck_flops(in_channels: int, hidden: int, out_channels: int, hw: tuple[int, int]) -> int:

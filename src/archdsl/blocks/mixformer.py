@@ -36,13 +36,13 @@ class MixFormerStemModule(nn.Module):
         self.layers = nn.Sequential(
             nn.Conv2d(in_channels, half, 3, 2, 1),
             nn.BatchNorm2d(half),
-            GELU(),
+            GELU(inplace=True),
             nn.Conv2d(half, half, 3, 1, 1),
             nn.BatchNorm2d(half),
-            GELU(),
+            GELU(inplace=True),
             nn.Conv2d(half, half, 3, 1, 1),
             nn.BatchNorm2d(half),
-            GELU(),
+            GELU(inplace=True),
         )
         self.proj = nn.Conv2d(half, channels, 2, 2)
         self.norm = make_norm("layer_norm", channels)
@@ -95,7 +95,7 @@ class ProjectionHeadModule(HeadModule):
         super().__init__(width)
         self.norm = make_token_norm("layer_norm", channels)
         self.projection = nn.Linear(channels, width)
-        self.act = GELU()
+        self.act = GELU(inplace=True)
         self.fc = classifier(width, classes)
 
     def pre_logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -62,7 +62,7 @@ class PatchConvStemModule(ConvNormPairs, nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, channels, patch, patch, bias=False)
         self.norm = nn.BatchNorm2d(channels)
-        self.act = nn.ReLU()
+        self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(x)))

@@ -101,9 +101,9 @@ class SGFormerStemModule(WithoutWeightDecay, nn.Module):
         super().__init__()
         self.layers = nn.Sequential(
             _conv_norm(in_channels, channels, 3, 2),
-            GELU(),
+            GELU(inplace=True),
             _conv_norm(channels, channels, 3, 1),
-            GELU(),
+            GELU(inplace=True),
             _conv_norm(channels, channels, 3, 2),  # no activation after the last GroupNorm
         )
         self.norm = make_token_norm("layer_norm", channels)  # eps 1e-5 here (the block norms use 1e-6)
@@ -160,9 +160,9 @@ class ConvPatchMergingModule(nn.Module):
         self.norm = make_norm(norm, in_channels) if norm else nn.Identity()
         self.layers = nn.Sequential(
             _conv_norm(in_channels, out_channels, 1),
-            GELU(),
+            GELU(inplace=True),
             _conv_norm(out_channels, out_channels, 3, 2, groups=out_channels),
-            GELU(),
+            GELU(inplace=True),
             _conv_norm(out_channels, out_channels, 1),
         )
 
@@ -226,7 +226,7 @@ class GridMerge(nn.Module):
         super().__init__()
         self.merge = nn.Conv2d(channels, channels, scale, scale)
         self.norm = make_token_norm("layer_norm", channels)  # eps 1e-5, as the code has it
-        self.act = GELU()
+        self.act = GELU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         merged = self.merge(x)
