@@ -81,3 +81,19 @@ def test_depthwise_conv_gives_the_gradients_of_nn_conv2d(kernel, stride, multipl
             assert (mine - theirs).abs().max() <= 1e-6 * theirs.abs().max()
         conv.zero_grad()
         reference.zero_grad()
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_inplace_gelu_overwrites_its_input_only_where_no_gradient_is_recorded(layout):
+    image = torch.randn(2, 8, 5, 7).contiguous(memory_format=layout)
+    expected = torch.nn.functional.gelu(image.contiguous())  # the NCHW numbers (see above)
+    gelu = GELU(inplace=True)
+    recorded = image.clone().requires_grad_()
+    out = gelu(recorded)
+    assert torch.equal(out, expected) and not torch.equal(recorded, expected)  # autograd keeps the input
+    out.sum().backward()
+    with torch.no_grad():
+        overwritten = image.clone()
+        out = gelu(overwritten)
+    assert out.data_ptr() == overwritten.data_ptr() and torch.equal(overwritten, expected)
+    assert out.is_contiguous(memory_format=layout)
