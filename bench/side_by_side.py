@@ -208,7 +208,7 @@ def compare(
             "kernel_share": kernel_share(steps[1]) if device.type == "cpu" else None,
             "arithmetic_floor": (
                 images * macs_per_image * (1 if task.startswith("eval") else 3) / peak / statistics.median(theirs_s)
-                if peak
+                if peak is not None
                 else None
             ),
         }

@@ -202,6 +202,14 @@ def test_patch_merging_concatenates_in_swins_order():
     assert torch.equal(space_to_depth(x, 2), torch.cat(parts, dim=-1).permute(0, 3, 1, 2))
 
 
+def test_strided_conv_downsample_on_an_odd_map_is_located(tmp_path):
+    message = spec_error(tmp_path, "convnext_t", "size: 224", "size: 84")  # stage 0's map is 21x21
+    line = line_of("convnext_t", "downsample: &downsample")
+    assert f"convnext_t.yaml:{line}:" in message
+    assert "stages[1].downsample.kernel: the 21x21 map entering stage 1 is not a multiple of the stride 2x2" in message
+    assert "or `fit: pad` to zero-pad it to a multiple" in message
+
+
 def test_patch_merging_on_an_odd_map_is_located_or_padded(tmp_path):
     message = spec_error(tmp_path, "swin_t", "size: 224", "size: 84")  # stage 0's map is 21x21
     assert (

@@ -15,11 +15,11 @@ from archdsl.blocks.layers import (
     DepthwiseConv2d,
     OddKernel,
     StrideFit,
+    check_merge_fits,
     conv_flops,
     linear_flops,
     merged_map,
     pads_map,
-    refuses_map,
 )
 from archdsl.inference import ConvNormPairs
 from archdsl.network import CandidateModule, pad_to_multiple
@@ -268,15 +268,7 @@ class NormStridedConv(DownsampleOp):
         return merged_map(site.in_shape, self.kernel, self.fit, site.out_channels)
 
     def check(self, site: Site) -> None:
-        height, width = site.in_shape.map_size
-        if refuses_map(site.in_shape, self.kernel, self.fit):
-            raise OpCheckError(
-                f"the {height}x{width} map entering stage {site.stage} is not a multiple of the stride {self.kernel} "
-                f"(the released MixFormer code asserts this); use an input size that keeps every stage map divisible: "
-                f"with a stride-4 stem and three such downsamples, sides that are multiples of 32; or `fit: pad` to "
-                f"zero-pad the map to a multiple",
-                field="kernel",
-            )
+        check_merge_fits(site, self.kernel, self.fit, "kernel", "the stride")
 
     def flops(self, site: Site) -> int:
         out = self.output_shape(site)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import AfterValidator, PositiveInt
 from torch import nn
 
-from archdsl.ops import FeatureShape
+from archdsl.ops import FeatureShape, OpCheckError, Site
 
 
 def _odd(kernel: int) -> int:
@@ -110,6 +110,19 @@ def merged_map(shape: FeatureShape, stride: int, rule: StrideFit, channels: int)
     `channels` wide: the map, padded where the rule pads, divided by the stride."""
     height, width = fitted_map(shape, stride, rule).map_size
     return FeatureShape(channels, height // stride, width // stride)
+
+
+def check_merge_fits(site: Site, stride: int, rule: StrideFit, field: str, what: str) -> None:
+    """Refuse a non-overlapping `stride`×`stride` merge (`what`: the merged neighbourhood, a
+    strided conv) of a map it does not divide, unless `rule` pads: the error the downsamples share."""
+    if refuses_map(site.in_shape, stride, rule):
+        height, width = site.in_shape.map_size
+        raise OpCheckError(
+            f"the {height}x{width} map entering stage {site.stage} is not a multiple of {what} {stride}x{stride}; "
+            f"use an input size that keeps every stage map divisible (with a stride-4 stem and three such "
+            f"downsamples, sides that are multiples of 32), or `fit: pad` to zero-pad it to a multiple",
+            field=field,
+        )
 
 
 def nearest_divisor(number: int, near: float) -> int:

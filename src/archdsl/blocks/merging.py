@@ -15,11 +15,11 @@ from torch import nn
 from archdsl.blocks.layers import (
     DepthwiseConv2d,
     StrideFit,
+    check_merge_fits,
     conv_flops,
     linear_flops,
     merged_map,
     pads_map,
-    refuses_map,
     strided_size,
 )
 from archdsl.blocks.multihead import PixelLinear
@@ -72,14 +72,7 @@ class PatchMerging(DownsampleOp):
         return merged_map(site.in_shape, self.stride, self.fit, site.out_channels)
 
     def check(self, site: Site) -> None:
-        height, width = site.in_shape.map_size
-        if refuses_map(site.in_shape, self.stride, self.fit):
-            raise OpCheckError(
-                f"the {height}x{width} map entering stage {site.stage} is not a multiple of the merged neighbourhood "
-                f"{self.stride}x{self.stride}; use an input size that keeps every stage map even (with a stride-4 stem "
-                f"and three patch mergings, sides that are multiples of 32), or `fit: pad` to zero-pad it to a multiple",
-                field="stride",
-            )
+        check_merge_fits(site, self.stride, self.fit, "stride", "the merged neighbourhood")
 
     def flops(self, site: Site) -> int:
         out = self.output_shape(site)
