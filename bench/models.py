@@ -10,7 +10,8 @@ and 8 (eval, no_grad), peak memory, eager and torch.compile'd. Prints a table.
 repository, and archdsl's own unprepared model). Each spec is then timed against it side by side
 (bench/side_by_side.py: same weights, rounds alternating A B / B A, the median of per-round ratios
 archdsl / baseline with min-max, for eval at batch 1 and `--batch` (8) and a training step at
-`--batch`) and one Markdown table printed. Without `--no-compile`, both are compiled
+`--batch`) and one Markdown table printed; `--processes N` runs each comparison in N fresh
+processes, a row each. Without `--no-compile`, both are compiled
 (torch.compile, inductor) before they are timed; with it, both run eager. `--device cuda` runs
 both on the GPU, `--dtype bfloat16` both under torch.autocast:
 
@@ -118,12 +119,13 @@ def compare_side_by_side(names: list[str], args) -> None:
         options += ["--baseline-source", args.baseline_source]
     rows = []
     for name in names:
-        row = _run_one(name, options)
-        if isinstance(row, str):
-            print(f"{name}: failed: {row}", file=sys.stderr)
-            continue
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
+        for _ in range(args.processes):
+            row = _run_one(name, options)
+            if isinstance(row, str):
+                print(f"{name}: failed: {row}", file=sys.stderr)
+                break
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
     print(side_by_side.format_rows(rows))
 
 
@@ -148,6 +150,12 @@ def main() -> None:
         help="side by side: bfloat16 runs both under torch.autocast",
     )
     parser.add_argument("--batch", type=int, default=8, help="side by side: the larger eval batch and the training batch")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="side by side: fresh processes per spec, a row each (some kernels' speed moves between processes)",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one spec, print JSON
     args = parser.parse_args()
     if args.one:
