@@ -11,9 +11,9 @@ repository, and archdsl's own unprepared model). Each spec is then timed against
 (bench/side_by_side.py: same weights, rounds alternating A B / B A, the median of per-round ratios
 archdsl / baseline with min-max, for eval at batch 1 and `--batch` (8) and a training step at
 `--batch`) and one Markdown table printed; `--processes N` runs each comparison in N fresh
-processes, a row each. Without `--no-compile`, both are compiled
-(torch.compile, inductor) before they are timed; with it, both run eager. `--device cuda` runs
-both on the GPU, `--dtype bfloat16` both under torch.autocast:
+processes, a row each, then a row of their medians with the spread over processes. Without
+`--no-compile`, both are compiled (torch.compile, inductor) before they are timed; with it, both
+run eager. `--device cuda` runs both on the GPU, `--dtype bfloat16` both under torch.autocast:
 
     python bench/models.py nommer_t --baseline bench/baselines/nommer.py --device cuda --dtype bfloat16 --batch 64
 
@@ -119,13 +119,17 @@ def compare_side_by_side(names: list[str], args) -> None:
         options += ["--baseline-source", args.baseline_source]
     rows = []
     for name in names:
+        processes = []
         for _ in range(args.processes):
             row = _run_one(name, options)
             if isinstance(row, str):
                 print(f"{name}: failed: {row}", file=sys.stderr)
                 break
-            rows.append(row)
+            processes.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
+        rows += processes
+        if len(processes) > 1:
+            rows.append(side_by_side.across_processes(processes))
     print(side_by_side.format_rows(rows))
 
 
@@ -154,7 +158,7 @@ def main() -> None:
         "--processes",
         type=int,
         default=1,
-        help="side by side: fresh processes per spec, a row each (some kernels' speed moves between processes)",
+        help="side by side: fresh processes per spec, a row each and one of their medians (some kernels' speed moves between processes)",
     )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one spec, print JSON
     args = parser.parse_args()

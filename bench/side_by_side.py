@@ -215,6 +215,29 @@ def compare(
     return row
 
 
+def across_processes(rows: list[dict]) -> dict:
+    """One spec's rows from several fresh processes as one row: per task the median of the
+    processes' median ratios, with their min and max (where a kernel's speed depends on the
+    process, this spread, not one process's rounds, says how far the figure moves), and the
+    medians of the times, kernel shares and floors."""
+
+    def median_of(values: list) -> float | None:
+        return None if None in values else statistics.median(values)
+
+    row = {**rows[0], "baseline": f"{rows[0]['baseline']}, median of {len(rows)} processes"}
+    for task in rows[0]["tasks"]:
+        ratios = [process[task]["ratio"] for process in rows]
+        row[task] = {
+            "images": rows[0][task]["images"],
+            **{key: median_of([process[task][key] for process in rows]) for key in ("ours_ms", "baseline_ms")},
+            "ratio": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+            **{key: median_of([process[task][key] for process in rows]) for key in ("kernel_share", "arithmetic_floor")},
+        }
+    return row
+
+
 def format_rows(rows: list[dict]) -> str:
     """The table, Markdown: per task, `ratio (min-max) [kernel share, arithmetic floor]`, then ours / baseline in
     milliseconds and images per second. Rows of one run share their tasks."""

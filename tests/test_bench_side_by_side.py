@@ -3,6 +3,7 @@ prints its table (its figures are timings: nothing here asserts a speed)."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -19,15 +20,26 @@ def side_by_side():
     return module
 
 
-def test_side_by_side_against_archdsl_as_built(side_by_side, one_thread):
-    row = side_by_side.compare(
-        "mixformer_b0",
-        str(BENCH / "baselines" / "unoptimised.py"),
-        None,
-        rounds=2,
-        img_size=32,
-        batch_size=2,
-    )
+@pytest.fixture(scope="module")
+def row(side_by_side):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield side_by_side.compare(
+            "mixformer_b0",
+            str(BENCH / "baselines" / "unoptimised.py"),
+            None,
+            rounds=2,
+            img_size=32,
+            batch_size=2,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_side_by_side_against_archdsl_as_built(side_by_side, row):
     assert row["tasks"] == ("eval_b1", "eval_b2", "train_b2")
     assert row["baseline"] == "unoptimised, cpu float32"
     for task in row["tasks"]:
@@ -40,3 +52,17 @@ def test_side_by_side_against_archdsl_as_built(side_by_side, one_thread):
     assert len(table) == 3
     assert "eval_b2 images/s (ours / baseline)" in table[0]
     assert table[2].startswith("| mixformer_b0 | unoptimised, cpu ")
+
+
+def test_rows_of_several_processes_summarise_to_their_median_and_spread(side_by_side, row):
+    faster = copy.deepcopy(row)
+    for task in row["tasks"]:
+        faster[task]["ratio"] = row[task]["ratio"] / 2
+    summary = side_by_side.across_processes([row, faster, row])
+    assert summary["baseline"] == row["baseline"] + ", median of 3 processes"
+    for task in row["tasks"]:
+        assert summary[task]["ratio"] == row[task]["ratio"]
+        assert summary[task]["ratio_min"] == row[task]["ratio"] / 2
+        assert summary[task]["ratio_max"] == row[task]["ratio"]
+        assert summary[task]["ours_ms"] == row[task]["ours_ms"]
+    assert len(side_by_side.format_rows([row, faster, row, summary]).splitlines()) == 6
