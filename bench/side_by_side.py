@@ -227,13 +227,16 @@ def across_processes(rows: list[dict]) -> dict:
     row = {**rows[0], "baseline": f"{rows[0]['baseline']}, median of {len(rows)} processes"}
     for task in rows[0]["tasks"]:
         ratios = [process[task]["ratio"] for process in rows]
+        medians = {
+            key: median_of([process[task][key] for process in rows])
+            for key in ("ours_ms", "baseline_ms", "kernel_share", "arithmetic_floor")
+        }
         row[task] = {
             "images": rows[0][task]["images"],
-            **{key: median_of([process[task][key] for process in rows]) for key in ("ours_ms", "baseline_ms")},
             "ratio": statistics.median(ratios),
             "ratio_min": min(ratios),
             "ratio_max": max(ratios),
-            **{key: median_of([process[task][key] for process in rows]) for key in ("kernel_share", "arithmetic_floor")},
+            **medians,
         }
     return row
 

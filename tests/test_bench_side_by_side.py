@@ -8,6 +8,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).parents[1] / "bench"
 
@@ -22,8 +23,6 @@ def side_by_side():
 
 @pytest.fixture(scope="module")
 def row(side_by_side):
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
