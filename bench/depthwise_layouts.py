@@ -51,8 +51,8 @@ def main() -> None:
         return
     batch, channels, size, kernel = args.shape
     print(f"depthwise {kernel}x{kernel} conv on ({batch}, {channels}, {size}, {size}), 1 thread, one line per process:")
+    shape = [str(value) for value in args.shape]
     for _ in range(args.processes):
-        shape = [str(value) for value in args.shape]
         result = subprocess.run(
             [sys.executable, __file__, "--one", "--shape", *shape], capture_output=True, text=True, check=True
         )
