@@ -13,7 +13,7 @@ import pytest
 import torch
 from shallow import VARIANTS, shallow_model
 
-from archdsl.blocks.layers import GELU, DepthwiseConv2d
+from archdsl.blocks.layers import GELU, DepthwiseConv2d, DepthwiseResidualConv2d
 
 
 def _gradients(model: torch.nn.Module, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -81,6 +81,31 @@ def test_depthwise_conv_gives_the_gradients_of_nn_conv2d(kernel, stride, multipl
             assert (mine - theirs).abs().max() <= 1e-6 * theirs.abs().max()
         conv.zero_grad()
         reference.zero_grad()
+
+
+@pytest.mark.parametrize(("kernel", "layout"), [(3, torch.channels_last), (5, torch.contiguous_format)])
+def test_depthwise_residual_conv_is_the_conv_plus_its_input(kernel, layout):
+    """DepthwiseResidualConv2d (the identity on the kernel's centre tap) gives x + depthwise(x) and
+    that sum's gradients, with DepthwiseConv2d's state_dict."""
+    torch.manual_seed(0)
+    folded = DepthwiseResidualConv2d(6, kernel).to(memory_format=layout)
+    conv = DepthwiseConv2d(6, kernel).to(memory_format=layout)
+    assert folded.state_dict().keys() == conv.state_dict().keys()
+    conv.load_state_dict(folded.state_dict())
+    image = torch.randn(3, 6, 15, 13).contiguous(memory_format=layout).requires_grad_()
+    reference_image = image.detach().clone().requires_grad_()
+    out, expected = folded(image), conv(reference_image) + reference_image
+    assert (out - expected).abs().max() <= 1e-6 * expected.abs().max()
+    assert out.is_contiguous(memory_format=layout)
+    upstream = torch.randn_like(expected)
+    out.backward(upstream)
+    expected.backward(upstream)
+    for mine, theirs in (
+        (image.grad, reference_image.grad),
+        (folded.weight.grad, conv.weight.grad),
+        (folded.bias.grad, conv.bias.grad),
+    ):
+        assert (mine - theirs).abs().max() <= 1e-6 * theirs.abs().max()
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])

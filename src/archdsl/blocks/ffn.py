@@ -8,7 +8,7 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import GELU, DepthwiseConv2d, OddKernel, conv_flops, strided_size
+from archdsl.blocks.layers import GELU, DepthwiseConv2d, DepthwiseResidualConv2d, OddKernel, conv_flops, strided_size
 from archdsl.ops import Op, Site, register
 
 
@@ -40,18 +40,17 @@ class ConvFFNModule(nn.Module):
         self.fc1 = nn.Conv2d(in_channels, hidden, 1)
         self.hidden_relu = nn.ReLU() if hidden_relu else nn.Identity()
         self.act = GELU(inplace=True)  # on h, or on the depthwise conv's output: temporaries
-        self.dwconv = DepthwiseConv2d(hidden, kernel, stride)
+        self.dwconv = (
+            DepthwiseResidualConv2d(hidden, kernel) if order == "depthwise_residual" else DepthwiseConv2d(hidden, kernel, stride)
+        )
         self.fc2 = nn.Conv2d(hidden, out_channels, 1)
-        self.order = order
+        self.activation_first = order == "activation_first"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.hidden_relu(self.fc1(x))
-        if self.order == "depthwise_residual":
-            # the conv's output is summed into: one map fewer to allocate, the same sum
-            return self.fc2(self.act(self.dwconv(hidden).add_(hidden)))
-        if self.order == "depthwise_first":
-            return self.fc2(self.act(self.dwconv(hidden)))
-        return self.fc2(self.dwconv(self.act(hidden)))
+        if self.activation_first:
+            return self.fc2(self.dwconv(self.act(hidden)))
+        return self.fc2(self.act(self.dwconv(hidden)))
 
 
 def conv_ffn_flops(site: Site, ratio: int, kernel: int, stride: int = 1) -> int:
