@@ -61,6 +61,25 @@ def test_fused_and_traced_attention_agree():
     assert (fused - explicit).abs().max().item() < 1e-5
 
 
+def test_attention_with_a_trained_bias_takes_the_explicit_path():
+    """A bias that takes a gradient (a relative-position table in training) goes the explicit way,
+    which SDPA's fused kernel cannot: the explicit numbers bit for bit, SDPA's gradients to ~1e-6
+    (a scale whose square root is not a power of two: SDPA's unfused path scales q and k by it)."""
+    q, k, v = (torch.randn(4, 2, 49, 16, requires_grad=True) for _ in range(3))
+    table = torch.randn(2, 49, 49, requires_grad=True)
+    trained = attend(q, k, v, 0.3, table * 1)
+    explicit = ((q @ k.transpose(-2, -1)) * 0.3 + table).softmax(-1) @ v
+    assert torch.equal(trained, explicit)
+    fused = attend(q, k, v, 0.3, table.detach())
+    assert (fused - trained).abs().max().item() < 1e-5
+    inputs = (q, k, v, table)
+    upstream = torch.randn_like(trained)
+    ours = torch.autograd.grad(trained, inputs, upstream)
+    math_path = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, attn_mask=table, scale=0.3), inputs, upstream)
+    for mine, reference in zip(ours, math_path, strict=True):
+        assert (mine - reference).abs().max() <= 1e-5 * reference.abs().max()
+
+
 def test_attention_received_in_chunks_equals_whole(monkeypatch):
     """The explicit path cut into query chunks (large maps) gives the whole matrix's output bit
     for bit and the attention each key receives to float rounding."""

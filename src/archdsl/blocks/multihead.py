@@ -45,10 +45,15 @@ def attend(
     ulp of difference upstream reorders near-tied tokens (a traced SG-Former-S drifted 2.7e-2
     from eager when tracing took the explicit path). When the attention received is wanted, and
     while fvcore counts FLOPs (`cost.counting_flops()`: it skips the fused op), it computes the
-    explicit matmul → softmax → matmul. The two paths agree to ~1e-6 (tests/test_compiler.py)."""
+    explicit matmul → softmax → matmul. So it does where the bias takes a gradient (a trained
+    relative-position table): SDPA's fused CPU kernel has no mask gradient and falls back to an
+    unfused path that took 1.3x the explicit one's time for a training step on NomMer-T's
+    first-stage windows ((512, 2, 49, 48) at batch 8). The two paths agree to ~1e-6
+    (tests/test_compiler.py)."""
     if bias is not None:
         bias = bias.to(query.dtype)  # a float32 bias table under autocast: SDPA wants the query's dtype
-    if return_attention_received or counting_flops():
+    trained_bias = bias is not None and bias.requires_grad
+    if return_attention_received or counting_flops() or trained_bias:
         return _attend_explicit(query, key, value, scale, bias, return_attention_received)
     # the CPU kernels copy strided inputs internally, slower than one explicit copy (~1.4x on
     # CloFormer's global branch, whose queries arrive transposed)
