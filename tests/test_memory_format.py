@@ -54,6 +54,16 @@ def test_gelu_gives_a_channels_last_map_the_nchw_numbers():
     assert torch.equal(channels_last.grad, nchw.grad)
 
 
+def _assert_conv_gradients_match(conv, image, reference, reference_image) -> None:
+    """The input, weight and bias gradients within 1e-6 of the reference's largest."""
+    for mine, theirs in (
+        (image.grad, reference_image.grad),
+        (conv.weight.grad, reference.weight.grad),
+        (conv.bias.grad, reference.bias.grad),
+    ):
+        assert (mine - theirs).abs().max() <= 1e-6 * theirs.abs().max()
+
+
 @pytest.mark.parametrize(("kernel", "stride", "multiplier"), [(5, 1, 1), (7, 2, 1), (9, 1, 1), (5, 2, 2), (3, 1, 1)])
 def test_depthwise_conv_gives_the_gradients_of_nn_conv2d(kernel, stride, multiplier):
     """DepthwiseConv2d computes its weight gradient itself for kernels above 3x3 on NCHW maps
@@ -73,12 +83,7 @@ def test_depthwise_conv_gives_the_gradients_of_nn_conv2d(kernel, stride, multipl
         upstream = torch.randn_like(expected)
         out.backward(upstream)
         expected.backward(upstream)
-        for mine, theirs in (
-            (image.grad, reference_image.grad),
-            (conv.weight.grad, reference.weight.grad),
-            (conv.bias.grad, reference.bias.grad),
-        ):
-            assert (mine - theirs).abs().max() <= 1e-6 * theirs.abs().max()
+        _assert_conv_gradients_match(conv, image, reference, reference_image)
         conv.zero_grad()
         reference.zero_grad()
 
@@ -100,12 +105,7 @@ def test_depthwise_residual_conv_is_the_conv_plus_its_input(kernel, layout):
     upstream = torch.randn_like(expected)
     out.backward(upstream)
     expected.backward(upstream)
-    for mine, theirs in (
-        (image.grad, reference_image.grad),
-        (folded.weight.grad, conv.weight.grad),
-        (folded.bias.grad, conv.bias.grad),
-    ):
-        assert (mine - theirs).abs().max() <= 1e-6 * theirs.abs().max()
+    _assert_conv_gradients_match(folded, image, conv, reference_image)
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
