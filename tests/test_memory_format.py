@@ -13,6 +13,7 @@ import pytest
 import torch
 from shallow import VARIANTS, shallow_model
 
+from archdsl.blocks.ffn import ConvFFNModule
 from archdsl.blocks.layers import GELU, DepthwiseConv2d, DepthwiseResidualConv2d
 
 
@@ -106,6 +107,11 @@ def test_depthwise_residual_conv_is_the_conv_plus_its_input(kernel, layout):
     out.backward(upstream)
     expected.backward(upstream)
     _assert_conv_gradients_match(folded, image, conv, reference_image)
+
+
+def test_a_residual_depthwise_ffn_refuses_a_stride():
+    with pytest.raises(ValueError, match="stride 1, not 2"):
+        ConvFFNModule(4, 16, 4, 3, stride=2, order="depthwise_residual")
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])

@@ -37,6 +37,8 @@ class ConvFFNModule(nn.Module):
         hidden_relu: bool = False,
     ):
         super().__init__()
+        if order == "depthwise_residual" and stride != 1:
+            raise ValueError(f"h + depthwise(h) keeps the map size, so the depthwise conv takes stride 1, not {stride}")
         self.fc1 = nn.Conv2d(in_channels, hidden, 1)
         self.hidden_relu = nn.ReLU() if hidden_relu else nn.Identity()
         self.act = GELU(inplace=True)  # on h, or on the depthwise conv's output: temporaries
