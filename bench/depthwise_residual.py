@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from side_by_side import alternating_rounds
 
 from archdsl.blocks.ffn import ConvFFNModule
 from archdsl.blocks.layers import DepthwiseConv2d
@@ -29,12 +29,6 @@ class SeparateResidual(DepthwiseConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) + x
-
-
-def _timed(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
 
 
 def compare(batch: int, width: int, size: int, rounds: int) -> str:
@@ -58,18 +52,10 @@ def compare(batch: int, width: int, size: int, rounds: int) -> str:
 
         for model in (folded, separate):
             step(model)
-        ratios, times = [], {"folded": [], "separate": []}
-        for round_ in range(rounds):
-            order = (("folded", folded), ("separate", separate))
-            pair = dict(order if round_ % 2 == 0 else order[::-1])
-            seconds = {name: _timed(lambda m=model: step(m)) for name, model in pair.items()}
-            ratios.append(seconds["folded"] / seconds["separate"])
-            for name, value in seconds.items():
-                times[name].append(value * 1000)
-        cells.append(
-            f"{task} {statistics.median(ratios):.3f} "
-            f"({statistics.median(times['folded']):.1f} / {statistics.median(times['separate']):.1f} ms)"
-        )
+        seconds = alternating_rounds({"folded": lambda: step(folded), "separate": lambda: step(separate)}, rounds)
+        ratios = [ours / theirs for ours, theirs in zip(seconds["folded"], seconds["separate"], strict=True)]
+        folded_ms, separate_ms = (statistics.median(seconds[name]) * 1000 for name in ("folded", "separate"))
+        cells.append(f"{task} {statistics.median(ratios):.3f} ({folded_ms:.1f} / {separate_ms:.1f} ms)")
     return f"b{batch} {width}x{size}x{size}, hidden {4 * width}: " + ", ".join(cells)
 
 

@@ -115,6 +115,16 @@ def _seconds(step: Callable[[], None], calls: int, device: torch.device) -> floa
     return (time.perf_counter() - start) / calls
 
 
+def alternating_rounds(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
+    """Each CPU step's seconds, round by round: one call of each per round, in the dict's order and
+    reversed every other round, so that a load that comes and goes hits them alike."""
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for index in range(rounds):
+        for name in list(steps) if index % 2 == 0 else list(steps)[::-1]:
+            seconds[name].append(_seconds(steps[name], 1, torch.device("cpu")))
+    return seconds
+
+
 def kernel_share(step: Callable[[], None]) -> float:
     """The fraction of one call's self CPU time spent in `ARITHMETIC_KERNELS`."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:

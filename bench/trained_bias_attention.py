@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from side_by_side import alternating_rounds
 
 import archdsl
 from archdsl.blocks import attention, multihead
@@ -28,9 +28,7 @@ def through_sdpa(query, key, value, scale, bias=None, return_attention_received=
     """`attend` before the explicit path for trained biases: every bias into SDPA."""
     if bias is None or return_attention_received:
         return EXPLICIT(query, key, value, scale, bias, return_attention_received)
-    query, key, value = query.contiguous(), key.contiguous(), value.contiguous()
-    bias = bias.to(query.dtype).reshape((1,) * (query.dim() - bias.dim()) + bias.shape)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale)
+    return multihead._attend_fused(query, key, value, scale, bias.to(query.dtype))
 
 
 def compare(spec: str, batch: int, rounds: int) -> float:
@@ -43,23 +41,21 @@ def compare(spec: str, batch: int, rounds: int) -> float:
         F.cross_entropy(model(images), labels).backward()
         optimizer.step()
 
-    paths = {"explicit": EXPLICIT, "sdpa": through_sdpa}
-    ratios = []
-    try:
-        for path in paths.values():
+    def step_through(path):
+        def run() -> None:
             attention.attend = path
             step()
-        for index in range(rounds):
-            seconds = {}
-            for name in ("explicit", "sdpa") if index % 2 else ("sdpa", "explicit"):
-                attention.attend = paths[name]
-                start = time.perf_counter()
-                step()
-                seconds[name] = time.perf_counter() - start
-            ratios.append(seconds["explicit"] / seconds["sdpa"])
+
+        return run
+
+    steps = {"sdpa": step_through(through_sdpa), "explicit": step_through(EXPLICIT)}
+    try:
+        for run in steps.values():
+            run()
+        seconds = alternating_rounds(steps, rounds)
     finally:
         attention.attend = EXPLICIT
-    return statistics.median(ratios)
+    return statistics.median(ours / sdpa for ours, sdpa in zip(seconds["explicit"], seconds["sdpa"], strict=True))
 
 
 def main() -> None:
