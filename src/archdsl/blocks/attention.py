@@ -12,6 +12,7 @@ from torch import nn
 from archdsl.blocks.layers import (
     GELU,
     FitRule,
+    LayerChains,
     attention_flops,
     common_divisors,
     conv_flops,
@@ -32,7 +33,6 @@ from archdsl.blocks.multihead import (
     window_merge,
     window_partition,
 )
-from archdsl.inference import ConvNormPairs
 from archdsl.network import CandidateModule, pad_to_multiple
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import CandidateOp, FeatureShape, OpCheckError, Site, register
@@ -76,12 +76,12 @@ class PaddedAvgPool(nn.AvgPool2d):
 Reduction = Literal["average_pool", "strided_conv", "adaptive_pool_conv"]
 
 
-class StridedConvReduction(ConvNormPairs, nn.Module):
+class StridedConvReduction(LayerChains, nn.Module):
     """PVT's spatial reduction: a `ratio`×`ratio` conv with stride `ratio` and bias, keeping the
     channels, then a norm of its map. `pad`: the map is first zero-padded (bottom, right) to a
     multiple of `ratio`, so that no pixel is dropped."""
 
-    conv_norm_pairs = (("conv", "norm"),)
+    layer_chains = (("conv", "norm"),)
 
     def __init__(self, channels: int, ratio: int, norm: NormName, pad: bool = False):
         super().__init__()
@@ -93,11 +93,11 @@ class StridedConvReduction(ConvNormPairs, nn.Module):
         return self.norm(self.conv(pad_to_multiple(x, self.ratio) if self.pad else x))
 
 
-class AdaptivePoolConvReduction(ConvNormPairs, nn.Module):
+class AdaptivePoolConvReduction(LayerChains, nn.Module):
     """PVTv2-li's linear spatial reduction: an adaptive average pool to `size`×`size` (a key count
     that does not grow with the image), a 1x1 conv with bias, a norm, GELU."""
 
-    conv_norm_pairs = (("conv", "norm"),)
+    layer_chains = (("pool", "conv", "norm", "act"),)
 
     def __init__(self, channels: int, size: int, norm: NormName):
         super().__init__()

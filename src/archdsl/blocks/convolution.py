@@ -13,6 +13,7 @@ from torch import nn
 from archdsl.blocks.layers import (
     GELU,
     DepthwiseConv2d,
+    LayerChains,
     OddKernel,
     StrideFit,
     check_merge_fits,
@@ -21,17 +22,16 @@ from archdsl.blocks.layers import (
     merged_map,
     pads_map,
 )
-from archdsl.inference import ConvNormPairs
 from archdsl.network import CandidateModule, pad_to_multiple
 from archdsl.norms import NormName, make_norm, make_token_norm, norm_flops
 from archdsl.ops import CandidateOp, DownsampleOp, FeatureShape, OpCheckError, Site, register
 
 
-class DepthwiseConvModule(ConvNormPairs, CandidateModule):
+class DepthwiseConvModule(LayerChains, CandidateModule):
     """[Linear + LayerNorm] -> depthwise kxk [+ norm] [+ GELU] (the features) -> [1x1 conv to the
     candidate's share] -> [output gate] -> [norm] (the `finish` step)."""
 
-    conv_norm_pairs = (("depthwise", "depthwise_norm"),)
+    layer_chains = (("depthwise", "depthwise_norm", "act"),)
 
     def __init__(
         self,
@@ -138,10 +138,10 @@ class DepthwiseConv(CandidateOp):
 # --- a ResNet bottleneck (NomMer's CNN candidate) ---------------------------------------------
 
 
-class BottleneckModule(ConvNormPairs, CandidateModule):
+class BottleneckModule(LayerChains, CandidateModule):
     """relu(x + BN(conv1x1(relu(BN(conv3x3(relu(BN(conv1x1(x))))))))), all convs without bias."""
 
-    conv_norm_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+    layer_chains = (("conv1", "bn1", "relu1", "conv2", "bn2", "relu2", "conv3", "bn3"),)
 
     def __init__(self, channels: int, width: int):
         super().__init__()
@@ -151,12 +151,12 @@ class BottleneckModule(ConvNormPairs, CandidateModule):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, channels, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(channels)
+        self.relu1, self.relu2 = nn.ReLU(inplace=True), nn.ReLU(inplace=True)
 
     def forward(
         self, x: torch.Tensor, value_gate: torch.Tensor | None = None, context: torch.Tensor | None = None
     ) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.relu2(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))))
         # the shortcut adds the candidate's input: in a block, the normalised map
         return F.relu(self.bn3(self.conv3(out)) + x)
 

@@ -19,8 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import conv_flops, strided_size
-from archdsl.inference import ConvNormPairs
+from archdsl.blocks.layers import LayerChains, conv_flops, strided_size
 from archdsl.norms import NormName, make_norm, norm_flops
 from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
 from archdsl.training import WithoutWeightDecay
@@ -78,8 +77,8 @@ class TokenExtrasModule(WithoutWeightDecay, nn.Module):
 # --- the patch embedding: a stem, and its twin between stages ------------------------------------
 
 
-class PatchEmbeddingModule(ConvNormPairs, TokenExtrasModule):
-    conv_norm_pairs = (("conv", "norm"),)
+class PatchEmbeddingModule(LayerChains, TokenExtrasModule):
+    layer_chains = (("conv", "norm"),)
 
     def __init__(
         self,

@@ -8,7 +8,15 @@ import torch
 from pydantic import PositiveInt
 from torch import nn
 
-from archdsl.blocks.layers import GELU, DepthwiseConv2d, DepthwiseResidualConv2d, OddKernel, conv_flops, strided_size
+from archdsl.blocks.layers import (
+    GELU,
+    DepthwiseConv2d,
+    DepthwiseResidualConv2d,
+    LayerChains,
+    OddKernel,
+    conv_flops,
+    strided_size,
+)
 from archdsl.ops import Op, Site, register
 
 
@@ -20,7 +28,7 @@ class FFNOp(Op):
 DepthwiseOrder = Literal["activation_first", "depthwise_first", "depthwise_residual"]
 
 
-class ConvFFNModule(nn.Module):
+class ConvFFNModule(LayerChains, nn.Module):
     """1x1 conv to h, a depthwise kxk conv (optionally strided) and GELU, 1x1 conv; no norm inside.
     `order`: "activation_first" GELU then the depthwise conv (CloFormer); "depthwise_first" the
     depthwise conv then GELU (PVTv2); "depthwise_residual" GELU(h + depthwise(h)) (SG-Former).
@@ -47,6 +55,8 @@ class ConvFFNModule(nn.Module):
         )
         self.fc2 = nn.Conv2d(hidden, out_channels, 1)
         self.activation_first = order == "activation_first"
+        middle = ("act", "dwconv") if self.activation_first else ("dwconv", "act")
+        self.layer_chains = (("fc1", "hidden_relu", *middle, "fc2"),)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.hidden_relu(self.fc1(x))
@@ -120,8 +130,10 @@ class DWConvMLP(ConvFFN):
         return self.relu_before_depthwise
 
 
-class MLPModule(nn.Module):
+class MLPModule(LayerChains, nn.Module):
     """Linear, GELU, Linear per pixel (channel-last inside, NCHW at its boundary)."""
+
+    layer_chains = (("fc1", "act", "fc2"),)
 
     def __init__(self, in_channels: int, hidden: int, out_channels: int):
         super().__init__()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from math import gcd, isqrt
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -144,6 +144,15 @@ def divisors(number: int) -> list[int]:
     sizes a spec may hold are capped in schema.py, so this stays a few thousand steps)."""
     small = [d for d in range(1, isqrt(number) + 1) if number % d == 0]
     return small + [number // d for d in reversed(small) if d * d != number]
+
+
+class LayerChains:
+    """Mixed into a module whose forward applies some of its attributes one after another, with
+    nothing between: `layer_chains` names each such run, in order. `prepare_for_inference` reads
+    a chain as it reads an nn.Sequential's children: a BatchNorm right after a conv folds into
+    it, and an activation right after a conv or Linear (folded norms aside) runs in its kernel."""
+
+    layer_chains: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
 
 class Swish(nn.Module):

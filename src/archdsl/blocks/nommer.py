@@ -35,6 +35,7 @@ from archdsl.blocks.embedding import TokenExtras, TokenExtrasModule
 from archdsl.blocks.fusion import FusionOp
 from archdsl.blocks.layers import (
     FitRule,
+    LayerChains,
     OddKernel,
     common_divisors,
     conv_flops,
@@ -46,7 +47,6 @@ from archdsl.blocks.layers import (
     refuses_map,
     strided_size,
 )
-from archdsl.inference import ConvNormPairs
 from archdsl.network import CandidateModule, pad_to_multiple
 from archdsl.norms import NormName, make_norm, norm_flops
 from archdsl.ops import DownsampleOp, FeatureShape, Op, OpCheckError, Site, register
@@ -55,8 +55,8 @@ from archdsl.pretrained import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, regis
 # --- stem ---------------------------------------------------------------------------------------
 
 
-class PatchConvStemModule(ConvNormPairs, nn.Module):
-    conv_norm_pairs = (("conv", "norm"),)
+class PatchConvStemModule(LayerChains, nn.Module):
+    layer_chains = (("conv", "norm", "act"),)
 
     def __init__(self, in_channels: int, channels: int, patch: int):
         super().__init__()
@@ -94,13 +94,13 @@ class NomMerStem(Op):
 # --- the compressed global context aggregator ---------------------------------------------------
 
 
-class CompressedGlobalAttentionModule(ConvNormPairs, CandidateModule):
+class CompressedGlobalAttentionModule(LayerChains, CandidateModule):
     """Block DCT (low-frequency corner) -> grouped 1x1 compression + BatchNorm -> global
     attention on the compressed map -> grouped 1x1 expansion -> truncated inverse DCT. With
     `pad`, a map the block does not divide is zero-padded to a multiple of it and the output
     cropped back."""
 
-    conv_norm_pairs = (("compress", "compress_norm"),)
+    layer_chains = (("compress", "compress_norm"),)
 
     def __init__(self, in_channels: int, channels: int, heads: int, block: int, keep: int, groups: int, pad: bool = False):
         super().__init__()

@@ -1,0 +1,95 @@
+"""onednn.py: the oneDNN layers `prepare_for_inference` lowers convs and Linears to, each equal to
+the layer and activation it replaces, and falling back to them where oneDNN does not apply."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from archdsl import create_model, prepare_for_inference
+from archdsl.blocks.ffn import ConvFFNModule, MLPModule
+from archdsl.blocks.layers import GELU, DepthwiseConv2d, DepthwiseResidualConv2d
+from archdsl.onednn import OneDnnConv2d, OneDnnLinear, lower_to_onednn
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+
+ACTIVATIONS = [nn.Identity(), nn.ReLU(), nn.GELU(), nn.GELU(approximate="tanh"), GELU(inplace=True)]
+
+
+def _layers(model: nn.Module, kind: type) -> list[nn.Module]:
+    return [module for module in model.modules() if isinstance(module, kind)]
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=lambda a: f"{type(a).__name__}-{getattr(a, 'approximate', '')}")
+@pytest.mark.parametrize(
+    "conv",
+    [nn.Conv2d(16, 24, 3, 2, 1), nn.Conv2d(16, 24, 1, bias=False), DepthwiseConv2d(16, 5), DepthwiseResidualConv2d(16, 3)],
+    ids=["3x3-stride-2", "1x1-no-bias", "depthwise-5x5", "depthwise-residual"],
+)
+def test_a_lowered_conv_is_the_conv_then_its_activation(conv, activation):
+    x = torch.randn(2, 16, 14, 14).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = activation(conv(x))
+        lowered = OneDnnConv2d(conv, activation)
+        assert (lowered(x) - expected).abs().max().item() < 1e-5
+    assert lowered.state_dict().keys() == conv.state_dict().keys()
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS, ids=lambda a: f"{type(a).__name__}-{getattr(a, 'approximate', '')}")
+def test_a_lowered_linear_is_the_linear_then_its_activation(activation):
+    linear = nn.Linear(32, 48)
+    x = torch.randn(2, 7, 7, 32)
+    with torch.no_grad():
+        expected = activation(linear(x))
+        assert (OneDnnLinear(linear, activation)(x) - expected).abs().max().item() < 1e-5
+
+
+def test_chained_activations_become_post_ops_and_the_rest_stays():
+    ffn = nn.Sequential(ConvFFNModule(16, 64, 16, 5), MLPModule(16, 32, 16), nn.Conv2d(16, 16, 1), nn.Sigmoid()).eval()
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        expected = ffn(x)
+        lowered = lower_to_onednn(
+            ffn, [(ffn[0], ffn[0].layer_chains[0]), (ffn[1], ffn[1].layer_chains[0]), (ffn, ("0", "1", "2", "3"))]
+        )
+        assert (lowered(x) - expected).abs().max().item() < 1e-5
+    conv_ffn, mlp = lowered[0], lowered[1]
+    assert conv_ffn.fc1.post_op[0] == "gelu" and isinstance(conv_ffn.act, nn.Identity)  # CloFormer: GELU before the dwconv
+    assert conv_ffn.dwconv.post_op[0] == conv_ffn.fc2.post_op[0] == "none"
+    assert mlp.fc1.post_op[0] == "gelu" and mlp.fc2.post_op[0] == "none"
+    assert isinstance(lowered[2], OneDnnConv2d) and isinstance(lowered[3], nn.Sigmoid)  # oneDNN's sigmoid is not wired in
+
+
+@pytest.mark.parametrize("variant", ["cloformer_xxs", "nommer_t", "sgformer_s", "mixformer_b0"])
+def test_a_prepared_model_runs_every_conv_and_linear_on_onednn(variant):
+    model = create_model(variant, img_size=64).eval()
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(image)
+        prepared = prepare_for_inference(model)
+        logits = prepared(image)
+    left = [type(module) for module in prepared.modules() if type(module) in (nn.Conv2d, nn.Linear)]
+    assert not left and _layers(prepared, OneDnnConv2d) and _layers(prepared, OneDnnLinear)
+    assert any(layer.post_op[0] != "none" for layer in _layers(prepared, (OneDnnConv2d, OneDnnLinear)))
+    assert (logits - expected).abs().max().item() < 1e-4 * expected.abs().max().item()
+
+
+def test_a_prepared_model_falls_back_where_onednn_does_not_apply_and_copies():
+    prepared = prepare_for_inference(create_model("cloformer_xxs", img_size=64))
+    image = torch.randn(1, 3, 64, 64, requires_grad=True)
+    with torch.no_grad():
+        on_onednn = prepared(image)
+        copied = copy.deepcopy(prepared)(image)
+    with_gradient = prepared(image)  # no oneDNN autograd: the plain layers run
+    with_gradient.sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+    assert (with_gradient - on_onednn).abs().max().item() < 1e-5
+    assert torch.equal(copied, on_onednn)
+
+
+def test_a_model_off_float32_is_not_lowered():
+    prepared = prepare_for_inference(create_model("cloformer_xxs", img_size=64).double())
+    assert not _layers(prepared, (OneDnnConv2d, OneDnnLinear))
