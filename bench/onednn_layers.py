@@ -1,4 +1,4 @@
-"""What `prepare_for_inference`'s oneDNN lowering (src/archdsl/onednn.py) gains on this machine.
+"""What the oneDNN lowering (src/archdsl/onednn.py) gains on this machine.
 
     python bench/onednn_layers.py cloformer_xxs sgformer_s nommer_t mixformer_b0 --rounds 9
 
@@ -6,9 +6,10 @@ First one Linear of NomMer-T's first stage ((3136, 64) -> 256 tokens x channels,
 its MLP's first layer): torch's F.linear (MKL's sgemm) against oneDNN's inner product, with and
 without a fused GELU. This says what kind of machine it is: on AMD processors MKL takes its AVX2
 code, oneDNN AVX-512 where the processor has it. Then, per spec, the whole prepared model at
-batch 1 and 8 with the lowering against the same preparation without it (`onednn=False`), the
-two in alternating order per round. Prints medians of per-round ratios, lowered / not (below 1
-the lowering is faster). 1 thread, eval, 224x224.
+batch 1 and 8 with the lowering against the same preparation without it (`onednn=False`), and
+a training step at batch 8 (forward, cross-entropy, backward, SGD step) of the model after
+`use_onednn` against the model as built; the two in alternating order per round. Prints medians
+of per-round ratios, lowered / not (below 1 the lowering is faster). 1 thread, 224x224.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def linear_ratios(rounds: int) -> tuple[float, float]:
     return _ratio(seconds, "onednn", "torch"), _ratio(seconds, "onednn_gelu", "torch_gelu")
 
 
-def model_ratio(spec: str, batch: int, rounds: int) -> float:
+def eval_ratio(spec: str, batch: int, rounds: int) -> float:
     model = archdsl.create_model(spec)
     models = {
         "plain": archdsl.prepare_for_inference(copy.deepcopy(model), onednn=False),
@@ -60,7 +61,28 @@ def model_ratio(spec: str, batch: int, rounds: int) -> float:
 
         return run
 
-    steps = {name: forward(prepared) for name, prepared in models.items()}
+    return _lowered_over_plain({name: forward(prepared) for name, prepared in models.items()}, rounds)
+
+
+def train_ratio(spec: str, batch: int, rounds: int) -> float:
+    model = archdsl.create_model(spec).train()
+    models = {"plain": model, "onednn": archdsl.use_onednn(copy.deepcopy(model))}
+    images, labels = torch.randn(batch, 3, 224, 224), torch.randint(0, model.spec.head.classes, (batch,))
+
+    def train_step(trained):
+        optimizer = torch.optim.SGD(trained.parameters(), lr=0.0)
+
+        def run() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(trained(images), labels).backward()
+            optimizer.step()
+
+        return run
+
+    return _lowered_over_plain({name: train_step(trained) for name, trained in models.items()}, rounds)
+
+
+def _lowered_over_plain(steps: dict, rounds: int) -> float:
     for run in steps.values():
         run()
     return _ratio(alternating_rounds(steps, rounds), "onednn", "plain")
@@ -74,9 +96,10 @@ def main() -> None:
     torch.set_num_threads(1)
     plain, fused = linear_ratios(args.rounds)
     print(f"Linear (3136, 64) -> 256, oneDNN / torch: {plain:.2f}; with GELU, fused / after: {fused:.2f}")
-    print("| spec | eval b1 | eval b8 |\n| --- | --- | --- |")
+    print("| spec | eval b1 | eval b8 | train b8 |\n| --- | --- | --- | --- |")
     for spec in args.specs:
-        print(f"| {spec} | {model_ratio(spec, 1, args.rounds):.2f} | {model_ratio(spec, 8, args.rounds):.2f} |", flush=True)
+        ratios = eval_ratio(spec, 1, args.rounds), eval_ratio(spec, 8, args.rounds), train_ratio(spec, 8, args.rounds)
+        print(f"| {spec} | " + " | ".join(f"{ratio:.2f}" for ratio in ratios) + " |", flush=True)
 
 
 if __name__ == "__main__":

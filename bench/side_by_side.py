@@ -19,7 +19,8 @@ gradient, weight gradient) at the core's best GEMM rate, measured in the same pr
 (`peak_macs_per_second`), and did nothing else. No float32 implementation on that core goes below it.
 
 archdsl's rows: inference runs `archdsl.prepare_for_inference(model)` (what a user asks for with
-one call); the training step runs the model as `create_model` returns it (with
+one call); the training step runs the model as `create_model` returns it after
+`archdsl.use_onednn(model)` (Linears and 1x1 convs on oneDNN's primitives; with
 `train_channels_last`, moved to channels-last memory first, as timm's `--channels-last`). With
 `compiled`, both models then go through `torch.compile` (inductor); the warm-up includes the
 compile. A baseline file defines `build(spec_name, source) -> nn.Module` and
@@ -52,6 +53,8 @@ ARITHMETIC_KERNELS = {
     "aten::convolution_backward",
     "aten::_scaled_dot_product_flash_attention_for_cpu",
     "aten::_scaled_dot_product_flash_attention_for_cpu_backward",
+    "mkldnn::_linear_pointwise",
+    "mkldnn::_convolution_pointwise",
 }
 
 
@@ -136,10 +139,14 @@ def kernel_share(step: Callable[[], None]) -> float:
 
 def peak_macs_per_second(repeats: int = 5) -> float:
     """The best rate of a large float32 GEMM ((1024, 1024) @ (1024, 1024)) on the CPU at the
-    current thread count: the most multiply-adds per second any kernel here reaches."""
+    current thread count, the faster of torch's two libraries (MKL through torch.mm, oneDNN's
+    inner product; on AMD processors MKL runs its AVX2 code): the most multiply-adds per second
+    any kernel here reaches."""
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    torch.mm(a, b)
-    best = min(_seconds(lambda: torch.mm(a, b), 3, torch.device("cpu")) for _ in range(repeats))
+    products = [lambda: torch.mm(a, b)]
+    if torch.backends.mkldnn.is_available():
+        products.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], None))
+    best = min(_seconds(product, 3, torch.device("cpu")) for product in products * repeats)
     return 1024**3 / best
 
 
@@ -172,7 +179,7 @@ def compare(
     ours, theirs = _paired_models(name, baseline, source, img_size)
     label = ", ".join(
         [Path(baseline_file).stem + (" (both compiled)" if compiled else "")]
-        + (["ours trains channels-last"] if train_channels_last else [])
+        + ["ours trains on oneDNN" + (", channels-last" if train_channels_last else "")]
         + [f"{device.type} {str(autocast).removeprefix('torch.') if autocast else 'float32'}"]
     )
     row: dict = {
@@ -189,7 +196,7 @@ def compare(
         if task.startswith("eval"):
             a, b = archdsl.prepare_for_inference(copy.deepcopy(ours)), baseline.prepare(copy.deepcopy(theirs))
         else:
-            a, b = copy.deepcopy(ours).train(), copy.deepcopy(theirs).train()
+            a, b = archdsl.use_onednn(copy.deepcopy(ours).train()), copy.deepcopy(theirs).train()
             if train_channels_last:  # what timm's train.py --channels-last does to the model
                 a = a.to(memory_format=torch.channels_last)
         a, b = a.to(device), b.to(device)

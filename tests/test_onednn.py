@@ -12,7 +12,7 @@ from torch import nn
 from archdsl import create_model, prepare_for_inference
 from archdsl.blocks.ffn import ConvFFNModule, MLPModule
 from archdsl.blocks.layers import GELU, DepthwiseConv2d, DepthwiseResidualConv2d
-from archdsl.onednn import OneDnnConv2d, OneDnnLinear, lower_to_onednn
+from archdsl.onednn import OneDnnConv2d, OneDnnLinear, lower_to_onednn, use_onednn
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
 
@@ -93,3 +93,42 @@ def test_a_prepared_model_falls_back_where_onednn_does_not_apply_and_copies():
 def test_a_model_off_float32_is_not_lowered():
     prepared = prepare_for_inference(create_model("cloformer_xxs", img_size=64).double())
     assert not _layers(prepared, (OneDnnConv2d, OneDnnLinear))
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels-last"])
+@pytest.mark.parametrize("layer", [nn.Conv2d(16, 24, 1), nn.Conv2d(16, 24, 1, bias=False), nn.Linear(16, 24)], ids=str)
+def test_a_lowered_layer_trains_with_the_plain_layers_gradients(layer, memory_format):
+    x = torch.randn(3, 16, 6, 6) if isinstance(layer, nn.Conv2d) else torch.randn(3, 5, 16)
+    x = x.contiguous(memory_format=memory_format) if x.dim() == 4 else x
+    lowered = (OneDnnConv2d if isinstance(layer, nn.Conv2d) else OneDnnLinear)(layer, nn.Identity())
+    inputs = [x.clone().requires_grad_() for _ in range(2)]
+    outputs = layer(inputs[0]), lowered(inputs[1])
+    gradient = torch.randn_like(outputs[0])
+    expected, found = (torch.autograd.grad(out, [given, *layer.parameters()], gradient) for out, given in zip(outputs, inputs))
+    for want, got in zip(expected, found, strict=True):
+        assert (got - want).abs().max().item() < 1e-5 * want.abs().max().item() + 1e-6
+
+
+@pytest.mark.parametrize("variant", ["sgformer_s", "nommer_t"])
+def test_use_onednn_keeps_a_training_steps_gradients(variant):
+    plain = create_model(variant, img_size=64).train()
+    lowered = use_onednn(copy.deepcopy(plain))
+    kinds = {type(module) for module in lowered.modules()}
+    assert nn.Linear not in kinds and OneDnnLinear in kinds and OneDnnConv2d in kinds
+    assert all(layer.pointwise for layer in _layers(lowered, OneDnnConv2d))  # the other convs stay torch's
+    images, labels = torch.randn(2, 3, 64, 64), torch.tensor([3, 7])
+    for model in (plain, lowered):
+        torch.manual_seed(0)  # the same drop-path draws
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+    for (name, want), got in zip(plain.named_parameters(), lowered.parameters(), strict=True):
+        if want.grad is not None:
+            assert (got.grad - want.grad).norm() <= 1e-4 * want.grad.norm() + 1e-12, name
+
+
+def test_a_lowered_layer_reorders_its_kernel_again_after_a_weight_update():
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    layer, x = OneDnnConv2d(conv, nn.Identity()), torch.randn(1, 8, 5, 5)
+    with torch.no_grad():
+        layer(x)  # reorders the kernel
+        conv.weight.mul_(2)  # in place, as an optimizer step or load_state_dict
+        assert (layer(x) - conv(x)).abs().max().item() < 1e-5

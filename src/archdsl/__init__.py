@@ -3,6 +3,7 @@
 from archdsl.api import count_flops, create_model, load_spec, lower_spec
 from archdsl.errors import CheckpointError, SpecError
 from archdsl.inference import prepare_for_inference
+from archdsl.onednn import use_onednn
 from archdsl.plugins import load_plugins
 from archdsl.weights import save_checkpoint
 
@@ -12,6 +13,7 @@ __all__ = [
     "count_flops",
     "lower_spec",
     "prepare_for_inference",
+    "use_onednn",
     "save_checkpoint",
     "load_plugins",
     "SpecError",

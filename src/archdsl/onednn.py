@@ -1,22 +1,24 @@
-"""oneDNN primitives for a prepared model's convolutions and Linears on the CPU.
+"""oneDNN primitives for convolutions and Linears on the CPU.
 
 Two gains, both measured by bench/onednn_layers.py:
 
 * The ReLU or GELU that follows a conv or Linear runs as the primitive's post-op, on the output
   while it is still in cache, instead of as a second pass over a fresh map.
-* torch's Linear (and its 1x1 convolutions on channels-last maps) call MKL's sgemm. MKL takes
-  its AVX2 code on AMD processors, while oneDNN takes AVX-512 wherever the processor has it; on
-  an AVX-512 AMD EPYC the same product takes about half the time. On Intel processors both
+* torch's Linear, and its 1x1 convolutions at one thread, call MKL's sgemm. MKL takes its AVX2
+  code on AMD processors, while oneDNN takes AVX-512 wherever the processor has it; on an
+  AVX-512 AMD EPYC the same product takes about half the time. On Intel processors both
   libraries use AVX-512, so there the gain is the fused activations and the reordered kernels.
 
-Each kernel is reordered once into oneDNN's blocked layout (as inductor's freezing does), not
-on every call. The primitives have no autograd and take float32 CPU tensors, so a
-lowered layer runs as the plain layer wherever they do not apply (`_runs_on_onednn`).
+`lower_to_onednn` (through `prepare_for_inference`) lowers every conv and Linear, fusing the
+activations its chains name; `use_onednn` lowers the Linears and 1x1 convs alone, for training:
+their gradients go through oneDNN's primitives too (`_Linear`, `_PointwiseConvolution`).
+A lowered layer keeps its parameters and state_dict names, and runs as the plain layer wherever
+oneDNN does not apply (`_on_onednn`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -26,20 +28,16 @@ from archdsl.blocks.layers import GELU, DepthwiseConv2d, DepthwiseResidualConv2d
 
 # (attr, scalars, algorithm): how oneDNN's pointwise ops name a post-op
 PostOp = tuple[str, list, str | None]
+NO_POST_OP: PostOp = ("none", [], None)
 
-# the kernel each conv type computes with, by exact type: a subclass with a forward of its own
-# is left as it is
-CONV_KERNELS: dict[type[nn.Conv2d], Callable[[nn.Conv2d], torch.Tensor]] = {
-    nn.Conv2d: lambda conv: conv.weight,
-    DepthwiseConv2d: lambda conv: conv.weight,
-    DepthwiseResidualConv2d: lambda conv: conv.weight + conv.identity,
-}
+# the conv types lowered, by exact type: a subclass with a forward of its own is left as it is
+LOWERED_CONVS = (nn.Conv2d, DepthwiseConv2d, DepthwiseResidualConv2d)
 
 
 def post_op(activation: nn.Module) -> PostOp | None:
     """The post-op that computes `activation` (nn.Identity: none), or None where oneDNN has none."""
     if type(activation) is nn.Identity:
-        return "none", [], None
+        return NO_POST_OP
     if type(activation) in (nn.GELU, GELU):
         return "gelu", [], activation.approximate
     if type(activation) is nn.ReLU:
@@ -47,40 +45,106 @@ def post_op(activation: nn.Module) -> PostOp | None:
     return None
 
 
-def _runs_on_onednn(x: torch.Tensor) -> bool:
-    """Where a lowered layer calls oneDNN: float32 on the CPU, no gradient recorded, no autocast,
-    and not inside a trace (torch.compile, fvcore, export read the plain layer)."""
+def _on_onednn(x: torch.Tensor) -> bool:
+    """Where a lowered layer calls oneDNN: float32 on the CPU, no autocast, and not inside a
+    trace (torch.compile, fvcore and export read the plain layer)."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
-        and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
     )
 
 
-class _ReorderedOnce:
-    """A layer whose kernel oneDNN reorders into its blocked layout at the first call. A oneDNN
-    tensor has no storage to copy or pickle, so a copy of the layer reorders its own."""
+def _inner_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, *NO_POST_OP)
+
+
+class _Linear(torch.autograd.Function):
+    """F.linear whose forward and input gradient are oneDNN inner products; the weight gradient
+    is torch's matmul (oneDNN would first copy the transposed operands)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _inner_product(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_input = _inner_product(grad, weight.t().contiguous()) if ctx.needs_input_grad[0] else None
+        rows = grad.reshape(-1, grad.shape[-1])
+        grad_weight = rows.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
+        grad_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_input, grad_weight, grad_bias
+
+
+def _pointwise_convolution(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return torch.ops.aten.mkldnn_convolution(x, weight, bias, (0, 0), (1, 1), (1, 1), 1)
+
+
+class _PointwiseConvolution(torch.autograd.Function):
+    """A 1x1 conv (stride 1, one group) on oneDNN's primitives: the forward and the input gradient
+    (the 1x1 conv by the transposed kernel) are oneDNN convolutions, and on NCHW maps the weight
+    gradient is one inner product per image, gradient (O, HW) by input (C, HW), with no copy.
+    At one thread torch runs 1x1 convs through MKL, forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _pointwise_convolution(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_input = _pointwise_convolution(grad, weight.transpose(0, 1).contiguous()) if needs_input else None
+        if not (grad.is_contiguous() and x.is_contiguous()):  # channels-last: torch's own
+            _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+                grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, (1, 1), (0, 0), (1, 1), False, (0, 0), 1,
+                (False, needs_weight, ctx.has_bias and needs_bias),
+            )  # fmt: skip
+            return grad_input, grad_weight, grad_bias
+        grad_weight = None
+        if needs_weight:
+            grads, inputs = grad.flatten(2), x.flatten(2)
+            grad_weight = _inner_product(grads[0], inputs[0])
+            for image in range(1, len(grads)):
+                grad_weight += _inner_product(grads[image], inputs[image])
+            grad_weight = grad_weight[..., None, None]
+        grad_bias = grad.sum((0, 2, 3)) if ctx.has_bias and needs_bias else None
+        return grad_input, grad_weight, grad_bias
+
+
+class _BlockedKernel:
+    """A layer whose kernel oneDNN reorders into its blocked layout for evaluation, again only
+    when the weight has changed: its version counter moves with every in-place update (an
+    optimizer step, load_state_dict). A oneDNN tensor has no storage to copy or pickle, so a
+    copy of the layer reorders its own."""
 
     _blocked: torch.Tensor | None = None
+    _blocked_from: tuple[int, int] | None = None
 
     def _reorder(self) -> torch.Tensor:
         raise NotImplementedError
 
     def blocked_kernel(self) -> torch.Tensor:
-        if self._blocked is None:
-            self._blocked = self._reorder()
+        source = (self.weight.data_ptr(), self.weight._version)
+        if self._blocked_from != source:
+            self._blocked, self._blocked_from = self._reorder(), source
         return self._blocked
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_blocked": None}
+        return {**self.__dict__, "_blocked": None, "_blocked_from": None}
 
 
-class OneDnnConv2d(_ReorderedOnce, nn.Conv2d):
-    """A conv and the activation after it as one oneDNN convolution. Its parameters are the conv's
-    (the state_dict keeps their names); `kernel` is what the conv computes with, frozen."""
+class OneDnnConv2d(_BlockedKernel, nn.Conv2d):
+    """A conv and the activation after it as one oneDNN convolution, on the conv's parameters."""
 
     def __init__(self, conv: nn.Conv2d, activation: nn.Module):
         super().__init__(
@@ -95,24 +159,34 @@ class OneDnnConv2d(_ReorderedOnce, nn.Conv2d):
             device="meta",
         )
         self.weight, self.bias = conv.weight, conv.bias
-        self.register_buffer("kernel", CONV_KERNELS[type(conv)](conv).detach(), persistent=False)
+        # DepthwiseResidualConv2d computes with weight + its identity on the centre tap
+        residual = type(conv) is DepthwiseResidualConv2d
+        self.register_buffer("identity", conv.identity if residual else None, persistent=False)
         self.activation = activation
         self.post_op = post_op(activation)
+        self.pointwise = (self.kernel_size, self.stride, self.padding, self.groups) == ((1, 1), (1, 1), (0, 0), 1)
+
+    def kernel(self) -> torch.Tensor:
+        return self.weight if self.identity is None else self.weight + self.identity
 
     def _reorder(self) -> torch.Tensor:
         return torch._C._nn.mkldnn_reorder_conv2d_weight(
-            self.kernel.contiguous().to_mkldnn(), self.padding, self.stride, self.dilation, self.groups
+            self.kernel().detach().contiguous().to_mkldnn(), self.padding, self.stride, self.dilation, self.groups
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _runs_on_onednn(x):
-            return self.activation(self._conv_forward(x, self.kernel, self.bias))
+        if not _on_onednn(x):
+            return self.activation(self._conv_forward(x, self.kernel(), self.bias))
+        if torch.is_grad_enabled():
+            if self.pointwise:
+                return self.activation(_PointwiseConvolution.apply(x, self.weight, self.bias))
+            return self.activation(self._conv_forward(x, self.kernel(), self.bias))
         return torch.ops.mkldnn._convolution_pointwise(
             x, self.blocked_kernel(), self.bias, self.padding, self.stride, self.dilation, self.groups, *self.post_op
         )
 
 
-class OneDnnLinear(_ReorderedOnce, nn.Linear):
+class OneDnnLinear(_BlockedKernel, nn.Linear):
     """A Linear and the activation after it as one oneDNN inner product, on the Linear's parameters."""
 
     def __init__(self, linear: nn.Linear, activation: nn.Module):
@@ -125,15 +199,18 @@ class OneDnnLinear(_ReorderedOnce, nn.Linear):
         return torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _runs_on_onednn(x):
+        if not _on_onednn(x):
             return self.activation(F.linear(x, self.weight, self.bias))
+        if torch.is_grad_enabled():
+            return self.activation(_Linear.apply(x, self.weight, self.bias))
         return torch.ops.mkldnn._linear_pointwise(x, self.blocked_kernel(), self.bias, *self.post_op)
 
 
-def _lowered(layer: nn.Module, activation: nn.Module) -> nn.Module | None:
+def _lowered(layer: nn.Module, activation: nn.Module, pointwise_only: bool) -> nn.Module | None:
     """`layer` and `activation` as one oneDNN layer, or None where `layer` has none."""
-    if type(layer) in CONV_KERNELS and layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
-        return OneDnnConv2d(layer, activation)
+    if type(layer) in LOWERED_CONVS and layer.padding_mode == "zeros" and not isinstance(layer.padding, str):
+        lowered = OneDnnConv2d(layer, activation)
+        return lowered if lowered.pointwise or not pointwise_only else None
     if type(layer) is nn.Linear:
         return OneDnnLinear(layer, activation)
     return None
@@ -146,23 +223,34 @@ def onednn_can_run(model: nn.Module) -> bool:
     )
 
 
+def _lower_layers(model: nn.Module, pointwise_only: bool) -> nn.Module:
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            lowered = _lowered(child, nn.Identity(), pointwise_only)
+            if lowered is not None:
+                module.register_module(name, lowered)
+    return model
+
+
 def lower_to_onednn(model: nn.Module, chains: Iterable[tuple[nn.Module, tuple[str, ...]]]) -> nn.Module:
-    """Every conv and Linear of `model` lowered, in place, to its oneDNN layer; in each chain
-    (owner, names of layers its forward applies in order), an activation that follows a layer,
-    identities aside, becomes that layer's post-op and an identity."""
+    """Every conv and Linear of an eval-mode `model` lowered, in place, to its oneDNN layer; in
+    each chain (owner, names of layers its forward applies in order), an activation that follows
+    a layer, identities aside, becomes that layer's post-op and an identity."""
     for owner, chain in chains:
         for index, name in enumerate(chain):
             following = next((later for later in chain[index + 1 :] if type(owner.get_submodule(later)) is not nn.Identity), None)
             activation = owner.get_submodule(following) if following else None
             if activation is None or post_op(activation) is None:
                 continue
-            lowered = _lowered(owner.get_submodule(name), activation)
+            lowered = _lowered(owner.get_submodule(name), activation, pointwise_only=False)
             if lowered is not None:
                 owner.register_module(name, lowered)
                 owner.register_module(following, nn.Identity())
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            lowered = _lowered(child, nn.Identity())
-            if lowered is not None:
-                module.register_module(name, lowered)
-    return model
+    return _lower_layers(model, pointwise_only=False)
+
+
+def use_onednn(model: nn.Module) -> nn.Module:
+    """The model, in place, with its Linears and 1x1 convs on oneDNN's primitives on the CPU, in
+    training as in evaluation. Its other convs stay torch's (oneDNN's already, where that is
+    faster), and its modules, parameters and state_dict are otherwise unchanged."""
+    return _lower_layers(model, pointwise_only=True)
