@@ -108,6 +108,7 @@ def compare_side_by_side(names: list[str], args) -> None:
         str(args.img_size),
         *(["--no-compile"] if args.no_compile else []),
         *(["--train-channels-last"] if args.train_channels_last else []),
+        *(["--baseline-onednn"] if args.baseline_onednn else []),
         "--device",
         args.device,
         "--dtype",
@@ -146,6 +147,11 @@ def main() -> None:
     parser.add_argument(
         "--train-channels-last", action="store_true", help="side by side: archdsl's training step in channels-last memory"
     )
+    parser.add_argument(
+        "--baseline-onednn",
+        action="store_true",
+        help="side by side: the baseline lowered to oneDNN as archdsl is (its Sequential chains fused)",
+    )
     parser.add_argument("--device", default="cpu", help="side by side: where both models run (cpu, cuda)")
     parser.add_argument(
         "--dtype",
@@ -176,6 +182,7 @@ def main() -> None:
                 args.img_size,
                 compiled=not args.no_compile,
                 train_channels_last=args.train_channels_last,
+                baseline_onednn=args.baseline_onednn,
                 device=args.device,
                 autocast=None if args.dtype == "float32" else getattr(torch, args.dtype),
                 batch_size=args.batch,

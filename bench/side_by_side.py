@@ -22,6 +22,9 @@ archdsl's rows: inference runs `archdsl.prepare_for_inference(model)` (what a us
 one call); the training step runs the model as `create_model` returns it after
 `archdsl.use_onednn(model)` (Linears and 1x1 convs on oneDNN's primitives; with
 `train_channels_last`, moved to channels-last memory first, as timm's `--channels-last`). With
+`baseline_onednn`, the baseline gets the same oneDNN lowering after its own preparation
+(`lower_to_onednn` over its nn.Sequential chains in eval, `use_onednn` in training): what is
+left of a ratio then is the implementations' difference, not the kernels'. With
 `compiled`, both models then go through `torch.compile` (inductor); the warm-up includes the
 compile. A baseline file defines `build(spec_name, source) -> nn.Module` and
 `prepare(model) -> nn.Module` (its inference preparation: for the authors' code, `eval()`).
@@ -155,6 +158,23 @@ def tasks(batch_size: int) -> tuple[str, str, str]:
     return ("eval_b1", f"eval_b{batch_size}", f"train_b{batch_size}")
 
 
+def prepared_pair(
+    ours: nn.Module, theirs: nn.Module, baseline, task: str, baseline_onednn: bool, train_channels_last: bool
+) -> tuple[nn.Module, nn.Module]:
+    """Copies of the two models as a task runs them (see the module's docstring)."""
+    import archdsl
+    from archdsl.inference import layer_chains
+    from archdsl.onednn import lower_to_onednn
+
+    if task.startswith("eval"):
+        a, b = archdsl.prepare_for_inference(copy.deepcopy(ours)), baseline.prepare(copy.deepcopy(theirs))
+        return a, lower_to_onednn(b, layer_chains(b)) if baseline_onednn else b
+    a, b = archdsl.use_onednn(copy.deepcopy(ours).train()), copy.deepcopy(theirs).train()
+    if train_channels_last:  # what timm's train.py --channels-last does to the model
+        a = a.to(memory_format=torch.channels_last)
+    return a, archdsl.use_onednn(b) if baseline_onednn else b
+
+
 def compare(
     name: str,
     baseline_file: str,
@@ -163,6 +183,7 @@ def compare(
     img_size: int,
     compiled: bool = False,
     train_channels_last: bool = False,
+    baseline_onednn: bool = False,
     device: str = "cpu",
     autocast: torch.dtype | None = None,
     batch_size: int = 8,
@@ -180,6 +201,7 @@ def compare(
     label = ", ".join(
         [Path(baseline_file).stem + (" (both compiled)" if compiled else "")]
         + ["ours trains on oneDNN" + (", channels-last" if train_channels_last else "")]
+        + (["baseline on oneDNN too"] if baseline_onednn else [])
         + [f"{device.type} {str(autocast).removeprefix('torch.') if autocast else 'float32'}"]
     )
     row: dict = {
@@ -193,12 +215,7 @@ def compare(
         images = 1 if task == "eval_b1" else batch_size
         batch = torch.randn(images, 3, img_size, img_size, device=device)
         labels = torch.randint(0, 1000, (images,), device=device)
-        if task.startswith("eval"):
-            a, b = archdsl.prepare_for_inference(copy.deepcopy(ours)), baseline.prepare(copy.deepcopy(theirs))
-        else:
-            a, b = archdsl.use_onednn(copy.deepcopy(ours).train()), copy.deepcopy(theirs).train()
-            if train_channels_last:  # what timm's train.py --channels-last does to the model
-                a = a.to(memory_format=torch.channels_last)
+        a, b = prepared_pair(ours, theirs, baseline, task, baseline_onednn, train_channels_last)
         a, b = a.to(device), b.to(device)
         optimizers = [torch.optim.SGD(model.parameters(), lr=1e-4) for model in (a, b)]
         if compiled:  # both through inductor: compiled against compiled, never against eager

@@ -65,3 +65,17 @@ def test_rows_of_several_processes_summarise_to_their_median_and_spread(side_by_
         assert summary[task]["ratio_max"] == row[task]["ratio"]
         assert summary[task]["ours_ms"] == row[task]["ours_ms"]
     assert len(side_by_side.format_rows([row, faster, row, summary]).splitlines()) == 6
+
+
+@pytest.mark.parametrize("task", ["eval_b1", "train_b8"])
+def test_the_baseline_can_get_archdsls_onednn_lowering_too(side_by_side, task):
+    from archdsl import create_model
+    from archdsl.onednn import OneDnnConv2d, OneDnnLinear
+
+    baseline = side_by_side.load_baseline(str(BENCH / "baselines" / "unoptimised.py"))
+    model = create_model("cloformer_xxs", img_size=32)
+    for lowered in (False, True):
+        ours, theirs = side_by_side.prepared_pair(model, model, baseline, task, lowered, train_channels_last=False)
+        for prepared, expected in ((ours, True), (theirs, lowered)):
+            kinds = {type(module) for module in prepared.modules()}
+            assert (OneDnnConv2d in kinds and OneDnnLinear in kinds) == expected
