@@ -11,12 +11,12 @@ from torch import nn
 
 from archdsl import create_model, prepare_for_inference
 from archdsl.blocks.ffn import ConvFFNModule, MLPModule
-from archdsl.blocks.layers import GELU, DepthwiseConv2d, DepthwiseResidualConv2d
+from archdsl.blocks.layers import GELU, DepthwiseConv2d, DepthwiseResidualConv2d, Swish
 from archdsl.onednn import OneDnnConv2d, OneDnnLinear, lower_to_onednn, use_onednn
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
 
-ACTIVATIONS = [nn.Identity(), nn.ReLU(), nn.GELU(), nn.GELU(approximate="tanh"), GELU(inplace=True)]
+ACTIVATIONS = [nn.Identity(), nn.ReLU(), nn.GELU(), nn.GELU(approximate="tanh"), GELU(inplace=True), nn.SiLU(), Swish()]
 
 
 def _layers(model: nn.Module, kind: type) -> list[nn.Module]:
@@ -132,3 +132,14 @@ def test_a_lowered_layer_reorders_its_kernel_again_after_a_weight_update():
         layer(x)  # reorders the kernel
         conv.weight.mul_(2)  # in place, as an optimizer step or load_state_dict
         assert (layer(x) - conv(x)).abs().max().item() < 1e-5
+
+
+def test_a_prepared_model_runs_under_bf16_autocast():
+    prepared = prepare_for_inference(create_model("nommer_t", img_size=64))
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = prepared(image)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = prepared(image)
+    assert logits.dtype == torch.bfloat16  # torch's autocast kernels ran, not oneDNN's float32 ones
+    assert (logits.float() - expected).abs().max().item() < 0.1 * expected.abs().max().item()

@@ -11,7 +11,7 @@ What it changes, each exact up to float rounding (the logits move by ~1e-6):
   map's per-pixel view (B, H, W, C), which LayerNorms and Linears read, needs no copy
   (archdsl's `GELU`, blocks/layers.py, keeps torch's fast contiguous kernel on such maps);
 * on a CPU with oneDNN, in float32: convolutions and Linears run as oneDNN primitives, each with
-  the ReLU or GELU that follows it in a chain as the primitive's post-op (`onednn.py`).
+  the ReLU, GELU or Swish that follows it in a chain as the primitive's post-op (`onednn.py`).
 
 The prepared model keeps its module names except for the folded norms and the fused activations,
 which become identities: save a checkpoint before preparing, not after.

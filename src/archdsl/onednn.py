@@ -2,12 +2,13 @@
 
 Two gains, both measured by bench/onednn_layers.py:
 
-* The ReLU or GELU that follows a conv or Linear runs as the primitive's post-op, on the output
+* The ReLU, GELU or Swish that follows a conv or Linear runs as the primitive's post-op, on the output
   while it is still in cache, instead of as a second pass over a fresh map.
 * torch's Linear, and its 1x1 convolutions at one thread, call MKL's sgemm. MKL takes its AVX2
   code on AMD processors, while oneDNN takes AVX-512 wherever the processor has it; on an
-  AVX-512 AMD EPYC the same product takes about half the time. On Intel processors both
-  libraries use AVX-512, so there the gain is the fused activations and the reordered kernels.
+  AVX-512 AMD EPYC the same product takes about half the time. Where MKL runs its best code
+  for the processor, only the fused activations and reordered kernels should remain (this
+  project has not measured such a machine).
 
 `lower_to_onednn` (through `prepare_for_inference`) lowers every conv and Linear, fusing the
 activations its chains name; `use_onednn` lowers the Linears and 1x1 convs alone, for training:
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archdsl.blocks.layers import GELU, DepthwiseConv2d, DepthwiseResidualConv2d
+from archdsl.blocks.layers import GELU, DepthwiseConv2d, DepthwiseResidualConv2d, Swish
 
 # (attr, scalars, algorithm): how oneDNN's pointwise ops name a post-op
 PostOp = tuple[str, list, str | None]
@@ -42,6 +43,8 @@ def post_op(activation: nn.Module) -> PostOp | None:
         return "gelu", [], activation.approximate
     if type(activation) is nn.ReLU:
         return "relu", [], None
+    if type(activation) in (nn.SiLU, Swish):
+        return "swish", [], None
     return None
 
 
