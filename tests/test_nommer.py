@@ -310,6 +310,21 @@ def test_block_dct_is_orthonormal_and_inverts():
     assert math.isclose(float(basis[0, 0]), 1 / 8, rel_tol=1e-6)
 
 
+@pytest.mark.parametrize(("block", "keep"), [(8, 4), (4, 2), (3, 2)])
+def test_block_dct_gradients_are_the_adjoint_transforms(block, keep):
+    dct, idct = BlockDCT(5, block, keep), BlockIDCT(5, block, keep)
+    x = torch.randn(2, 5, 2 * block, 3 * block, requires_grad=True)
+    coefficients = torch.randn(2, 5 * keep * keep, 2, 3, requires_grad=True)
+    for transform, given in ((dct, x), (idct, coefficients)):
+        output = transform(given)
+        gradient = torch.randn_like(output)
+        found = torch.autograd.grad(output, given, gradient)[0]
+        transform.weight.requires_grad_(True)  # a trained basis: torch's own backward, the reference
+        expected = torch.autograd.grad(transform(given), given, gradient)[0]
+        transform.weight.requires_grad_(False)
+        assert (found - expected).abs().max().item() < 1e-5
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 
