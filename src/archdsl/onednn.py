@@ -64,9 +64,20 @@ def _inner_product(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, *NO_POST_OP)
 
 
+def _weight_gradient(grad_rows: torch.Tensor, input_rows: torch.Tensor) -> torch.Tensor:
+    """gradᵀ · input of (rows, out) and (rows, in) matrices as one oneDNN inner product, inputᵀ by
+    gradᵀ, transposed back: oneDNN copies transposed operands first, and in this order that costs
+    least (0.50-0.75 of torch's matmul on SG-Former's and NomMer's Linear shapes)."""
+    return _inner_product(input_rows.t(), grad_rows.t()).t().contiguous()
+
+
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    """A map's pixels as rows of its channels: a view of a channels-last map."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
 class _Linear(torch.autograd.Function):
-    """F.linear whose forward and input gradient are oneDNN inner products; the weight gradient
-    is torch's matmul (oneDNN would first copy the transposed operands)."""
+    """F.linear with its forward and both gradients as oneDNN inner products."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -78,10 +89,11 @@ class _Linear(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        grad_input = _inner_product(grad, weight.t().contiguous()) if ctx.needs_input_grad[0] else None
-        rows = grad.reshape(-1, grad.shape[-1])
-        grad_weight = rows.t() @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
-        grad_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_input = _inner_product(grad, weight.t().contiguous()) if needs_input else None
+        grad_rows = grad.reshape(-1, grad.shape[-1])
+        grad_weight = _weight_gradient(grad_rows, x.reshape(-1, x.shape[-1])) if needs_weight else None
+        grad_bias = grad_rows.sum(0) if ctx.has_bias and needs_bias else None
         return grad_input, grad_weight, grad_bias
 
 
@@ -90,10 +102,11 @@ def _pointwise_convolution(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 
 
 class _PointwiseConvolution(torch.autograd.Function):
-    """A 1x1 conv (stride 1, one group) on oneDNN's primitives: the forward and the input gradient
-    (the 1x1 conv by the transposed kernel) are oneDNN convolutions, and on NCHW maps the weight
-    gradient is one inner product per image, gradient (O, HW) by input (C, HW), with no copy.
-    At one thread torch runs 1x1 convs through MKL, forward and backward."""
+    """A 1x1 conv (stride 1, one group) with its forward and both gradients on oneDNN's primitives
+    (at one thread torch runs 1x1 convs through MKL, forward and backward): the input gradient
+    is the 1x1 conv by the transposed kernel; the weight gradient, on NCHW maps, one inner product
+    per image, gradient (O, HW) by input (C, HW), with no copy, on other maps `_weight_gradient`
+    over their pixels."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
@@ -107,21 +120,16 @@ class _PointwiseConvolution(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad
         grad_input = _pointwise_convolution(grad, weight.transpose(0, 1).contiguous()) if needs_input else None
-        if not (grad.is_contiguous() and x.is_contiguous()):  # channels-last: torch's own
-            _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-                grad, x, weight, [weight.shape[0]] if ctx.has_bias else None, (1, 1), (0, 0), (1, 1), False, (0, 0), 1,
-                (False, needs_weight, ctx.has_bias and needs_bias),
-            )  # fmt: skip
-            return grad_input, grad_weight, grad_bias
         grad_weight = None
-        if needs_weight:
+        if needs_weight and grad.is_contiguous() and x.is_contiguous():
             grads, inputs = grad.flatten(2), x.flatten(2)
             grad_weight = _inner_product(grads[0], inputs[0])
             for image in range(1, len(grads)):
                 grad_weight += _inner_product(grads[image], inputs[image])
-            grad_weight = grad_weight[..., None, None]
+        elif needs_weight:
+            grad_weight = _weight_gradient(_pixels(grad), _pixels(x))
         grad_bias = grad.sum((0, 2, 3)) if ctx.has_bias and needs_bias else None
-        return grad_input, grad_weight, grad_bias
+        return grad_input, None if grad_weight is None else grad_weight[..., None, None], grad_bias
 
 
 class _BlockedKernel:
