@@ -2,8 +2,8 @@
 
 Two gains, both measured by bench/onednn_layers.py:
 
-* The ReLU, GELU or Swish that follows a conv or Linear runs as the primitive's post-op, on the output
-  while it is still in cache, instead of as a second pass over a fresh map.
+* The ReLU, GELU or Swish that follows a conv or Linear runs as the primitive's post-op, on
+  the output while it is still in cache, instead of as a second pass over a fresh map.
 * torch's Linear, and its 1x1 convolutions at one thread, call MKL's sgemm. MKL takes its AVX2
   code on AMD processors, while oneDNN takes AVX-512 wherever the processor has it; on an
   AVX-512 AMD EPYC the same product takes about half the time. Where MKL runs its best code

@@ -62,8 +62,13 @@ class _AdjointGradient(torch.autograd.Function):
 
 
 def _with_adjoint_gradient(x: torch.Tensor, basis: nn.Parameter, transform, adjoint) -> torch.Tensor:
-    if basis.requires_grad or not (torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing():
-        return transform(x)  # a trained basis needs its own gradient; fvcore and export trace the conv
+    if (
+        basis.requires_grad  # a trained basis needs its own gradient
+        or not (torch.is_grad_enabled() and x.requires_grad)
+        or torch.is_autocast_enabled(x.device.type)  # the backward would meet bf16 gradients outside autocast
+        or torch.jit.is_tracing()  # fvcore and export read the conv
+    ):
+        return transform(x)
     return _AdjointGradient.apply(x, transform, adjoint)
 
 
