@@ -143,3 +143,16 @@ def test_a_prepared_model_runs_under_bf16_autocast():
             logits = prepared(image)
     assert logits.dtype == torch.bfloat16  # torch's autocast kernels ran, not oneDNN's float32 ones
     assert (logits.float() - expected).abs().max().item() < 0.1 * expected.abs().max().item()
+
+
+def test_lowered_layers_run_as_plain_ones_on_a_torch_without_onednn(monkeypatch):
+    plain = create_model("nommer_t", img_size=64).train()
+    lowered = use_onednn(copy.deepcopy(plain))
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    calls = []
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: calls.append(args))
+    image = torch.randn(1, 3, 64, 64)
+    torch.manual_seed(0)
+    expected = plain(image)
+    torch.manual_seed(0)
+    assert (lowered(image) - expected).abs().max().item() < 1e-5 and not calls

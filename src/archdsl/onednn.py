@@ -49,10 +49,11 @@ def post_op(activation: nn.Module) -> PostOp | None:
 
 
 def _on_onednn(x: torch.Tensor) -> bool:
-    """Where a lowered layer calls oneDNN: float32 on the CPU, no autocast, and not inside a
-    trace (torch.compile, fvcore and export read the plain layer)."""
+    """Where a lowered layer calls oneDNN: a torch built with it, float32 on the CPU, no autocast,
+    and not inside a trace (torch.compile, fvcore and export read the plain layer)."""
     return (
-        x.device.type == "cpu"
+        torch.backends.mkldnn.is_available()
+        and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
@@ -186,15 +187,13 @@ class OneDnnConv2d(_BlockedKernel, nn.Conv2d):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _on_onednn(x):
-            return self.activation(self._conv_forward(x, self.kernel(), self.bias))
-        if torch.is_grad_enabled():
-            if self.pointwise:
-                return self.activation(_PointwiseConvolution.apply(x, self.weight, self.bias))
-            return self.activation(self._conv_forward(x, self.kernel(), self.bias))
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, self.blocked_kernel(), self.bias, self.padding, self.stride, self.dilation, self.groups, *self.post_op
-        )
+        if _on_onednn(x) and not torch.is_grad_enabled():
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, self.blocked_kernel(), self.bias, self.padding, self.stride, self.dilation, self.groups, *self.post_op
+            )
+        if _on_onednn(x) and self.pointwise:
+            return self.activation(_PointwiseConvolution.apply(x, self.weight, self.bias))
+        return self.activation(self._conv_forward(x, self.kernel(), self.bias))
 
 
 class OneDnnLinear(_BlockedKernel, nn.Linear):
