@@ -15,7 +15,7 @@ import argparse
 import statistics
 
 import torch
-from side_by_side import alternating_rounds
+from side_by_side import alternating_rounds, median_ratio
 
 from archdsl.blocks.ffn import ConvFFNModule
 from archdsl.blocks.layers import DepthwiseConv2d
@@ -53,9 +53,9 @@ def compare(batch: int, width: int, size: int, rounds: int) -> str:
         for model in (folded, separate):
             step(model)
         seconds = alternating_rounds({"folded": lambda: step(folded), "separate": lambda: step(separate)}, rounds)
-        ratios = [ours / theirs for ours, theirs in zip(seconds["folded"], seconds["separate"], strict=True)]
         folded_ms, separate_ms = (statistics.median(seconds[name]) * 1000 for name in ("folded", "separate"))
-        cells.append(f"{task} {statistics.median(ratios):.3f} ({folded_ms:.1f} / {separate_ms:.1f} ms)")
+        ratio = median_ratio(seconds, "folded", "separate")
+        cells.append(f"{task} {ratio:.3f} ({folded_ms:.1f} / {separate_ms:.1f} ms)")
     return f"b{batch} {width}x{size}x{size}, hidden {4 * width}: " + ", ".join(cells)
 
 

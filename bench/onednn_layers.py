@@ -16,17 +16,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 
 import torch
 import torch.nn.functional as F
-from side_by_side import alternating_rounds
+from side_by_side import alternating_rounds, median_ratio
 
 import archdsl
-
-
-def _ratio(seconds: dict[str, list[float]], new: str, old: str) -> float:
-    return statistics.median(a / b for a, b in zip(seconds[new], seconds[old], strict=True))
 
 
 def linear_ratios(rounds: int) -> tuple[float, float]:
@@ -43,7 +38,7 @@ def linear_ratios(rounds: int) -> tuple[float, float]:
         "onednn_gelu": repeated(lambda: torch.ops.mkldnn._linear_pointwise(x, blocked, bias, "gelu", [], "none")),
     }
     seconds = alternating_rounds(steps, rounds)
-    return _ratio(seconds, "onednn", "torch"), _ratio(seconds, "onednn_gelu", "torch_gelu")
+    return median_ratio(seconds, "onednn", "torch"), median_ratio(seconds, "onednn_gelu", "torch_gelu")
 
 
 def eval_ratio(spec: str, batch: int, rounds: int) -> float:
@@ -85,7 +80,7 @@ def train_ratio(spec: str, batch: int, rounds: int) -> float:
 def _lowered_over_plain(steps: dict, rounds: int) -> float:
     for run in steps.values():
         run()
-    return _ratio(alternating_rounds(steps, rounds), "onednn", "plain")
+    return median_ratio(alternating_rounds(steps, rounds), "onednn", "plain")
 
 
 def main() -> None:

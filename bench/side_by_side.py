@@ -131,6 +131,11 @@ def alternating_rounds(steps: dict[str, Callable[[], None]], rounds: int) -> dic
     return seconds
 
 
+def median_ratio(seconds: dict[str, list[float]], new: str, old: str) -> float:
+    """The median over `alternating_rounds`' rounds of `new`'s time / `old`'s (below 1 `new` is faster)."""
+    return statistics.median(a / b for a, b in zip(seconds[new], seconds[old], strict=True))
+
+
 def kernel_share(step: Callable[[], None]) -> float:
     """The fraction of one call's self CPU time spent in `ARITHMETIC_KERNELS`."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:

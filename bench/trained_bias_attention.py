@@ -12,11 +12,10 @@ Prints, per spec, the median over rounds of explicit / SDPA (below 1 the explici
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 import torch.nn.functional as F
-from side_by_side import alternating_rounds
+from side_by_side import alternating_rounds, median_ratio
 
 import archdsl
 from archdsl.blocks import attention, multihead
@@ -55,7 +54,7 @@ def compare(spec: str, batch: int, rounds: int) -> float:
         seconds = alternating_rounds(steps, rounds)
     finally:
         attention.attend = EXPLICIT
-    return statistics.median(ours / sdpa for ours, sdpa in zip(seconds["explicit"], seconds["sdpa"], strict=True))
+    return median_ratio(seconds, "explicit", "sdpa")
 
 
 def main() -> None:
