@@ -31,6 +31,9 @@ from archdsl.blocks.layers import GELU, DepthwiseConv2d, DepthwiseResidualConv2d
 PostOp = tuple[str, list, str | None]
 NO_POST_OP: PostOp = ("none", [], None)
 
+# whether this torch was built with oneDNN (torch.compile cannot trace the question, so it is asked once)
+HAS_ONEDNN = torch.backends.mkldnn.is_available()
+
 # the conv types lowered, by exact type: a subclass with a forward of its own is left as it is
 LOWERED_CONVS = (nn.Conv2d, DepthwiseConv2d, DepthwiseResidualConv2d)
 
@@ -52,7 +55,7 @@ def _on_onednn(x: torch.Tensor) -> bool:
     """Where a lowered layer calls oneDNN: a torch built with it, float32 on the CPU, no autocast,
     and not inside a trace (torch.compile, fvcore and export read the plain layer)."""
     return (
-        torch.backends.mkldnn.is_available()
+        HAS_ONEDNN
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
@@ -228,7 +231,7 @@ def _lowered(layer: nn.Module, activation: nn.Module, pointwise_only: bool) -> n
 
 def onednn_can_run(model: nn.Module) -> bool:
     """Whether this torch has oneDNN and the model's parameters are float32 on the CPU."""
-    return torch.backends.mkldnn.is_available() and all(
+    return HAS_ONEDNN and all(
         parameter.device.type == "cpu" and parameter.dtype == torch.float32 for parameter in model.parameters()
     )
 
